@@ -1,0 +1,34 @@
+# Quick start:  make train   (set up + train the tiny default model)
+#               make test    (set up + run the whole suite)
+# GPU cluster: run inside an NGC PyTorch image with VENV_FLAGS=--system-site-packages
+# so the image's torch is kept (the install never replaces an importable torch).
+PYTHON ?= python3
+VENV ?= .venv
+VENV_FLAGS ?=
+PY := $(VENV)/bin/python
+TORCH_CPU_VERSION ?= 2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: venv train test bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	# Keep an existing torch (NGC); otherwise take the pinned CPU build, never an
+	# unpinned (multi-GB CUDA) one.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_CPU_VERSION)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+train: venv
+	$(PY) -m megatron_vdit.train --config configs/tiny_default.yaml --run-dir runs/default
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+bench: venv
+	$(PY) bench/cpu_throughput.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

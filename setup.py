@@ -1,0 +1,45 @@
+"""megatron_vdit: video diffusion transformers with Megatron-style 3D parallelism and
+scaling-law planning.
+
+Install:
+  CPU machine:  pip install torch==2.13.0 && pip install -e .[test]
+  GPU cluster (NGC PyTorch image): pip install -e .   (the image's torch satisfies the
+  range below, so pip keeps it; never let pip replace an NGC torch build).
+"""
+from setuptools import find_packages, setup
+
+# torch is a range, not a pin: NGC images ship their own build that must be kept.
+# The Makefile installs the CPU build (2.13.0) first on machines without a GPU.
+INSTALL_REQUIRES = [
+    "torch>=2.4",
+    "megatron-core==0.16.1",
+    "numpy>=1.26",
+    "scipy>=1.11",
+    "pyyaml>=6.0",
+    "tqdm>=4.66",
+    "matplotlib>=3.8",
+    "wandb>=0.17",
+    "webdataset>=0.2.90",
+    "av>=12.0",
+    "diffusers>=0.32",
+    "transformers>=4.46",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8.0", "pytest-timeout>=2.3", "scikit-video==1.1.11"],
+}
+
+setup(
+    name="megatron-vdit",
+    version="0.1.0",
+    description="Video DiT training with 3D parallelism and scaling-law planning",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_vdit*", "scaling_laws*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "vdit-train=megatron_vdit.train:main",
+        ]
+    },
+)
