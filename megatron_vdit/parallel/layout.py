@@ -1,0 +1,159 @@
+"""Parallel layout: validate a (TP, CP, PP, DP) layout and build its process groups once.
+
+Rank order follows Megatron-LM's default "tp-cp-dp-pp": tensor parallel ranks are
+adjacent (fastest varying, same node), then context, then data, then pipeline. Groups
+come from a torch DeviceMesh so FSDP2 can shard over the flattened (dp, cp) mesh.
+Everything downstream receives `ParallelGroups` explicitly; no global getters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+CP_COMM_TYPES = ("p2p", "a2a", "a2a+p2p")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelLayout:
+    """Degrees of each parallel dimension; their product is the world size."""
+
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    context_parallel_size: int = 1
+    data_parallel_size: int = 1
+    cp_comm_type: str = "p2p"
+    """p2p: ring attention; a2a: Ulysses; a2a+p2p: Ulysses inside, ring across."""
+    ulysses_size: int | None = None
+    """Ulysses degree for a2a+p2p (default: largest divisor of heads and CP size)."""
+    sequence_parallel: bool = False
+    num_layers_per_virtual_pipeline_stage: int | None = None
+
+    @property
+    def world_size(self) -> int:
+        return (self.tensor_model_parallel_size * self.pipeline_model_parallel_size
+                * self.context_parallel_size * self.data_parallel_size)
+
+    @classmethod
+    def from_world_size(cls, world_size: int, **degrees) -> "ParallelLayout":
+        """Data parallel size is what remains of the world size (Megatron-LM's rule)."""
+        model = (degrees.get("tensor_model_parallel_size", 1)
+                 * degrees.get("pipeline_model_parallel_size", 1)
+                 * degrees.get("context_parallel_size", 1))
+        if model < 1 or world_size % model:
+            raise ValueError(f"world size {world_size} is not divisible by TP x PP x CP = "
+                             f"{model} ({degrees})")
+        return cls(data_parallel_size=world_size // model, **degrees)
+
+    def validate(self, world_size: int, num_layers: int, num_attention_heads: int,
+                 tokens_per_sample: int) -> None:
+        """Raise ValueError naming the numbers; call before any group is created."""
+        tp, pp, cp = (self.tensor_model_parallel_size, self.pipeline_model_parallel_size,
+                      self.context_parallel_size)
+        for name, value in dataclasses.asdict(self).items():
+            if name.endswith("_size") and value is not None and value < 1:
+                raise ValueError(f"{name}={value} must be >= 1")
+        if self.world_size != world_size:
+            raise ValueError(f"layout TP{tp} x CP{cp} x PP{pp} x DP{self.data_parallel_size} "
+                             f"= {self.world_size} != world size {world_size}")
+        if num_attention_heads % tp:
+            raise ValueError(f"tensor parallel size {tp} does not divide "
+                             f"num_attention_heads={num_attention_heads}")
+        if self.cp_comm_type not in CP_COMM_TYPES:
+            raise ValueError(f"cp_comm_type={self.cp_comm_type!r}; expected one of {CP_COMM_TYPES}")
+        ulysses = self.ulysses_degree(num_attention_heads)
+        if (num_attention_heads // tp) % ulysses:
+            raise ValueError(f"Ulysses degree {ulysses} does not divide the "
+                             f"{num_attention_heads // tp} heads per TP rank "
+                             f"(num_attention_heads={num_attention_heads}, TP={tp})")
+        if cp % ulysses:
+            raise ValueError(f"Ulysses degree {ulysses} does not divide context_parallel_size={cp}")
+        stages = pp * self.virtual_stages(num_layers)
+        if num_layers % stages:
+            raise ValueError(f"num_layers={num_layers} cannot be split into {stages} pipeline "
+                             f"stages (PP={pp}, virtual={self.virtual_stages(num_layers)})")
+        if self.sequence_parallel and tp == 1:
+            raise ValueError("--sequence-parallel needs tensor_model_parallel_size > 1")
+        if tokens_per_sample < cp * tp:
+            raise ValueError(f"tokens_per_sample={tokens_per_sample} is smaller than CP x TP = "
+                             f"{cp * tp}: some ranks would hold no tokens")
+
+    def ulysses_degree(self, num_attention_heads: int) -> int:
+        if self.cp_comm_type == "p2p":
+            return 1
+        if self.cp_comm_type == "a2a":
+            return self.context_parallel_size
+        if self.ulysses_size is not None:
+            return self.ulysses_size
+        heads = num_attention_heads // self.tensor_model_parallel_size
+        return max(u for u in range(1, self.context_parallel_size + 1)
+                   if self.context_parallel_size % u == 0 and heads % u == 0)
+
+    def virtual_stages(self, num_layers: int) -> int:
+        per_virtual = self.num_layers_per_virtual_pipeline_stage
+        if per_virtual is None:
+            return 1
+        per_stage = num_layers // self.pipeline_model_parallel_size
+        if per_virtual < 1 or per_stage % per_virtual:
+            raise ValueError(f"num_layers_per_virtual_pipeline_stage={per_virtual} does not "
+                             f"divide the {per_stage} layers per pipeline stage")
+        return per_stage // per_virtual
+
+
+@dataclasses.dataclass
+class ParallelGroups:
+    """Process groups of one rank, built once by `build_parallel_groups`."""
+
+    layout: ParallelLayout
+    mesh: DeviceMesh
+    """Dims ("pp", "dp", "cp", "tp"), plus the flattened "dp_cp"."""
+    tp: dist.ProcessGroup
+    cp: dist.ProcessGroup
+    pp: dist.ProcessGroup
+    dp: dist.ProcessGroup
+    dp_cp: dist.ProcessGroup
+    """Gradient-reduction group: data and context parallel ranks of one model shard."""
+
+    def rank_in(self, name: str) -> int:
+        return dist.get_rank(getattr(self, name))
+
+
+def init_distributed(backend: str | None = None) -> tuple[int, int]:
+    """Initialise torch.distributed from torchrun's env, or as a world of one.
+
+    A world of one still gets a real (gloo) process group so single-process runs take
+    the same code path as parallel ones.
+    """
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    timeout = datetime.timedelta(minutes=int(os.environ.get("VDIT_PG_TIMEOUT_MIN", "30")))
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        dist.init_process_group(backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
+                                timeout=timeout)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def build_parallel_groups(layout: ParallelLayout, device_type: str = "cpu") -> ParallelGroups:
+    """Create every group of `layout` (call on all ranks, after `layout.validate`)."""
+    world = dist.get_world_size()
+    if layout.world_size != world:
+        raise ValueError(f"layout world size {layout.world_size} != torch.distributed world "
+                         f"size {world}")
+    mesh = init_device_mesh(
+        device_type,
+        (layout.pipeline_model_parallel_size, layout.data_parallel_size,
+         layout.context_parallel_size, layout.tensor_model_parallel_size),
+        mesh_dim_names=("pp", "dp", "cp", "tp"),
+    )
+    mesh["dp", "cp"]._flatten("dp_cp")
+    return ParallelGroups(layout=layout, mesh=mesh, tp=mesh.get_group("tp"),
+                          cp=mesh.get_group("cp"), pp=mesh.get_group("pp"),
+                          dp=mesh.get_group("dp"), dp_cp=mesh.get_group("dp_cp"))
