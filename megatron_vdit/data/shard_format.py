@@ -1,0 +1,89 @@
+"""The on-disk sample format shared by the precompute (writer) and the loader (reader).
+
+A shard is a plain WebDataset tar: members ``<key>.latent.npy``, ``<key>.text_emb.npy``,
+``<key>.text_mask.npy`` and ``<key>.json``, samples contiguous, in plan order. Tar headers
+carry fixed metadata (mtime 0, uid 0, mode 0444) so a shard's bytes are a pure function of
+its samples: a resumed or multi-rank run writes byte-identical shards.
+
+Shape legend: C = latent channels, F = latent frames, H/W = latent height/width,
+S = text tokens, D = text embedding width.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+
+LATENT = "latent.npy"
+TEXT_EMB = "text_emb.npy"
+TEXT_MASK = "text_mask.npy"
+META = "json"
+FIELDS = (LATENT, TEXT_EMB, TEXT_MASK, META)
+# Per-sample tar overhead: a 512-byte header per member plus padding to 512 bytes.
+TAR_OVERHEAD_BYTES_PER_SAMPLE = len(FIELDS) * 1024 + 2048
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def sample_members(key: str, latent_CFHW: np.ndarray, text_emb_SD: np.ndarray,
+                   text_mask_S: np.ndarray, meta: dict) -> list[tuple[str, bytes]]:
+    """The tar members of one sample. Keys must not contain dots (WebDataset splits there)."""
+    assert "." not in key and "/" not in key, f"bad sample key {key!r}"
+    assert text_mask_S.dtype == np.bool_, text_mask_S.dtype
+    meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    return [(f"{key}.{LATENT}", npy_bytes(latent_CFHW)),
+            (f"{key}.{TEXT_EMB}", npy_bytes(text_emb_SD)),
+            (f"{key}.{TEXT_MASK}", npy_bytes(text_mask_S)),
+            (f"{key}.{META}", meta_bytes)]
+
+
+def write_tar_atomic(path: str, members: list[tuple[str, bytes]]) -> int:
+    """Write ``members`` to ``path`` via a temp file + fsync + rename; returns the byte size.
+
+    A reader (or a resumed run) therefore sees either no shard or a complete one.
+    """
+    temp_path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    with open(temp_path, "wb") as handle:
+        with tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+            for name, payload in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(payload), 0, 0o444
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                archive.addfile(info, io.BytesIO(payload))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp_path, path)
+    return os.path.getsize(path)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    temp_path = f"{path}.tmp"
+    with open(temp_path, "w") as handle:
+        json.dump(obj, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+    os.replace(temp_path, path)
+
+
+def decode_sample(sample: dict) -> dict:
+    """A WebDataset sample (member bytes by suffix) -> numpy arrays + parsed metadata."""
+    missing = [f for f in FIELDS if f not in sample]
+    if missing:
+        raise ValueError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')!r} "
+                         f"lacks {missing}")
+    return {"key": sample["__key__"],
+            "latent": np.load(io.BytesIO(sample[LATENT]), allow_pickle=False),
+            "text_emb": np.load(io.BytesIO(sample[TEXT_EMB]), allow_pickle=False),
+            "text_mask": np.load(io.BytesIO(sample[TEXT_MASK]), allow_pickle=False),
+            "meta": json.loads(sample[META])}
