@@ -1,0 +1,242 @@
+"""ParallelEngine: one forward/backward step composing TP, CP, PP and DP.
+
+The trainer sees only this class. Construction order (fixed, like torchtitan's
+`parallelize`): build the full model with the TP-sharded layers and CP attention
+(`parallelize.build_parallel_model`, same weights as the single-process model for the
+same seed) -> cut this rank's pipeline stages (`pipeline.split_stage_modules`) ->
+activation recompute per stage -> FSDP2 over dp_cp per stage -> pipeline schedule.
+A world of one goes through the same code (one stage, FSDP over a mesh of one).
+
+Loss contract: `forward_backward` returns the mean-squared error over all elements of
+the data-parallel global batch, the same float on every rank, and leaves in `.grad`
+exactly the gradient of that loss (so an optimizer step equals the single-process step
+on the full global batch). The caller passes this DP rank's slice of the global batch.
+
+Shape legend: B batch (this DP rank's slice), b microbatch, C channels, F/H/W latent
+frames/height/width, X text tokens, T text-encoder width, S video tokens, D hidden.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from ..models.config import VDiTConfig
+from . import checkpoint, pipeline
+from .layout import ParallelGroups, ParallelLayout
+
+
+def _parallelize_module():
+    """The TP/CP/DP module, or None while it has not landed (TP = CP = DP = 1 only)."""
+    try:
+        from . import parallelize
+    except ImportError:
+        return None
+    return parallelize
+
+
+def _default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class ParallelEngine:
+    """This rank's share of the model under `layout`, and the step that trains it."""
+
+    def __init__(self, config: VDiTConfig, layout: ParallelLayout, groups: ParallelGroups, *,
+                 seed: int, zero_stage: int = 2, recompute: str | None = None,
+                 schedule: str | None = None, param_dtype: torch.dtype | None = None,
+                 device: torch.device | None = None):
+        """`schedule`: "1f1b", "interleaved" or "gpipe"; default interleaved when the layout
+        sets num_layers_per_virtual_pipeline_stage, else 1F1B. `param_dtype`: compute
+        dtype (bf16 on GPU) with fp32 master weights; None keeps fp32."""
+        pp = layout.pipeline_model_parallel_size
+        virtual_flag = layout.num_layers_per_virtual_pipeline_stage
+        self.schedule_kind = schedule or ("interleaved" if virtual_flag else "1f1b")
+        # Checked before any module or group work, so a bad layout fails fast.
+        self.virtual = pipeline.num_virtual_stages(self.schedule_kind, config.num_layers, pp,
+                                                   virtual_flag)
+        layout.validate(dist.get_world_size(), config.num_layers, config.num_attention_heads,
+                        config.tokens_per_sample)
+        self.config, self.layout, self.groups = config, layout, groups
+        self.device = device or _default_device()
+        self.param_dtype = param_dtype
+        self.num_stages = pp * self.virtual
+        self.stage_ids = pipeline.local_stage_ids(groups.rank_in("pp"), pp, self.virtual)
+        model = self._build_model(seed)
+        self.model_chunks = pipeline.split_stage_modules(model, self.stage_ids, self.num_stages)
+        for chunk in self.model_chunks:
+            self._parallelize_chunk(chunk, zero_stage, recompute)
+        self._schedules: dict[tuple, object] = {}
+        self._loss_scale = 1.0
+
+    # -- construction ------------------------------------------------------------------
+    def _build_model(self, seed: int) -> nn.Module:
+        par = _parallelize_module()
+        if par is not None:
+            return par.build_parallel_model(self.config, self.groups, seed=seed)
+        lay = self.layout
+        if lay.tensor_model_parallel_size * lay.context_parallel_size * lay.data_parallel_size > 1:
+            raise NotImplementedError("TP/CP/DP need megatron_vdit.parallel.parallelize")
+        from ..models.vdit import VideoDiT
+        torch.manual_seed(seed)
+        return VideoDiT(self.config, self.groups.tp)
+
+    def _parallelize_chunk(self, chunk: nn.Module, zero_stage: int, recompute: str | None):
+        chunk.to(self.device)
+        par = _parallelize_module()
+        if par is None:
+            if recompute is not None or self.param_dtype is not None:
+                raise NotImplementedError("recompute / mixed precision need parallelize.py")
+            return
+        if recompute is not None:
+            par.apply_recompute(chunk, recompute)
+        par.apply_data_parallel(chunk, self.groups, zero_stage=zero_stage,
+                                param_dtype=self.param_dtype)
+
+    def parameters(self) -> list[nn.Parameter]:
+        """This rank's parameters (all local stages) for the optimizer."""
+        return [p for chunk in self.model_chunks for p in chunk.parameters()]
+
+    def named_parameters(self):
+        """(canonical name, param) for every local parameter; names are layout-free."""
+        for chunk in self.model_chunks:
+            yield from chunk.named_parameters()
+
+    # -- pipeline schedule -------------------------------------------------------------
+    def _tokens_local(self) -> int:
+        """Video tokens per CP rank between stages (with the CP padding, if any)."""
+        par = _parallelize_module()
+        tokens = self.config.tokens_per_sample
+        if par is None or self.layout.context_parallel_size == 1:
+            return tokens
+        return par.local_num_tokens(tokens, self.groups)
+
+    def _stage_io(self, micro_batch: int, latent_dtype: torch.dtype):
+        cfg, act = self.config, self.param_dtype or torch.float32
+        latent = torch.empty(micro_batch, cfg.in_channels, cfg.latent_frames, cfg.latent_height,
+                             cfg.latent_width, device="meta")
+        # requires_grad marks what carries a gradient back through the pipe.
+        hidden = torch.empty(self._tokens_local(), micro_batch, cfg.hidden_size, device="meta",
+                             dtype=act, requires_grad=True)
+
+        def io(stage_id: int):
+            first, last = stage_id == 0, stage_id == self.num_stages - 1
+            return (latent.to(latent_dtype) if first else hidden,
+                    latent.to(act).requires_grad_() if last else hidden)
+        return io
+
+    def _schedule(self, micro_batch: int, num_microbatches: int, latent_dtype: torch.dtype):
+        key = (micro_batch, num_microbatches, latent_dtype, torch.is_grad_enabled())
+        if key not in self._schedules:
+            self._schedules[key] = pipeline.build_schedule(
+                self.model_chunks, self.stage_ids, self.num_stages, self.groups.pp, self.device,
+                self.schedule_kind, num_microbatches, self._loss_fn,
+                self._stage_io(micro_batch, latent_dtype))
+        return self._schedules[key]
+
+    def _loss_fn(self, pred_bCFHW: torch.Tensor, target_bCFHW: torch.Tensor) -> torch.Tensor:
+        """Sum of squared errors times 1/(global elements) times the DP averaging factor."""
+        return (pred_bCFHW.float() - target_bCFHW.float()).pow(2).sum() * self._loss_scale
+
+    def _grad_average_factor(self) -> int:
+        """How many ranks FSDP averages gradients over (it divides by this)."""
+        return self.groups.dp_cp.size()
+
+    def _run(self, x_t_BCFHW, timesteps_B, text_BXT, text_mask_BX, target_BCFHW,
+             num_microbatches: int, train: bool) -> float:
+        batch = x_t_BCFHW.shape[0]
+        if num_microbatches < 1 or batch % num_microbatches:
+            raise ValueError(f"num_microbatches={num_microbatches} does not divide the "
+                             f"per-DP-rank batch of {batch} samples")
+        dev = self.device
+        global_numel = target_BCFHW.numel() * self.layout.data_parallel_size
+        factor = self._grad_average_factor()
+        self._loss_scale = factor / global_numel
+        sched = self._schedule(batch // num_microbatches, num_microbatches, x_t_BCFHW.dtype)
+        losses: list[torch.Tensor] = []
+        kwargs = dict(timesteps_B=timesteps_B.to(dev), text_BXT=text_BXT.to(dev),
+                      text_mask_BX=text_mask_BX.to(dev))
+        run = sched.step if train else sched.eval
+        run(x_t_BCFHW.to(dev), target=target_BCFHW.to(dev), losses=losses, **kwargs)
+        local = torch.stack([l.detach().float() for l in losses]).sum() if losses else \
+            torch.zeros((), device=dev)
+        local = local / factor
+        dist.all_reduce(local, group=self.groups.pp)  # only the last stage holds losses
+        dist.all_reduce(local, group=self.groups.dp_cp)
+        return local.item()
+
+    # -- the trainer's API -------------------------------------------------------------
+    def forward_backward(self, x_t_BCFHW: torch.Tensor, timesteps_B: torch.Tensor,
+                         text_BXT: torch.Tensor, text_mask_BX: torch.Tensor,
+                         target_BCFHW: torch.Tensor, num_microbatches: int = 1) -> float:
+        """One step's gradients (previous grads are discarded); returns the global loss."""
+        for p in self.parameters():
+            p.grad = None
+        loss = self._run(x_t_BCFHW, timesteps_B, text_BXT, text_mask_BX, target_BCFHW,
+                         num_microbatches, train=True)
+        pipeline.sync_duplicated_grads(self.model_chunks, self.groups.pp)
+        return loss
+
+    @torch.no_grad()
+    def eval_loss(self, x_t_BCFHW, timesteps_B, text_BXT, text_mask_BX, target_BCFHW,
+                  num_microbatches: int = 1) -> float:
+        """Forward only; same loss definition as `forward_backward`."""
+        return self._run(x_t_BCFHW, timesteps_B, text_BXT, text_mask_BX, target_BCFHW,
+                         num_microbatches, train=False)
+
+    def clip_grad_norm_(self, max_norm: float) -> float:
+        """Clip by the global grad norm (torch semantics); returns the norm before clipping.
+
+        Each gradient element is counted once across the world: TP-replicated params on
+        TP rank 0, un-sharded params on dp_cp rank 0, FSDP shards everywhere (disjoint),
+        duplicated conditioning params on the first local stage of PP rank 0.
+        """
+        g, pp_rank = self.groups, self.groups.rank_in("pp")
+        first_tp, first_dp = g.rank_in("tp") == 0, g.rank_in("dp_cp") == 0
+        sq = torch.zeros((), device=self.device, dtype=torch.float64)
+        for index, chunk in enumerate(self.model_chunks):
+            for name, p in chunk.named_parameters():
+                if p.grad is None:
+                    continue
+                if pipeline.is_duplicated(name) and (pp_rank, index) != (0, 0):
+                    continue
+                if not is_tensor_parallel(p) and not first_tp:
+                    continue
+                if not isinstance(p.grad, DTensor) and not first_dp:
+                    continue
+                sq += local_tensor(p.grad).double().pow(2).sum()
+        dist.all_reduce(sq)
+        norm = sq.sqrt().item()
+        coef = min(1.0, max_norm / (norm + 1e-6))
+        if coef < 1.0:
+            for p in self.parameters():
+                if p.grad is not None:
+                    local_tensor(p.grad).mul_(coef)
+        return norm
+
+    # -- checkpoints -------------------------------------------------------------------
+    def state_dict_for_save(self, optimizer: torch.optim.Optimizer | None = None) -> dict:
+        return checkpoint.state_dict_for_save(self, optimizer)
+
+    def save(self, path: str, optimizer: torch.optim.Optimizer | None = None) -> None:
+        checkpoint.save(self, path, optimizer)
+
+    def load(self, path: str, optimizer: torch.optim.Optimizer | None = None) -> None:
+        checkpoint.load(self, path, optimizer)
+
+    def full_model_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every parameter, unsharded, with single-process names; on global rank 0 only
+        (other ranks get {})."""
+        return checkpoint.full_model_state_dict(self)
+
+
+def is_tensor_parallel(param: torch.Tensor) -> bool:
+    """megatron-core marks TP-sharded params; everything else is replicated over TP."""
+    return bool(getattr(param, "tensor_model_parallel", False))
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t

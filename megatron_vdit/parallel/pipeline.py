@@ -1,0 +1,165 @@
+"""Pipeline parallelism with torch.distributed.pipelining (1F1B, interleaved, GPipe).
+
+Stages are made torchtitan-style by deleting what a stage does not need from a full
+`VideoDiT`: stage 0 keeps `patch_embed`, the last stage keeps `final_layer` (and computes
+the loss), and every stage keeps only its slice of `blocks` (keys stay the global layer
+index, so parameter names and checkpoints never depend on the layout).
+
+Conditioning is not sent through the pipe. Every stage keeps its own copy of the small
+conditioning modules (`CONDITIONING_MODULES`) and recomputes timestep/caption
+conditioning from the batch: the schedule hands the microbatched timesteps, caption and
+mask to every stage as keyword arguments (`schedule.step(..., **kwargs)` chunks kwargs
+like args and passes them to all stages, whatever their position), so each stage sees
+exactly the microbatch it is processing. Only hidden states [S, b, D] travel.
+
+The duplicated conditioning parameters receive a partial gradient on each stage (from
+the blocks of that stage, plus the final layer on the last). `sync_duplicated_grads`
+sums them over the local virtual stages and the PP group, so every copy holds the full
+gradient; with identical initialisation and identical optimizer updates the copies stay
+bit-identical, and checkpoints store one of them (same name on every stage).
+
+Why not megatron-core's schedules: they hard-code CUDA streams/devices, so they would not
+run on CPU/gloo where the equivalence tests live; torch.distributed.pipelining runs on
+both with the same code.
+
+Shape legend: B batch, b microbatch, C channels, F/H/W latent frames/height/width,
+S video tokens (local to the CP rank), D hidden size.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.pipelining import PipelineStage
+from torch.distributed.pipelining.schedules import (Schedule1F1B, ScheduleGPipe,
+                                                    ScheduleInterleaved1F1B)
+from torch.distributed.tensor import DTensor
+
+SCHEDULES = ("1f1b", "interleaved", "gpipe")
+CONDITIONING_MODULES = ("timestep_embedder", "ada_single", "caption_projection")
+"""Submodules every stage keeps (and recomputes from the batch)."""
+
+
+def num_virtual_stages(schedule: str, num_layers: int, pp_size: int,
+                       layers_per_virtual_stage: int | None) -> int:
+    """Model chunks per rank; raises ValueError naming the numbers."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown pipeline schedule {schedule!r}; expected one of {SCHEDULES}")
+    if pp_size > num_layers:
+        raise ValueError(f"pipeline_model_parallel_size={pp_size} is larger than "
+                         f"num_layers={num_layers}: some stages would hold no layer")
+    if schedule != "interleaved":
+        if layers_per_virtual_stage is not None:
+            raise ValueError(f"num_layers_per_virtual_pipeline_stage={layers_per_virtual_stage}"
+                             f" needs schedule='interleaved', got {schedule!r}")
+        return 1
+    per_stage = num_layers // pp_size
+    per_virtual = layers_per_virtual_stage or max(1, per_stage // 2)
+    if per_stage % per_virtual or num_layers % pp_size:
+        raise ValueError(f"num_layers={num_layers} over PP={pp_size} gives {per_stage} layers "
+                         f"per stage, not divisible by num_layers_per_virtual_pipeline_stage="
+                         f"{per_virtual}")
+    return per_stage // per_virtual
+
+
+def local_stage_ids(pp_rank: int, pp_size: int, virtual: int) -> list[int]:
+    """Looped placement: rank r runs stages r, r + PP, r + 2 PP, ... (Megatron's order)."""
+    return [pp_rank + v * pp_size for v in range(virtual)]
+
+
+def stage_layers(stage_id: int, num_stages: int, num_layers: int) -> range:
+    if num_layers % num_stages:
+        raise ValueError(f"num_layers={num_layers} is not divisible into {num_stages} "
+                         f"pipeline stages")
+    per = num_layers // num_stages
+    return range(stage_id * per, (stage_id + 1) * per)
+
+
+def split_stage_modules(model: nn.Module, stage_ids: list[int], num_stages: int) -> list[nn.Module]:
+    """Cut `model` (a full VideoDiT) into this rank's stage modules.
+
+    Each block moves (not copied) to the stage that owns it; the small remaining modules
+    (conditioning, patch embedding, final layer) are deep-copied per stage, then what the
+    stage does not own is deleted. `model` must not be used afterwards.
+    """
+    blocks = model.blocks
+    model.blocks = nn.ModuleDict()
+    stages = []
+    for sid in stage_ids:
+        stage = copy.deepcopy(model)
+        stage.blocks = nn.ModuleDict({str(i): blocks[str(i)] for i in
+                                      stage_layers(sid, num_stages, len(blocks))})
+        if sid != 0:
+            stage.patch_embed = None
+        if sid != num_stages - 1:
+            stage.final_layer = None
+        stages.append(stage)
+    return stages
+
+
+def is_duplicated(param_name: str) -> bool:
+    """Whether a parameter lives on every pipeline stage (conditioning modules)."""
+    return param_name.split(".", 1)[0] in CONDITIONING_MODULES
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def sync_duplicated_grads(stage_modules: list[nn.Module], pp_group: dist.ProcessGroup) -> None:
+    """Sum the conditioning grads over local virtual stages and the PP group, in place.
+
+    Afterwards every copy of a duplicated parameter holds the full gradient (the same
+    one the single-process model would get), so all copies take identical steps.
+    """
+    names = [n for n, _ in stage_modules[0].named_parameters() if is_duplicated(n)]
+    if not names or (len(stage_modules) == 1 and pp_group.size() == 1):
+        return
+    params = [dict(m.named_parameters()) for m in stage_modules]
+    totals = []
+    for name in names:
+        grads = [_local(p[name].grad) for p in params if p[name].grad is not None]
+        total = torch.zeros_like(_local(params[0][name])) if not grads else sum(grads[1:], grads[0].clone())
+        totals.append(total)
+    flat = torch.cat([t.reshape(-1) for t in totals])  # one collective for all of them
+    dist.all_reduce(flat, group=pp_group)
+    offset = 0
+    for name, total in zip(names, totals):
+        summed = flat[offset:offset + total.numel()].view_as(total)
+        offset += total.numel()
+        for p in params:
+            param = p[name]
+            if param.grad is None:
+                param.grad = (DTensor.from_local(summed.clone(), param.device_mesh, param.placements)
+                              if isinstance(param, DTensor) else summed.clone())
+            else:
+                _local(param.grad).copy_(summed)
+
+
+def build_schedule(stage_modules: list[nn.Module], stage_ids: list[int], num_stages: int,
+                   pp_group: dist.ProcessGroup, device: torch.device, kind: str,
+                   num_microbatches: int, loss_fn: Callable | None,
+                   stage_io: Callable[[int], tuple[torch.Tensor, torch.Tensor]]):
+    """A schedule over this rank's stages, with static P2P shapes from `stage_io`.
+
+    `stage_io(stage_id) -> (example_input, example_output)` (meta tensors of one
+    microbatch). Static shapes matter: dynamic shape inference would run a real
+    forward/backward outside the schedule and leave gradients behind. Gradients are
+    not scaled by the schedule (`scale_grads=False`): the loss function already carries
+    the 1 / (global element count) factor.
+    """
+    pp = pp_group.size()
+    stages = [PipelineStage(m, sid, num_stages, device, input_args=stage_io(sid)[0],
+                            output_args=stage_io(sid)[1], group=pp_group)
+              for m, sid in zip(stage_modules, stage_ids)]
+    if kind == "interleaved":
+        if num_microbatches % pp and num_microbatches > pp:
+            raise ValueError(f"interleaved schedule needs num_microbatches={num_microbatches} "
+                             f"divisible by PP={pp} (or at most PP)")
+        return ScheduleInterleaved1F1B(stages, num_microbatches, loss_fn=loss_fn,
+                                       scale_grads=False)
+    cls = Schedule1F1B if kind == "1f1b" else ScheduleGPipe
+    return cls(stages[0], num_microbatches, loss_fn=loss_fn, scale_grads=False)

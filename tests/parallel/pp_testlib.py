@@ -1,0 +1,102 @@
+"""Shared pieces of the pipeline / engine / resharding tests: a tiny model, seeded
+global batches, a plain single-process reference and an engine run at any layout.
+
+Shape legend: B global batch, C channels, F/H/W latent dims, X text tokens, T text width.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from megatron_vdit.models.config import VDiTConfig
+from megatron_vdit.models.vdit import VideoDiT
+from megatron_vdit.parallel.engine import ParallelEngine
+from megatron_vdit.parallel.layout import ParallelLayout, build_parallel_groups
+
+SEED = 1234
+LR = 1e-3
+MAX_NORM = 0.05  # small enough that clipping is active in every step
+GLOBAL_BATCH = 4
+
+
+def tiny_config(num_layers: int = 4) -> VDiTConfig:
+    return VDiTConfig(num_layers=num_layers, hidden_size=32, num_attention_heads=4,
+                      in_channels=4, latent_frames=2, latent_height=4, latent_width=6,
+                      text_hidden_size=16, max_text_tokens=5, timestep_embed_dim=32,
+                      use_cpu_initialization=True)
+
+
+def global_batch(cfg: VDiTConfig, step: int, batch: int = GLOBAL_BATCH):
+    """(x_t, timesteps, text, text_mask, target) of the whole global batch at `step`."""
+    g = torch.Generator().manual_seed(1000 + step)
+    shape = (batch, cfg.in_channels, cfg.latent_frames, cfg.latent_height, cfg.latent_width)
+    x_t_BCFHW = torch.randn(shape, generator=g)
+    timesteps_B = torch.rand(batch, generator=g) * 1000
+    text_BXT = torch.randn(batch, cfg.max_text_tokens, cfg.text_hidden_size, generator=g)
+    lengths_B = torch.randint(1, cfg.max_text_tokens + 1, (batch,), generator=g)
+    text_mask_BX = torch.arange(cfg.max_text_tokens)[None] < lengths_B[:, None]
+    target_BCFHW = torch.randn(shape, generator=g)
+    return x_t_BCFHW, timesteps_B, text_BXT, text_mask_BX, target_BCFHW
+
+
+def reference_run(cfg: VDiTConfig, steps: range) -> dict:
+    """One process, plain model and AdamW on the full global batch (run in a world of 1)."""
+    torch.manual_seed(SEED)
+    model = VideoDiT(cfg, dist.group.WORLD)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    losses, norms = [], []
+    for step in steps:
+        x_t, t, text, mask, target = global_batch(cfg, step)
+        opt.zero_grad()
+        loss = F.mse_loss(model(x_t, t, text, mask), target)
+        loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM).item())
+        opt.step()
+        losses.append(loss.item())
+    state = {k: v.detach().clone() for k, v in model.named_parameters()}
+    return {"losses": losses, "norms": norms, "state": state}
+
+
+def make_engine(cfg: VDiTConfig, schedule: str | None = None, **degrees):
+    layout = ParallelLayout.from_world_size(dist.get_world_size(), **degrees)
+    groups = build_parallel_groups(layout)
+    return ParallelEngine(cfg, layout, groups, seed=SEED, schedule=schedule), layout, groups
+
+
+def dp_slice(batch: tuple, layout: ParallelLayout, groups) -> tuple:
+    per = batch[0].shape[0] // layout.data_parallel_size
+    start = groups.rank_in("dp") * per
+    return tuple(t[start:start + per] for t in batch)
+
+
+def train_steps(engine, opt, cfg, layout, groups, steps: range, num_microbatches: int) -> dict:
+    losses, norms = [], []
+    for step in steps:
+        local = dp_slice(global_batch(cfg, step), layout, groups)
+        losses.append(engine.forward_backward(*local, num_microbatches=num_microbatches))
+        norms.append(engine.clip_grad_norm_(MAX_NORM))
+        opt.step()
+    return {"losses": losses, "norms": norms}
+
+
+def engine_run(cfg: VDiTConfig, steps: range, num_microbatches: int, schedule=None,
+               **degrees) -> dict:
+    engine, layout, groups = make_engine(cfg, schedule, **degrees)
+    opt = torch.optim.AdamW(engine.parameters(), lr=LR)
+    out = train_steps(engine, opt, cfg, layout, groups, steps, num_microbatches)
+    out["state"] = engine.full_model_state_dict()
+    return out
+
+
+def assert_matches(got: dict, ref: dict, what: str, rtol: float = 1e-5) -> None:
+    """Same losses and grad norms step by step, same parameters at the end."""
+    for key in ("losses", "norms"):
+        torch.testing.assert_close(torch.tensor(got[key]), torch.tensor(ref[key]), rtol=rtol,
+                                   atol=0, msg=lambda m: f"{what} {key}: {m}")
+    if dist.get_rank() != 0:
+        return
+    assert got["state"].keys() == ref["state"].keys(), f"{what}: parameter names differ"
+    for name, value in ref["state"].items():
+        torch.testing.assert_close(got["state"][name], value, rtol=rtol, atol=rtol * 1e-1,
+                                   msg=lambda m: f"{what} param {name}: {m}")
