@@ -1,0 +1,75 @@
+"""Pipeline parallelism alone (PP2: 1F1B, interleaved, GPipe) against one process.
+
+Three AdamW steps with gradient clipping active: the losses, the global grad norms and
+the parameters afterwards match a plain single-process model within 1e-5 relative
+(float32). Several layouts share one spawned world to keep the suite fast.
+"""
+from __future__ import annotations
+
+import pytest
+import torch.distributed as dist
+
+import pp_testlib as lib
+from dist_utils import spawn_world
+from megatron_vdit.parallel import pipeline
+from megatron_vdit.parallel.layout import ParallelLayout
+
+STEPS = range(3)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return spawn_world(lib.reference_run, 1, lib.tiny_config(), STEPS)[0]
+
+
+def _world_of_one(cfg, ref):
+    out = lib.engine_run(cfg, STEPS, num_microbatches=2)
+    lib.assert_matches(out, ref, "single process engine")
+    return out["losses"]
+
+
+def _pp2_schedules(cfg, ref):
+    cases = [("1f1b", 2, {}), ("1f1b", 4, {}), ("gpipe", 2, {}),
+             ("interleaved", 2, {"num_layers_per_virtual_pipeline_stage": 1})]
+    for schedule, microbatches, extra in cases:
+        out = lib.engine_run(cfg, STEPS, microbatches, schedule=schedule,
+                             pipeline_model_parallel_size=2, **extra)
+        lib.assert_matches(out, ref, f"PP2 {schedule} x{microbatches} microbatches")
+    return dist.get_world_size()
+
+
+def test_single_process_engine_matches_plain_model(reference):
+    spawn_world(_world_of_one, 1, lib.tiny_config(), reference)
+
+
+def test_pp2_schedules_match_single_process(reference):
+    assert spawn_world(_pp2_schedules, 2, lib.tiny_config(), reference) == [2, 2]
+
+
+def test_stage_split_keeps_names_and_owners():
+    assert pipeline.local_stage_ids(1, 2, 2) == [1, 3]
+    assert list(pipeline.stage_layers(3, 4, 8)) == [6, 7]
+    assert pipeline.num_virtual_stages("interleaved", 8, 2, 2) == 2
+    assert pipeline.is_duplicated("ada_single.1.weight")
+    assert not pipeline.is_duplicated("blocks.0.mlp.linear_fc1.weight")
+
+
+@pytest.mark.parametrize("pp, layers", [(8, 4), (3, 2)])
+def test_pp_larger_than_layers_fails_before_any_group(pp, layers):
+    cfg = lib.tiny_config(num_layers=layers)
+    layout = ParallelLayout(pipeline_model_parallel_size=pp)
+    with pytest.raises(ValueError, match=f"num_layers={layers}"):
+        layout.validate(pp, cfg.num_layers, cfg.num_attention_heads, cfg.tokens_per_sample)
+    with pytest.raises(ValueError, match=f"pipeline_model_parallel_size={pp} is larger than "
+                                         f"num_layers={layers}"):
+        pipeline.num_virtual_stages("1f1b", layers, pp, None)
+    assert not dist.is_initialized()  # nothing was created
+
+
+def test_bad_virtual_stage_flags_name_the_numbers():
+    with pytest.raises(ValueError, match="num_layers_per_virtual_pipeline_stage=3"):
+        pipeline.num_virtual_stages("interleaved", 8, 2, 3)
+    with pytest.raises(ValueError, match="needs schedule='interleaved'"):
+        pipeline.num_virtual_stages("1f1b", 8, 2, 2)
+    with pytest.raises(ValueError, match="unknown pipeline schedule 'zb'"):
+        pipeline.num_virtual_stages("zb", 8, 2, None)
