@@ -1,0 +1,251 @@
+"""The training loop: read top to bottom, one step at a time.
+
+Per iteration: learning rate from samples consumed -> this rank's slice of the global
+batch -> timesteps and noise for the whole global batch from a generator seeded by
+(seed, iteration), sliced by DP rank (so every layout sees the same examples and a
+resumed run the same randomness) -> engine forward/backward with gradient accumulation
+-> clip -> AdamW step. Validation is deterministic (`DiffusionObjective.validation_example`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..diffusion.objectives import DiffusionObjective, _mix
+from ..models import accounting
+from ..models.config import VDiTConfig, validate_model_config
+from ..parallel.layout import ParallelLayout, build_parallel_groups, init_distributed
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import build_source, check_data_shapes
+from .records import (MetricsLog, RUN_RECORD, build_run_record, plot_losses, truncate_metrics,
+                      write_json_atomic)
+from .schedule import learning_rate
+
+
+def model_config(cfg: TrainConfig) -> VDiTConfig:
+    pt, ph, pw = cfg.patch_size
+    mc = VDiTConfig(
+        num_layers=cfg.num_layers, hidden_size=cfg.hidden_size,
+        num_attention_heads=cfg.num_attention_heads, in_channels=cfg.in_channels,
+        latent_frames=cfg.latent_frames, latent_height=cfg.latent_height,
+        latent_width=cfg.latent_width, patch_size_t=pt, patch_size_h=ph, patch_size_w=pw,
+        text_hidden_size=cfg.text_hidden_size, max_text_tokens=cfg.max_text_tokens,
+        use_cpu_initialization=True, params_dtype=torch.float32,
+        bf16=cfg.bf16, sequence_parallel=cfg.sequence_parallel,
+        tensor_model_parallel_size=cfg.tensor_model_parallel_size,
+        context_parallel_size=cfg.context_parallel_size,
+        pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,
+    )
+    validate_model_config(mc)
+    return mc
+
+
+def _layout(cfg: TrainConfig, world_size: int) -> ParallelLayout:
+    return ParallelLayout.from_world_size(
+        world_size, tensor_model_parallel_size=cfg.tensor_model_parallel_size,
+        pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,
+        context_parallel_size=cfg.context_parallel_size, cp_comm_type=cfg.cp_comm_type,
+        sequence_parallel=cfg.sequence_parallel,
+        num_layers_per_virtual_pipeline_stage=cfg.num_layers_per_virtual_pipeline_stage)
+
+
+def prepare(cfg: TrainConfig):
+    """Validate everything that can be validated before any group or model exists."""
+    rank, world = init_distributed()
+    layout = _layout(cfg, world)
+    cfg.resolve(layout.data_parallel_size)
+    mc = model_config(cfg)
+    layout.validate(world, mc.num_layers, mc.num_attention_heads, mc.tokens_per_sample)
+    return rank, layout, mc
+
+
+def build_engine(mc: VDiTConfig, layout: ParallelLayout, groups, cfg: TrainConfig):
+    try:
+        from ..parallel.engine import ParallelEngine
+    except ImportError:  # the parallel engine is optional for a world of one
+        ParallelEngine = None
+    if ParallelEngine is not None:
+        return ParallelEngine(mc, layout, groups, seed=cfg.seed,
+                              recompute=cfg.recompute_granularity)
+    if layout.world_size != 1:
+        raise ValueError("parallel layouts need megatron_vdit.parallel.engine")
+    from .local_engine import LocalEngine
+    return LocalEngine(mc, groups, seed=cfg.seed)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.rank, self.layout, self.mc = prepare(cfg)
+        self.cfg = cfg
+        self.groups = build_parallel_groups(self.layout)
+        self.dp_rank = dist.get_rank(self.groups.dp)
+        self.is_logger = self.rank == 0
+        self.engine = build_engine(self.mc, self.layout, self.groups, cfg)
+        self.optimizer = torch.optim.AdamW(
+            self.engine.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+        self.objective = DiffusionObjective(cfg.objective, cfg.beta_schedule)
+        self.source = build_source(cfg, self.dp_rank, self.layout.data_parallel_size)
+        self.run_dir = Path(cfg.run_dir)
+        self.save_dir = cfg.save or str(self.run_dir / "checkpoints")
+        shape = accounting.ModelShape.from_config(self.mc)
+        self.params_nonembed = accounting.params_nonembed(shape)
+        self.params_total = accounting.params_total(shape)
+        self.flops_per_token = accounting.paper_flops_per_token(
+            self.params_nonembed, cfg.tokens_per_sample, cfg.hidden_size)
+        self.model_flops_per_sample = accounting.model_flops_per_sample(shape, cfg.tokens_per_sample)
+        self.iteration, self.val_curve, self.last_train_loss = 0, [], float("nan")
+
+    # -- one step ----------------------------------------------------------------------
+    def _examples(self, latent, generator_or_val):
+        """Slice a global batch's (timesteps, noise) to this DP rank's samples."""
+        b_global = self.cfg.global_batch_size
+        timesteps = self.objective.sample_timesteps(b_global, generator_or_val)
+        noise = torch.randn((b_global,) + tuple(latent.shape[1:]), generator=generator_or_val)
+        local = latent.shape[0]
+        sl = slice(self.dp_rank * local, (self.dp_rank + 1) * local)
+        return self.objective.make_example(latent, timesteps[sl], noise[sl])
+
+    def train_step(self) -> tuple[float, float, float]:
+        cfg = self.cfg
+        samples = self.iteration * cfg.global_batch_size
+        lr = learning_rate(samples, lr=cfg.lr, min_lr=cfg.min_lr, style=cfg.lr_decay_style,
+                           warmup_samples=cfg.lr_warmup_samples,
+                           total_samples=cfg.train_iters * cfg.global_batch_size,
+                           decay_fraction=cfg.lr_wsd_decay_fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = self.source.next()
+        if self.iteration == 0:
+            check_data_shapes(cfg, batch)
+        generator = torch.Generator().manual_seed(_mix(cfg.seed, self.iteration))
+        x_t, t, target = self._examples(batch["latent"], generator)
+        loss = self.engine.forward_backward(x_t, t, batch["text_emb"], batch["text_mask"],
+                                            target, cfg.num_microbatches)
+        grad_norm = self.engine.clip_grad_norm_(cfg.clip_grad) if cfg.clip_grad > 0 else float("nan")
+        if math.isfinite(loss):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.iteration += 1
+        return loss, grad_norm, lr
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean per-sample loss over the fixed held-out set (same for any layout)."""
+        cfg = self.cfg
+        total, count = torch.zeros(2, dtype=torch.float64), 0
+        for indices, batch in self.source.val_batches(cfg.eval_samples, cfg.eval_micro_batch_size):
+            x_t, t, target = self.objective.validation_example(
+                batch["latent"], indices, cfg.eval_samples, cfg.seed)
+            loss = self.engine.eval_loss(x_t, t, batch["text_emb"], batch["text_mask"], target)
+            total[0] += loss * len(indices)
+            total[1] += len(indices)
+        dist.all_reduce(total, group=self.groups.dp)
+        count = int(total[1].item())
+        if count == 0:
+            raise ValueError(f"the validation split has no samples (--eval-samples={cfg.eval_samples})")
+        return float(total[0] / total[1])
+
+    # -- checkpoints -------------------------------------------------------------------
+    def save(self) -> None:
+        def write(tmp: Path) -> None:
+            self.engine.save(tmp, self.optimizer)
+            if self.is_logger:
+                meta = {"iteration": self.iteration, "data": self.source.state_dict(),
+                        "val_curve": self.val_curve, "last_train_loss": self.last_train_loss,
+                        "config": dataclasses.asdict(self.cfg)}
+                (tmp / "trainer_state.json").write_text(json.dumps(meta, default=str))
+            dist.barrier()
+        ckpt.save_checkpoint(self.save_dir, self.iteration, write, keep=self.cfg.save_keep)
+
+    def maybe_resume(self) -> None:
+        load_dir = self.cfg.load or (self.save_dir if self.cfg.save_interval else None)
+        path = ckpt.latest_checkpoint(load_dir) if load_dir else None
+        if path is None:
+            if self.cfg.load:
+                raise ValueError(f"--load {self.cfg.load}: no checkpoint found there")
+            return
+        meta = json.loads((path / "trainer_state.json").read_text())
+        self.engine.load(path, self.optimizer)
+        self.iteration = meta["iteration"]
+        self.source.load_state_dict(meta["data"])
+        self.val_curve, self.last_train_loss = meta["val_curve"], meta["last_train_loss"]
+        if self.is_logger:
+            truncate_metrics(self.run_dir, self.iteration)
+            print(f"resumed from {path} at iteration {self.iteration}")
+
+    # -- the run -----------------------------------------------------------------------
+    def _record_val(self, log: MetricsLog) -> float:
+        val_loss = self.validate()
+        tokens = self.iteration * self.cfg.batch_tokens
+        self.val_curve.append({"tokens": tokens, "val_loss": val_loss, "iteration": self.iteration})
+        log.log({"iteration": self.iteration, "tokens": tokens, "val_loss": val_loss})
+        return val_loss
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.maybe_resume()
+        log = MetricsLog(self.run_dir, cfg.wandb_mode, cfg.wandb_project,
+                         dataclasses.asdict(cfg), enabled=self.is_logger)
+        start_time, start_iter, status = time.time(), self.iteration, "completed"
+        if self.iteration == 0:
+            self._record_val(log)
+        bar = tqdm(total=cfg.train_iters, initial=self.iteration, disable=not self.is_logger,
+                   desc="train", unit="it", dynamic_ncols=True)
+        window_start, window_iters = time.time(), 0
+        while self.iteration < cfg.train_iters:
+            loss, grad_norm, lr = self.train_step()
+            self.last_train_loss, window_iters = loss, window_iters + 1
+            bar.update(1)
+            if not math.isfinite(loss):
+                status = "diverged"
+                log.log({"iteration": self.iteration, "tokens": self.iteration * cfg.batch_tokens,
+                         "train_loss": loss, "status": status})
+                break
+            if self.iteration % cfg.log_interval == 0 or self.iteration == cfg.train_iters:
+                elapsed = time.time() - window_start
+                tokens_per_s = window_iters * cfg.batch_tokens / elapsed
+                record = {"iteration": self.iteration, "tokens": self.iteration * cfg.batch_tokens,
+                          "train_loss": loss, "grad_norm": grad_norm, "lr": lr,
+                          "tokens_per_s": tokens_per_s,
+                          "gflops_per_s_paper": tokens_per_s * self.flops_per_token / 1e9}
+                log.log(record)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
+                window_start, window_iters = time.time(), 0
+            if self.iteration % cfg.eval_interval == 0 and self.iteration < cfg.train_iters:
+                self._record_val(log)
+            if cfg.save_interval and self.iteration % cfg.save_interval == 0:
+                self.save()
+        bar.close()
+        val_loss = self._record_val(log) if status == "completed" else float("nan")
+        if cfg.save_interval or cfg.save:
+            self.save()
+        wall = time.time() - start_time
+        record = build_run_record(
+            cfg, run_id=self.run_dir.name, params_nonembed=self.params_nonembed,
+            params_total=self.params_total,
+            flops=self.flops_per_token * self.iteration * cfg.batch_tokens,
+            model_flops=self.model_flops_per_sample * self.iteration * cfg.batch_samples,
+            train_loss=self.last_train_loss, val_loss=val_loss, val_loss_curve=self.val_curve,
+            iterations=self.iteration, wall_time_s=wall, status=status)
+        trained = (self.iteration - start_iter) * cfg.batch_tokens
+        record["throughput"] = {"tokens_per_s": trained / wall if wall > 0 else None,
+                                "gflops_per_s_paper": trained * self.flops_per_token / wall / 1e9
+                                if wall > 0 else None}
+        if self.is_logger:
+            write_json_atomic(self.run_dir / RUN_RECORD, record)
+            plot_losses(self.run_dir)
+        log.finish(record)
+        return record
+
+
+def train(cfg: TrainConfig) -> dict:
+    return Trainer(cfg).run()

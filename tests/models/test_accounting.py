@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+
+from megatron_vdit.models import accounting as acc
+from megatron_vdit.models.config import VDiTConfig
+from megatron_vdit.models.vdit import VideoDiT
+from megatron_vdit.parallel.layout import ParallelLayout, build_parallel_groups, init_distributed
+
+
+@pytest.fixture(scope="module")
+def tp_group():
+    init_distributed()
+    return build_parallel_groups(ParallelLayout()).tp
+
+
+@pytest.mark.parametrize("layers,hidden,heads,channels,patch,text", [
+    (2, 64, 2, 4, (1, 2, 2), 64),
+    (3, 96, 3, 16, (1, 2, 2), 48),
+    (1, 128, 8, 8, (2, 2, 2), 32),
+])
+def test_accounting_matches_built_model(tp_group, layers, hidden, heads, channels, patch, text):
+    cfg = VDiTConfig(num_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                     in_channels=channels, latent_frames=4, latent_height=8, latent_width=8,
+                     patch_size_t=patch[0], patch_size_h=patch[1], patch_size_w=patch[2],
+                     text_hidden_size=text, use_cpu_initialization=True)
+    model = VideoDiT(cfg, tp_group)
+    shape = acc.ModelShape.from_config(cfg)
+    assert sum(p.numel() for p in model.blocks.parameters()) == acc.params_nonembed(shape)
+    assert sum(p.numel() for p in model.parameters()) == acc.params_total(shape)
+    # The paper's N is the leading term; the rest is O(L * d).
+    extra = acc.params_nonembed(shape) - acc.paper_params_nonembed(layers, hidden)
+    assert 0 < extra <= 30 * layers * hidden
+
+
+def test_paper_flops_formula_hand_values():
+    # N = 16 * 28 * 1536^2, n_ctx = 1280, d = 1536: 3/4 N (7 + 1280/1536)
+    n = 16 * 28 * 1536 ** 2
+    assert acc.paper_params_nonembed(28, 1536) == n == 1_056_964_608
+    expected = 0.75 * n * (7 + 1280 / 1536)
+    assert acc.paper_flops_per_token(n, 1280, 1536) == pytest.approx(expected, rel=1e-12)
+    assert acc.paper_flops_per_token(1e9, 0, 1000) == pytest.approx(5.25e9)
+    assert acc.paper_training_flops(1e9, 0, 1000, 2e9) == pytest.approx(1.05e19)
+
+
+def test_model_flops_reduce_to_paper_formula_without_text_terms():
+    shape = acc.ModelShape(num_layers=4, hidden_size=256, num_attention_heads=4,
+                           max_text_tokens=0, text_hidden_size=1, in_channels=1, patch_volume=1)
+    n_ctx = 512
+    exact = acc.model_flops_per_sample(shape, n_ctx, text_tokens=0)
+    paper = acc.paper_flops_per_token(acc.paper_params_nonembed(4, 256), n_ctx, 256) * n_ctx
+    embed = 3 * 2 * n_ctx * 256 * 2
+    assert exact == pytest.approx(paper + embed, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", [k for k in acc.PRESETS if not k.startswith("cpu")])
+def test_presets_hit_their_names(name):
+    layers, hidden, heads = acc.PRESETS[name]
+    target = float(name.rstrip("b")) * 1e9
+    assert acc.paper_params_nonembed(layers, hidden) == pytest.approx(target, rel=0.02)
+    assert hidden % heads == 0 and (hidden // heads) in (64, 128)
+
+
+def test_cpu_presets_span_the_sweep_range():
+    sizes = [acc.paper_params_nonembed(*acc.PRESETS[k][:2]) for k in acc.PRESETS if k.startswith("cpu")]
+    assert min(sizes) < 2e5 and 1e7 < max(sizes) < 2.5e7
+
+
+@pytest.mark.parametrize("target", [3e6, 1.7e7, 2.6e8, 1.07e9, 7e9, 1.8e10])
+def test_shape_for_params(target):
+    shape = acc.shape_for_params(target)
+    n = acc.paper_params_nonembed(shape["num_layers"], shape["hidden_size"])
+    assert n == pytest.approx(target, rel=0.05)
+    assert shape["hidden_size"] % shape["num_attention_heads"] == 0
+
+
+def test_shape_and_preset_errors():
+    with pytest.raises(ValueError, match="unknown model preset 'huge'"):
+        acc.preset_shape("huge")
+    with pytest.raises(ValueError, match="positive"):
+        acc.shape_for_params(-1)
+    assert math.isfinite(acc.model_flops_per_sample(acc.ModelShape(2, 64, 2), 64))
