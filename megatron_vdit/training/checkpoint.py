@@ -1,10 +1,10 @@
 """Atomic checkpoints: a crash never leaves a half-written checkpoint that looks valid.
 
 Layout: `<save>/iter_0000123/` holds the state; `<save>/latest` names the newest
-complete one. A checkpoint is written into `iter_XXXXXXX.tmp-<pid>/`, fsynced, then
+complete one. A checkpoint is written into `iter_XXXXXXX.tmp/`, fsynced, then
 renamed into place (atomic on POSIX); only then is `latest` replaced, itself through a
 temp file + `os.replace`. Loading reads `latest`, so a crash at any point leaves the
-previous checkpoint in charge. Leftover `.tmp-*` directories are removed on the next save.
+previous checkpoint in charge. Leftover `.tmp` directories are removed on the next save.
 """
 from __future__ import annotations
 
@@ -35,28 +35,38 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def save_checkpoint(save_dir: str, iteration: int, write_fn: Callable[[Path], None],
-                    keep: int = 2) -> Path:
-    """Call `write_fn(tmp_dir)` to fill a fresh directory, then publish it atomically."""
+                    keep: int = 2, is_writer: bool = True,
+                    barrier: Callable[[], None] = lambda: None) -> Path:
+    """Fill a fresh directory with `write_fn(tmp_dir)` on every rank, then publish it.
+
+    Rank-collective: every rank calls it; `is_writer` (rank 0) creates, renames and
+    prunes, `barrier` orders those steps against the other ranks' writes.
+    """
     root = Path(save_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob("iter_*.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"iter_{iteration:07d}"
-    tmp = root / f"{final.name}.tmp-{os.getpid()}"
-    tmp.mkdir()
+    tmp = root / f"{final.name}.tmp"
+    if is_writer:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob("iter_*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    barrier()
     write_fn(tmp)
-    for file in tmp.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(root)
-    _write_text_atomic(root / LATEST, final.name + "\n")
-    complete = sorted(p for p in root.glob("iter_*") if ".tmp-" not in p.name)
-    for old in complete[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    if is_writer:
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+        _write_text_atomic(root / LATEST, final.name + "\n")
+        complete = sorted(p for p in root.glob("iter_*") if not p.name.endswith(".tmp"))
+        for old in complete[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
     return final
 
 

@@ -158,13 +158,15 @@ class Trainer:
     def save(self) -> None:
         def write(tmp: Path) -> None:
             self.engine.save(tmp, self.optimizer)
+            # Each data-parallel replica's loader position (identical within a replica).
+            write_json_atomic(tmp / f"data_dp{self.dp_rank:05d}.json", self.source.state_dict())
             if self.is_logger:
-                meta = {"iteration": self.iteration, "data": self.source.state_dict(),
+                meta = {"iteration": self.iteration, "data_parallel_size": self.layout.data_parallel_size,
                         "val_curve": self.val_curve, "last_train_loss": self.last_train_loss,
                         "config": dataclasses.asdict(self.cfg)}
                 (tmp / "trainer_state.json").write_text(json.dumps(meta, default=str))
-            dist.barrier()
-        ckpt.save_checkpoint(self.save_dir, self.iteration, write, keep=self.cfg.save_keep)
+        ckpt.save_checkpoint(self.save_dir, self.iteration, write, keep=self.cfg.save_keep,
+                             is_writer=self.is_logger, barrier=dist.barrier)
 
     def maybe_resume(self) -> None:
         load_dir = self.cfg.load or (self.save_dir if self.cfg.save_interval else None)
@@ -174,9 +176,15 @@ class Trainer:
                 raise ValueError(f"--load {self.cfg.load}: no checkpoint found there")
             return
         meta = json.loads((path / "trainer_state.json").read_text())
+        # The synthetic source's position is global; a shard loader's is per DP replica.
+        data_state = path / f"data_dp{0 if self.cfg.data == 'synthetic' else self.dp_rank:05d}.json"
+        if self.cfg.data != "synthetic" and meta["data_parallel_size"] != self.layout.data_parallel_size:
+            raise ValueError(f"{path} was saved with data-parallel size {meta['data_parallel_size']}; "
+                             f"resuming shard data at data-parallel size "
+                             f"{self.layout.data_parallel_size} would replay or skip samples")
         self.engine.load(path, self.optimizer)
         self.iteration = meta["iteration"]
-        self.source.load_state_dict(meta["data"])
+        self.source.load_state_dict(json.loads(data_state.read_text()))
         self.val_curve, self.last_train_loss = meta["val_curve"], meta["last_train_loss"]
         if self.is_logger:
             truncate_metrics(self.run_dir, self.iteration)

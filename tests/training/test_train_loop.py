@@ -1,0 +1,117 @@
+"""End-to-end training on the embedded default with a tiny model (in-process, world of one)."""
+import json
+import math
+
+import pytest
+import torch
+
+from megatron_vdit import train as train_cli
+from megatron_vdit.training import checkpoint as ckpt
+from megatron_vdit.training.config import TrainConfig, load_config
+from megatron_vdit.training.loop import Trainer, train
+from megatron_vdit.training.records import read_metrics
+
+TINY = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "2",
+        "--latent-frames", "2", "--latent-height", "8", "--latent-width", "8",
+        "--text-hidden-size", "32", "--max-text-tokens", "12", "--micro-batch-size", "4",
+        "--global-batch-size", "8", "--eval-samples", "16", "--eval-interval", "5",
+        "--log-interval", "5", "--wandb-mode", "disabled", "--lr", "2e-3"]
+
+
+def tiny(tmp_path, *extra) -> TrainConfig:
+    return load_config(TINY + ["--run-dir", str(tmp_path / "run")] + list(extra))
+
+
+@pytest.mark.parametrize("objective", ["ddpm", "v", "flow"])
+def test_each_objective_trains(tmp_path, objective):
+    record = train(tiny(tmp_path, "--objective", objective, "--train-iters", "40"))
+    start = record["val_loss_curve"][0]["val_loss"]
+    assert record["status"] == "completed"
+    assert record["val_loss"] < 0.8 * start, (objective, start, record["val_loss"])
+
+
+def test_run_record_fields_and_units(tmp_path):
+    cfg = tiny(tmp_path, "--train-tokens", str(10 * 8 * 32))
+    record = train(cfg)
+    on_disk = json.loads((tmp_path / "run" / "run.json").read_text())
+    required = ["run_id", "params_nonembed", "params_total", "hidden_size", "num_layers",
+                "tokens_per_sample", "train_tokens", "batch_tokens", "batch_samples", "lr",
+                "val_loss", "status", "train_loss", "flops", "val_loss_curve", "wall_time_s"]
+    assert all(k in on_disk for k in required)
+    assert on_disk["tokens_per_sample"] == 2 * 4 * 4
+    assert on_disk["batch_samples"] == 8 and on_disk["batch_tokens"] == 8 * 32
+    assert on_disk["train_tokens"] == 10 * 8 * 32 and on_disk["iterations"] == 10
+    n = on_disk["params_nonembed"]
+    assert on_disk["flops"] == pytest.approx(0.75 * n * (7 + 32 / 64) * 10 * 8 * 32)
+    assert [p["tokens"] for p in on_disk["val_loss_curve"]] == [0, 5 * 256, 10 * 256]
+    assert on_disk["val_loss"] == record["val_loss"]
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+
+
+def test_validation_is_deterministic(tmp_path):
+    trainer = Trainer(tiny(tmp_path, "--train-iters", "3"))
+    for _ in range(3):
+        trainer.train_step()
+    first = trainer.validate()
+    assert trainer.validate() == first
+    trainer.cfg.eval_micro_batch_size = 5  # a different batching gives the same number
+    assert trainer.validate() == pytest.approx(first, rel=1e-6)
+
+
+def test_resume_gives_identical_losses(tmp_path):
+    full = train(tiny(tmp_path / "a", "--train-iters", "12", "--save-interval", "6", "--log-interval", "1"))
+    first = tiny(tmp_path / "b", "--train-iters", "6", "--save-interval", "6", "--log-interval", "1")
+    train(first)
+    resumed = train(tiny(tmp_path / "b", "--train-iters", "12", "--save-interval", "6", "--log-interval", "1"))
+    losses = lambda d: [(r["iteration"], r["train_loss"]) for r in read_metrics(d / "run")
+                        if "train_loss" in r]
+    assert len(losses(tmp_path / "a")) == 12
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert resumed["val_loss"] == full["val_loss"]
+    assert ckpt.latest_checkpoint(str(tmp_path / "b" / "run" / "checkpoints")).name == "iter_0000012"
+
+
+def test_crash_during_save_keeps_previous_checkpoint(tmp_path):
+    save_dir = tmp_path / "ckpt"
+    ckpt.save_checkpoint(str(save_dir), 1, lambda d: (d / "state").write_text("one"))
+
+    def crash(d):
+        (d / "state").write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        ckpt.save_checkpoint(str(save_dir), 2, crash)
+    latest = ckpt.latest_checkpoint(str(save_dir))
+    assert latest.name == "iter_0000001" and (latest / "state").read_text() == "one"
+    ckpt.save_checkpoint(str(save_dir), 3, lambda d: (d / "state").write_text("three"))
+    assert not list(save_dir.glob("*.tmp")), "stale temp dirs are cleaned on the next save"
+    assert ckpt.latest_checkpoint(str(save_dir)).name == "iter_0000003"
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--num-attention-heads", "3"], "num_attention_heads=3 does not divide hidden_size=64"),
+    (["--latent-height", "7"], "patch size 2 does not divide latent height=7"),
+    (["--train-tokens", "100"], "smaller than one global batch"),
+    (["--train-tokens", "1000"], "not a whole number of global batches"),
+    (["--model-size", "nope"], "unknown model preset 'nope'"),
+    (["--objective", "score"], "--objective='score'"),
+    (["--global-batch-size", "6"], "not a multiple of --micro-batch-size=4"),
+    (["--tensor-model-parallel-size", "2"], "world size 1 is not divisible"),
+])
+def test_bad_configs_fail_before_work(tmp_path, capsys, flags, message):
+    argv = TINY + ["--run-dir", str(tmp_path / "run"), "--train-iters", "5"] + flags
+    assert train_cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists(), "nothing is written before validation passes"
+
+
+def test_divergence_is_recorded(tmp_path):
+    record = train(tiny(tmp_path, "--lr", "1e6", "--clip-grad", "0", "--train-iters", "30"))
+    assert record["status"] == "diverged" and record["val_loss"] is None
+
+
+def test_wandb_offline_writes_a_run(tmp_path):
+    cfg = tiny(tmp_path, "--train-iters", "2", "--wandb-mode", "offline")
+    train(cfg)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
