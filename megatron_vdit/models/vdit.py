@@ -85,8 +85,8 @@ class SelfAttention(nn.Module):
         self.linear_proj = _row(sub.row_linear, config, d, d, tp_group)
 
     def forward(self, x_SBD, cond: Conditioning):
-        s, b, _ = x_SBD.shape
         qkv, _ = self.linear_qkv(x_SBD)
+        s, b = qkv.shape[:2]  # not x's: a sequence-parallel linear gathers tokens
         qkv_BHS3E = qkv.view(s, b, self.heads, 3, self.head_dim).permute(1, 2, 0, 3, 4)
         q, k, v = qkv_BHS3E.unbind(3)
         q = apply_rope(self.q_norm(q), cond.rope_cos_SE, cond.rope_sin_SE)
@@ -110,10 +110,9 @@ class CrossAttention(nn.Module):
         self.linear_proj = _row(sub.row_linear, config, d, d, tp_group)
 
     def forward(self, x_SBD, cond: Conditioning):
-        s, b, _ = x_SBD.shape
-        x_len = cond.text_XBD.shape[0]
         q, _ = self.linear_q(x_SBD)
         kv, _ = self.linear_kv(cond.text_XBD)
+        (s, b), x_len = q.shape[:2], kv.shape[0]  # not the inputs': SP linears gather tokens
         q_BHSE = self.q_norm(q.view(s, b, self.heads, self.head_dim).permute(1, 2, 0, 3))
         kv_BHX2E = kv.view(x_len, b, self.heads, 2, self.head_dim).permute(1, 2, 0, 3, 4)
         k_BHXE, v_BHXE = kv_BHX2E.unbind(3)

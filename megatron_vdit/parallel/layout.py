@@ -117,6 +117,10 @@ class ParallelGroups:
     dp: dist.ProcessGroup
     dp_cp: dist.ProcessGroup
     """Gradient-reduction group: data and context parallel ranks of one model shard."""
+    cp_ulysses: dist.ProcessGroup | None = None
+    """All-to-all (Ulysses) part of the CP group: `ulysses_degree` adjacent CP ranks."""
+    cp_ring: dist.ProcessGroup | None = None
+    """Ring (p2p) part of the CP group: CP ranks with the same Ulysses index."""
 
     def rank_in(self, name: str) -> int:
         return dist.get_rank(getattr(self, name))
@@ -141,12 +145,21 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def build_parallel_groups(layout: ParallelLayout, device_type: str = "cpu") -> ParallelGroups:
-    """Create every group of `layout` (call on all ranks, after `layout.validate`)."""
+def build_parallel_groups(layout: ParallelLayout, device_type: str = "cpu", *,
+                          num_attention_heads: int | None = None) -> ParallelGroups:
+    """Create every group of `layout` (call on all ranks, after `layout.validate`).
+
+    `num_attention_heads` fixes the default Ulysses degree of a2a+p2p (not needed when
+    `layout.ulysses_size` is set, nor for other comm types).
+    """
     world = dist.get_world_size()
     if layout.world_size != world:
         raise ValueError(f"layout world size {layout.world_size} != torch.distributed world "
                          f"size {world}")
+    if (layout.cp_comm_type == "a2a+p2p" and layout.ulysses_size is None
+            and num_attention_heads is None):
+        raise ValueError("cp_comm_type='a2a+p2p' without ulysses_size: pass "
+                         "num_attention_heads to build_parallel_groups")
     mesh = init_device_mesh(
         device_type,
         (layout.pipeline_model_parallel_size, layout.data_parallel_size,
@@ -154,6 +167,31 @@ def build_parallel_groups(layout: ParallelLayout, device_type: str = "cpu") -> P
         mesh_dim_names=("pp", "dp", "cp", "tp"),
     )
     mesh["dp", "cp"]._flatten("dp_cp")
+    cp_ulysses, cp_ring = _build_cp_subgroups(layout, mesh, num_attention_heads)
     return ParallelGroups(layout=layout, mesh=mesh, tp=mesh.get_group("tp"),
                           cp=mesh.get_group("cp"), pp=mesh.get_group("pp"),
-                          dp=mesh.get_group("dp"), dp_cp=mesh.get_group("dp_cp"))
+                          dp=mesh.get_group("dp"), dp_cp=mesh.get_group("dp_cp"),
+                          cp_ulysses=cp_ulysses, cp_ring=cp_ring)
+
+
+def _build_cp_subgroups(layout: ParallelLayout, mesh: DeviceMesh,
+                        num_attention_heads: int | None):
+    """(ulysses, ring) groups of this rank for its cp_comm_type; None where unused.
+
+    CP rank c sits at Ulysses index c % U and ring index c // U, so a Ulysses group is U
+    adjacent CP ranks (fast links) and its all-to-all yields a contiguous token range.
+    """
+    cp = layout.context_parallel_size
+    if cp == 1:
+        return None, None
+    if layout.cp_comm_type == "p2p":
+        return None, mesh.get_group("cp")
+    if layout.cp_comm_type == "a2a":
+        return mesh.get_group("cp"), None
+    ulysses = layout.ulysses_degree(num_attention_heads)
+    cp_groups = mesh.mesh.permute(0, 1, 3, 2).reshape(-1, cp).tolist()  # (pp, dp, tp) x cp
+    ulysses_lists = [ranks[i:i + ulysses] for ranks in cp_groups for i in range(0, cp, ulysses)]
+    ring_lists = [ranks[j::ulysses] for ranks in cp_groups for j in range(ulysses)]
+    ulysses_group, _ = dist.new_subgroups_by_enumeration(ulysses_lists)
+    ring_group, _ = dist.new_subgroups_by_enumeration(ring_lists)
+    return ulysses_group, ring_group

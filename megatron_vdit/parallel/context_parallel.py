@@ -1,0 +1,239 @@
+"""Context parallelism: core-attention backends for a video sequence split over CP ranks.
+
+Only the self-attention core-attention slot knows about CP (it is swapped in through
+the block's ModuleSpec); everything else in a block is token-wise or attends to the
+full caption. The video tokens are split contiguously: CP rank c holds global tokens
+[c * L, (c + 1) * L) of the padded sequence (full non-causal attention needs no load
+balancing). Padding sits at the end of the global sequence; padded keys are dropped
+from every attention block (they are always a suffix of a block), padded queries are
+computed and discarded by `gather_tokens`.
+
+Backends (`ParallelLayout.cp_comm_type`):
+- "p2p"  ring attention: KV blocks travel round the CP ring (`batch_isend_irecv`, the
+  next block's transfer overlapping the current block's compute); blockwise attention
+  with an online softmax merged by log-sum-exp; a custom autograd Function whose
+  backward passes KV round the ring again with the dK/dV accumulators travelling along.
+- "a2a"  Ulysses: all-to-all from (all heads, S/CP tokens) to (H/CP heads, all tokens),
+  local SDPA, all-to-all back.
+- "a2a+p2p" hybrid: Ulysses inside groups of `ulysses_degree` adjacent CP ranks, ring
+  attention across those groups.
+- optional TransformerEngine backend (`TEContextParallelAttention`), GPU only.
+
+Shape legend: B batch, H heads (local), L tokens held by a rank, E head dim.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+# --- all-to-all (Ulysses) --------------------------------------------------------------
+def _all_to_all(x: torch.Tensor, group: dist.ProcessGroup, scatter_dim: int,
+                gather_dim: int) -> torch.Tensor:
+    n = group.size()
+    send = torch.stack(x.chunk(n, dim=scatter_dim)).contiguous()
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    return torch.cat(recv.unbind(0), dim=gather_dim)
+
+
+class _AllToAll(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group, scatter_dim, gather_dim):
+        ctx.args = (group, scatter_dim, gather_dim)
+        return _all_to_all(x, group, scatter_dim, gather_dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        group, scatter_dim, gather_dim = ctx.args
+        return _all_to_all(grad, group, gather_dim, scatter_dim), None, None, None
+
+
+def heads_to_tokens(x_BHLE: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """[B, H, L, E] -> [B, H/n, n*L, E] (tokens of the group's ranks in rank order)."""
+    return _AllToAll.apply(x_BHLE, group, 1, 2)
+
+
+def tokens_to_heads(x_BHLE: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """Inverse of `heads_to_tokens`."""
+    return _AllToAll.apply(x_BHLE, group, 2, 1)
+
+
+# --- ring attention --------------------------------------------------------------------
+def _start_ring_shift(tensor: torch.Tensor, group: dist.ProcessGroup):
+    """Send `tensor` to the next ring rank, receive the previous rank's; returns (buf, works)."""
+    rank, size = group.rank(), group.size()
+    nxt = dist.get_global_rank(group, (rank + 1) % size)
+    prv = dist.get_global_rank(group, (rank - 1) % size)
+    recv = torch.empty_like(tensor)
+    works = dist.batch_isend_irecv([dist.P2POp(dist.isend, tensor, nxt, group=group),
+                                    dist.P2POp(dist.irecv, recv, prv, group=group)])
+    return recv, works
+
+
+def _wait(works) -> None:
+    for work in works:
+        work.wait()
+
+
+def _valid_keys(num_tokens: int, block: int, block_len: int) -> int:
+    """Number of real (non-padding) keys in ring block `block` of `block_len` tokens."""
+    return max(0, min(block_len, num_tokens - block * block_len))
+
+
+def _block_forward(q, k, v, scale):
+    """One block of attention in float32: (out [B,H,L,E], lse [B,H,L])."""
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    lse = torch.logsumexp(s, dim=-1)
+    return torch.matmul(torch.exp(s - lse.unsqueeze(-1)), v), lse
+
+
+def _block_backward(q, k, v, d_out, lse, delta, scale):
+    """Gradients of one block given the *global* softmax statistics (lse, delta)."""
+    p = torch.exp(torch.matmul(q, k.transpose(-1, -2)) * scale - lse.unsqueeze(-1))
+    dv = torch.matmul(p.transpose(-1, -2), d_out)
+    ds = p * (torch.matmul(d_out, v.transpose(-1, -2)) - delta.unsqueeze(-1))
+    return torch.matmul(ds, k) * scale, torch.matmul(ds.transpose(-1, -2), q) * scale, dv
+
+
+class _RingAttention(torch.autograd.Function):
+    """softmax(q k^T * scale) v with K/V split round `group`; q, k, v: [B, H, L, E]."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, group, num_tokens):
+        rank, size = group.rank(), group.size()
+        length, scale = k.shape[2], 1.0 / math.sqrt(q.shape[-1])
+        qf = q.float()
+        out = torch.zeros_like(qf)
+        lse = torch.full(q.shape[:-1], -math.inf, dtype=torch.float32, device=q.device)
+        kv = torch.stack((k, v))
+        for step in range(size):
+            if step + 1 < size:
+                next_kv, works = _start_ring_shift(kv, group)
+            block = (rank - step) % size
+            n = _valid_keys(num_tokens, block, length)
+            if n:
+                blk_out, blk_lse = _block_forward(qf, kv[0, :, :, :n].float(),
+                                                  kv[1, :, :, :n].float(), scale)
+                new_lse = torch.logaddexp(lse, blk_lse)
+                out = (out * torch.exp(lse - new_lse).unsqueeze(-1)
+                       + blk_out * torch.exp(blk_lse - new_lse).unsqueeze(-1))
+                lse = new_lse
+            if step + 1 < size:
+                _wait(works)
+                kv = next_kv
+        ctx.group, ctx.num_tokens = group, num_tokens
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, d_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        group, num_tokens = ctx.group, ctx.num_tokens
+        rank, size = group.rank(), group.size()
+        length, scale = k.shape[2], 1.0 / math.sqrt(q.shape[-1])
+        qf, d_out = q.float(), d_out.float()
+        delta = (d_out * out).sum(-1)  # rowsum(dO * O): the softmax backward's correction
+        dq = torch.zeros_like(qf)
+        kv = torch.stack((k, v))
+        dkv_works = None
+        for step in range(size):
+            if step + 1 < size:
+                next_kv, kv_works = _start_ring_shift(kv, group)
+            block = (rank - step) % size
+            n = _valid_keys(num_tokens, block, length)
+            dkv = torch.zeros(kv.shape, dtype=torch.float32, device=kv.device)
+            if n:
+                dq_b, dk_b, dv_b = _block_backward(qf, kv[0, :, :, :n].float(),
+                                                   kv[1, :, :, :n].float(), d_out, lse,
+                                                   delta, scale)
+                dq += dq_b
+                dkv[0, :, :, :n], dkv[1, :, :, :n] = dk_b, dv_b
+            if dkv_works is not None:
+                # The accumulator for this block arrives from the previous rank.
+                _wait(dkv_works)
+                dkv += dkv_recv
+            dkv_recv, dkv_works = _start_ring_shift(dkv, group)
+            if step + 1 < size:
+                _wait(kv_works)
+                kv = next_kv
+        # After `size` shifts each block's accumulator is back with its owner.
+        _wait(dkv_works)
+        return dq.to(q.dtype), dkv_recv[0].to(k.dtype), dkv_recv[1].to(v.dtype), None, None
+
+
+def ring_attention(q_BHLE, k_BHLE, v_BHLE, group: dist.ProcessGroup, num_tokens: int):
+    """Full attention over the ring's concatenated sequence, keys >= num_tokens dropped."""
+    return _RingAttention.apply(q_BHLE, k_BHLE, v_BHLE, group, num_tokens)
+
+
+# --- core-attention backends ------------------------------------------------------------
+class ContextParallelAttention(nn.Module):
+    """Self-attention core over the CP-split sequence (Ulysses, ring or both).
+
+    `ulysses_group` / `ring_group` are None where that level is absent. With both None
+    (CP = 1) this is local SDPA that only drops padded keys (needed under SP padding).
+    `num_tokens` is the real (unpadded) video sequence length.
+    """
+
+    def __init__(self, config=None, *, num_tokens: int, ulysses_group=None, ring_group=None,
+                 **_unused):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.ulysses_group = ulysses_group
+        self.ring_group = ring_group
+
+    def forward(self, q_BHLE, k_BHLE, v_BHLE, key_mask_BX=None):
+        if key_mask_BX is not None:
+            raise ValueError("ContextParallelAttention is a self-attention backend: "
+                             "it masks padding itself and takes no key mask")
+        if self.ulysses_group is not None:
+            q_BHLE, k_BHLE, v_BHLE = (heads_to_tokens(t, self.ulysses_group)
+                                      for t in (q_BHLE, k_BHLE, v_BHLE))
+        if self.ring_group is not None and self.ring_group.size() > 1:
+            out = ring_attention(q_BHLE, k_BHLE, v_BHLE, self.ring_group, self.num_tokens)
+        else:
+            block = 0 if self.ring_group is None else self.ring_group.rank()
+            n = _valid_keys(self.num_tokens, block, k_BHLE.shape[2])
+            out = F.scaled_dot_product_attention(q_BHLE, k_BHLE[:, :, :n], v_BHLE[:, :, :n])
+        if self.ulysses_group is not None:
+            out = tokens_to_heads(out, self.ulysses_group)
+        return out
+
+
+class TEContextParallelAttention(nn.Module):
+    """TransformerEngine's DotProductAttention with its own CP (GPU only, optional).
+
+    Not exercised by the CPU test suite (TransformerEngine needs CUDA). It supports
+    only sequences that need no padding: TE's CP masks by cu_seqlens, not by a suffix.
+    """
+
+    def __init__(self, config, *, num_tokens: int, padded_tokens: int, cp_group,
+                 cp_comm_type: str, num_local_heads: int, **_unused):
+        super().__init__()
+        try:
+            from transformer_engine.pytorch import DotProductAttention
+        except ImportError as exc:
+            raise ValueError("cp_backend='te' needs TransformerEngine, which is not "
+                             "importable here") from exc
+        if num_tokens != padded_tokens:
+            raise ValueError(f"cp_backend='te' cannot mask padding: tokens_per_sample="
+                             f"{num_tokens} must be divisible by the {padded_tokens // num_tokens}"
+                             f"-way split (padded to {padded_tokens})")
+        if not torch.cuda.is_available():
+            raise ValueError("cp_backend='te' needs CUDA")
+        self.attn = DotProductAttention(
+            num_local_heads, config.head_dim, attention_dropout=0.0, qkv_format="bshd",
+            attn_mask_type="no_mask", cp_group=cp_group,
+            cp_global_ranks=dist.get_process_group_ranks(cp_group),
+            cp_stream=torch.cuda.Stream(), cp_comm_type=cp_comm_type)
+
+    def forward(self, q_BHLE, k_BHLE, v_BHLE, key_mask_BX=None):
+        assert key_mask_BX is None
+        q, k, v = (t.transpose(1, 2) for t in (q_BHLE, k_BHLE, v_BHLE))  # TE wants bshd
+        out_BLHE = self.attn(q, k, v).unflatten(-1, (q.shape[2], q.shape[3]))
+        return out_BLHE.transpose(1, 2)

@@ -1,0 +1,134 @@
+"""Data parallelism (FSDP2 over the flattened DP x CP mesh), gradient finishing, clipping.
+
+Gradient reduction, end to end (one optimizer step):
+1. Every CP rank (and, under SP, every TP rank) computes the *same* loss on the full
+   prediction (`gather_tokens` all-gathers it; its backward keeps only this rank's
+   tokens), so each rank's gradients are the contribution of its own tokens.
+2. FSDP2 reduce-scatters gradients over `dp_cp` with divide factor DP: a sum over CP
+   (partial contributions of one sample set) and a mean over DP (different samples).
+3. `finalize_grads` then sums the TP-partial gradients over TP (per-head q/k norms;
+   under SP every replicated parameter). With PP > 1 the pipeline code also sums the
+   conditioning modules' gradients over stages (`pipeline.sync_duplicated_grads`):
+   every stage recomputes the conditioning, so each holds a partial gradient.
+4. `clip_grad_norm_` computes the global norm, counting each element of the full model
+   once: TP shards summed over TP, replicated parameters once, FSDP shards summed over
+   DP x CP, stages summed over PP, PP-replicated conditioning counted on stage 0 only.
+"""
+from __future__ import annotations
+
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+from .layout import ParallelGroups
+from .tensor_parallel import allreduce_coalesced, local_grad, param_role, tag_params
+
+
+def apply_data_parallel(model: nn.Module, groups: ParallelGroups, *, zero_stage: int = 2,
+                        param_dtype: torch.dtype | None = None,
+                        reduce_dtype: torch.dtype | None = None) -> nn.Module:
+    """Shard parameters, gradients and optimizer state over `groups.mesh["dp_cp"]`.
+
+    zero_stage=2 keeps each block's parameters gathered from forward to backward
+    (`reshard_after_forward=False`: one all-gather per step; gradients and optimizer
+    state sharded); zero_stage=3 frees them after forward and all-gathers again in
+    backward. `param_dtype=torch.bfloat16` runs compute in bf16 with float32 master
+    weights; `reduce_dtype` is the gradient-reduction dtype (float32 recommended).
+    Each block is its own FSDP unit (its all-gather overlaps the previous block's
+    compute); the root holds embeddings, conditioning and the final layer. Call after
+    `apply_recompute`, before building the optimizer. A no-op when DP x CP == 1 and no
+    mixed precision is asked for. Blocks a pipeline stage deleted are simply absent.
+    """
+    if zero_stage not in (2, 3):
+        raise ValueError(f"zero_stage={zero_stage}; expected 2 or 3")
+    mesh = groups.mesh["dp_cp"]
+    if mesh.size() == 1 and param_dtype is None and reduce_dtype is None:
+        return model
+    roles = {name: param_role(p) for name, p in model.named_parameters()}
+    mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    for block in model.blocks.values():
+        fully_shard(block, mesh=mesh, reshard_after_forward=zero_stage == 3,
+                    mp_policy=mp_policy)
+    # The root's parameters are needed again at the start of backward: never reshard.
+    fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=mp_policy)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            # Sum over CP (partial contributions), mean over DP (different samples).
+            module.set_gradient_divide_factor(float(groups.layout.data_parallel_size))
+    tag_params(model, roles)
+    return model
+
+
+def _chunks(model_or_chunks) -> list[nn.Module]:
+    return list(model_or_chunks) if isinstance(model_or_chunks, (list, tuple)) else [model_or_chunks]
+
+
+def finalize_grads(model_or_chunks, groups: ParallelGroups) -> None:
+    """Sum the TP-partial gradients over TP, after the last backward of a step.
+
+    Takes the model or the list of this rank's model chunks (virtual pipeline stages).
+    The conditioning gradients duplicated over pipeline stages are PP's business
+    (`pipeline.sync_duplicated_grads`); call that too when PP > 1, in either order.
+    """
+    chunks = _chunks(model_or_chunks)
+    for chunk in chunks:
+        if groups.dp_cp.size() > 1 and not isinstance(chunk, FSDPModule):
+            raise ValueError(f"DP x CP = {groups.dp_cp.size()} but the model is not sharded: "
+                             "call apply_data_parallel (it is the DP/CP gradient reduction)")
+    allreduce_coalesced([local_grad(p) for chunk in chunks for p in chunk.parameters()
+                         if p.grad is not None and param_role(p).tp_partial_grad], groups.tp)
+
+
+def _params_counted_in_norm(model_params, groups: ParallelGroups):
+    """(param, counted) pairs: PP-replicated parameters count once, on PP rank 0."""
+    if isinstance(model_params, nn.Module) or (
+            isinstance(model_params, (list, tuple)) and model_params
+            and isinstance(model_params[0], nn.Module)):
+        named = [(n, p) for chunk in _chunks(model_params) for n, p in chunk.named_parameters()]
+    else:
+        named = [(None, p) for p in model_params]  # assumed to be a single chunk
+    seen, pairs = set(), []
+    for name, p in named:
+        if p.grad is None:
+            continue
+        counted = True
+        if param_role(p).pp_replicated:
+            counted = groups.pp.rank() == 0 and (name is None or name not in seen)
+            seen.add(name)
+        pairs.append((p, counted))
+    return pairs
+
+
+@torch.no_grad()
+def clip_grad_norm_(model_params, max_norm: float, groups: ParallelGroups,
+                    norm_type: float = 2.0) -> torch.Tensor:
+    """Scale gradients so their global 2-norm is at most `max_norm`; return that norm.
+
+    `model_params`: the model, the list of this rank's model chunks, or an iterable of
+    parameters (of one chunk), built by `build_parallel_model` so each carries its role.
+    Call after `finalize_grads`. Every element of the full model counts once (see the
+    module docstring).
+    """
+    if norm_type != 2.0:
+        raise ValueError(f"norm_type={norm_type}: only the 2-norm is supported")
+    pairs = _params_counted_in_norm(model_params, groups)
+    if not pairs:
+        raise ValueError("clip_grad_norm_: no parameter has a gradient")
+    fsdp = {hasattr(p.grad, "to_local") for p, _ in pairs}
+    assert len(fsdp) == 1, "mixed FSDP-sharded and plain gradients"
+    sq_sharded_replicated = torch.zeros(2, dtype=torch.float64, device=pairs[0][0].device)
+    for p, counted in pairs:
+        if counted:
+            replicated = param_role(p).tp_partition_dim is None
+            sq_sharded_replicated[int(replicated)] += local_grad(p).double().pow(2).sum()
+    dist.all_reduce(sq_sharded_replicated[:1], group=groups.tp)
+    total_sq = sq_sharded_replicated.sum()
+    if fsdp.pop():  # each dp_cp rank holds a disjoint shard of every parameter
+        dist.all_reduce(total_sq, group=groups.dp_cp)
+    dist.all_reduce(total_sq, group=groups.pp)
+    total = total_sq.sqrt().float()
+    clip_coef = (max_norm / (total + 1e-6)).clamp(max=1.0)  # no host sync
+    torch._foreach_mul_([local_grad(p) for p, _ in pairs], clip_coef)
+    return total
