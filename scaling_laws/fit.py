@@ -1,0 +1,117 @@
+"""The fit: cell optima -> hyperparameter laws -> loss law -> N_opt(C), with bootstrap.
+
+Every quantity is computed for R = 1 + num_resamples rows at once: row 0 is the plain
+fit on all runs, rows 1.. are bootstrap resamples. Resampling draws *runs* with
+replacement within each model size (the sweep is a designed experiment: each size keeps
+its number of runs), so a run's whole validation curve travels together and the
+correlation between its T points is respected. Quantities a resample cannot identify
+(a cell whose surface loses convexity, a loss fit that fails) are NaN in that row and
+counted in ``bootstrap_failures``; intervals are percentiles over the finite rows.
+
+Legend: ``_R`` rows (plain fit + resamples), ``_C`` cells, ``_K`` budgets.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from scaling_laws import allocation, hyperopt, loss_law
+from scaling_laws.compute import ComputeModel
+from scaling_laws.records import RunSet
+
+MIN_MODEL_SIZES = 3
+
+
+@dataclasses.dataclass
+class FitOptions:
+    num_resamples: int = 1000
+    seed: int = 0
+    window: float = 0.05          # surface uses points within 5% of the cell's best loss
+    min_tokens_ratio: float = 1.25
+    budgets_flops: tuple | None = None
+    progress: bool = True
+
+
+def bootstrap_weights(runs: RunSet, num_resamples: int, seed: int) -> np.ndarray:
+    """(1 + num_resamples, num_runs) draw counts; row 0 is all ones (the plain fit)."""
+    rng = np.random.default_rng(seed)
+    labels = hyperopt._group_sizes(runs.params_nonembed)
+    weights = np.zeros((num_resamples + 1, runs.num_runs))
+    weights[0] = 1.0
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        draws = rng.integers(0, len(members), size=(num_resamples, len(members)))
+        counts = (draws[..., None] == np.arange(len(members))).sum(axis=1)
+        weights[1:, members] = counts
+    return weights
+
+
+def _check_cells(cells, skipped, runs: RunSet) -> None:
+    if not cells:
+        reasons = sorted({r for _, _, r in skipped})
+        raise ValueError("no (N, T) cell can locate an optimum: " + "; ".join(reasons[:3]))
+    sizes = sorted({c.params_nonembed for c in cells})
+    if len(sizes) < MIN_MODEL_SIZES:
+        all_sizes = np.unique(runs.params_nonembed)
+        raise ValueError(
+            f"need >= {MIN_MODEL_SIZES} model sizes with a usable (eta, B) grid to fit the "
+            f"laws, got {len(sizes)} ({[f'{s:.3g}' for s in sizes]}; sizes in the records: "
+            f"{[f'{s:.3g}' for s in all_sizes]})")
+
+
+def _fit_loss_rows(n_C, t_C, log_loss_RC) -> np.ndarray:
+    """(R, 5) loss-law coefficients in LOSS_KEYS order; row 0 from the start grid, the
+    resamples by a batched fit started from row 0."""
+    ok0 = np.isfinite(log_loss_RC[0])
+    full = loss_law.fit_loss_law(n_C[ok0], t_C[ok0], np.exp(log_loss_RC[0, ok0]))
+    out = np.empty((log_loss_RC.shape[0], len(loss_law.LOSS_KEYS)))
+    out[0] = [full[k] for k in loss_law.LOSS_KEYS]
+    if log_loss_RC.shape[0] > 1:
+        out[1:] = loss_law.fit_loss_law_rows(n_C, t_C, log_loss_RC[1:], full)
+    return out
+
+
+def loss_fn_rows(loss_RP: np.ndarray):
+    """A broadcasting L(N, T) over rows of loss-law coefficients, shaped (R, 1, 1)."""
+    t_c, a_t, n_c, a_n, l_inf = (loss_RP[:, i, None, None] for i in range(5))
+    return lambda n, t: (t_c / t) ** a_t + (n_c / n) ** a_n + l_inf
+
+
+def core_fit(runs: RunSet, opts: FitOptions) -> dict:
+    """All fitted quantities as arrays over rows (plain fit + resamples)."""
+    cells, skipped = hyperopt.build_cells(runs, opts.window, opts.min_tokens_ratio)
+    _check_cells(cells, skipped, runs)
+    weights_R = bootstrap_weights(runs, opts.num_resamples, opts.seed)
+    surfaces = [hyperopt.fit_surface(c, weights_R) for c in cells]
+    stack = {k: np.stack([s[k] for s in surfaces], axis=1) for k in ("log_lr", "log_batch",
+                                                                     "log_loss", "valid")}
+    if stack["valid"][0].sum() == 0:
+        raise ValueError("no cell has its optimum inside its (eta, B) grid; widen the grids")
+    n_C = np.array([c.n_billion for c in cells])
+    t_C = np.array([c.t_billion for c in cells])
+    usable_sizes = np.unique(n_C[stack["valid"][0]])
+    if len(usable_sizes) < MIN_MODEL_SIZES:
+        raise ValueError(f"only {len(usable_sizes)} model sizes have a cell whose optimum lies "
+                         f"inside the grid (N = {usable_sizes} billion); need {MIN_MODEL_SIZES}")
+    eta = hyperopt.fit_power_law(stack["log_lr"], t_C, n_C)
+    batch = hyperopt.fit_power_law(stack["log_batch"], t_C, n_C)
+    loss_RP = _fit_loss_rows(n_C, t_C, stack["log_loss"])
+    compute = ComputeModel.fit(runs.params_nonembed, runs.hidden_size, runs.tokens_per_sample)
+    budgets = np.asarray(opts.budgets_flops if opts.budgets_flops is not None else
+                         allocation.default_budgets(min(c.flops for c in cells),
+                                                    max(c.flops for c in cells)))
+    n_opt_RK = allocation.optimal_params(loss_fn_rows(loss_RP), compute, budgets)
+    k_R, a_R = allocation.fit_allocation(budgets, n_opt_RK)
+    return {"cells": cells, "skipped": skipped, "surfaces": surfaces, "stack": stack,
+            "n_C": n_C, "t_C": t_C, "eta": np.stack(eta, 1), "batch": np.stack(batch, 1),
+            "loss": loss_RP, "compute": compute, "budgets": budgets, "n_opt_RK": n_opt_RK,
+            "n_opt": np.stack([k_R, a_R], 1), "weights": weights_R}
+
+
+def interval(samples: np.ndarray) -> list:
+    """95% percentile interval over finite bootstrap rows (rows 1..), or [nan, nan]."""
+    finite = samples[np.isfinite(samples)]
+    if finite.size < 2:
+        return [float("nan"), float("nan")]
+    return [float(v) for v in np.percentile(finite, [2.5, 97.5])]

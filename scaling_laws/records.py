@@ -1,0 +1,231 @@
+"""Run records: loading, validation, exclusion accounting, expansion into loss points.
+
+A run record is the JSON object the training CLI writes to ``<run-dir>/run.json``
+(field names carry their units). Sources accepted by :func:`load_records`:
+a directory (searched recursively for ``run.json``, ``*.jsonl`` and wandb offline runs,
+``wandb/offline-run-*/files/{run.json, wandb-summary.json}``), a ``.jsonl`` file (one
+record a line) or a ``.json`` file (one record or a list).
+
+Contract of :func:`prepare`: failed, diverged or unfinished runs and non-finite losses
+are *excluded and counted* (``RunSet.excluded``), never dropped silently. A run with a
+``val_loss_curve`` contributes one point per logged token count (constant LR makes
+every checkpoint a valid shorter run, as in the paper), plus its final point.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import pathlib
+
+import numpy as np
+
+REQUIRED = ("run_id", "params_nonembed", "params_total", "hidden_size", "num_layers",
+            "tokens_per_sample", "train_tokens", "batch_tokens", "batch_samples", "lr",
+            "val_loss", "status")
+GOOD_STATUS = "completed"
+
+
+def _read_json_file(path: pathlib.Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        rows = []
+        for line_no, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{line_no}: not valid JSON ({err})") from err
+        return rows
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    return obj if isinstance(obj, list) else [obj]
+
+
+def _wandb_record(files_dir: pathlib.Path) -> list[dict]:
+    """A wandb offline run's record: its run.json, else its summary if it has the fields."""
+    if (files_dir / "run.json").exists():
+        return _read_json_file(files_dir / "run.json")
+    summary = files_dir / "wandb-summary.json"
+    if summary.exists():
+        obj = json.loads(summary.read_text())
+        if "run_id" in obj or "val_loss" in obj:
+            return [obj]
+    return []
+
+
+def load_records(source) -> list[dict]:
+    """Read every run record under ``source`` (a path or a list of paths)."""
+    if isinstance(source, (list, tuple)):
+        return [r for s in source for r in load_records(s)]
+    path = pathlib.Path(source)
+    if not path.exists():
+        raise ValueError(f"run records not found: {path}")
+    if path.is_file():
+        records = _read_json_file(path)
+    else:
+        records = []
+        for f in sorted(path.rglob("*")):
+            in_wandb = "wandb" in f.parts and any(p.startswith("offline-run-") for p in f.parts)
+            if in_wandb:
+                if f.is_dir() and f.name == "files" and f.parent.name.startswith("offline-run-"):
+                    records += _wandb_record(f)
+            elif f.is_file() and (f.name == "run.json" or f.suffix == ".jsonl"):
+                records += _read_json_file(f)
+    for rec in records:
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}: a run record must be a JSON object, got {type(rec).__name__}")
+    if not records:
+        raise ValueError(f"no run records found under {path} (looked for run.json, *.jsonl, "
+                         "wandb/offline-run-*/files)")
+    return records
+
+
+def _dedupe(records: list[dict]) -> list[dict]:
+    """The same run may be read twice (run dir and wandb copy): keep one, refuse conflicts."""
+    by_id: dict[str, dict] = {}
+    for rec in records:
+        rid = str(rec.get("run_id", ""))
+        if rid in by_id:
+            old = by_id[rid]
+            same = (old.get("val_loss") == rec.get("val_loss") or
+                    all(isinstance(v, float) and math.isnan(v)
+                        for v in (old.get("val_loss"), rec.get("val_loss"))))
+            if not same or old.get("status") != rec.get("status"):
+                raise ValueError(f"run_id {rid!r} appears twice with different results "
+                                 f"(val_loss {old.get('val_loss')} vs {rec.get('val_loss')})")
+            continue
+        by_id[rid] = rec
+    return list(by_id.values())
+
+
+def _check_fields(records: list[dict]) -> None:
+    """Every field present (batch_tokens derivable), token bookkeeping reconcilable."""
+    contexts = {r.get("tokens_per_sample") for r in records}
+    mixed = len(contexts) > 1
+    for rec in records:
+        if "batch_tokens" not in rec and not mixed and None not in contexts \
+                and "batch_samples" in rec:
+            rec["batch_tokens"] = rec["batch_samples"] * rec["tokens_per_sample"]
+        missing = [k for k in REQUIRED if k not in rec]
+        if missing:
+            hint = ""
+            if mixed and "batch_tokens" in missing:
+                hint = (" (tokens_per_sample differs between runs "
+                        f"{sorted(map(str, contexts))}, so batch_tokens cannot be "
+                        "derived from batch_samples)")
+            raise ValueError(f"run {rec.get('run_id', '?')!r} lacks required fields "
+                             f"{missing}{hint}")
+    if mixed:
+        bad = [r["run_id"] for r in records
+               if r["batch_tokens"] != r["batch_samples"] * r["tokens_per_sample"]]
+        if bad:
+            raise ValueError(
+                f"runs mix tokens_per_sample {sorted(map(str, contexts))} and batch_tokens != "
+                f"batch_samples * tokens_per_sample for {bad[:5]}: batch sizes in tokens "
+                "cannot be reconciled")
+
+
+def _finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@dataclasses.dataclass
+class RunSet:
+    """Usable runs as arrays (one row per run) and their loss points (one row per point).
+
+    Run arrays: ``run_id, params_nonembed, hidden_size, tokens_per_sample, lr,
+    batch_tokens, train_tokens``. Point arrays: ``point_run`` (row into the run
+    arrays), ``point_tokens``, ``point_loss``. ``excluded`` maps reason -> run ids.
+    """
+
+    run_id: np.ndarray
+    params_nonembed: np.ndarray
+    hidden_size: np.ndarray
+    tokens_per_sample: np.ndarray
+    lr: np.ndarray
+    batch_tokens: np.ndarray
+    train_tokens: np.ndarray
+    point_run: np.ndarray
+    point_tokens: np.ndarray
+    point_loss: np.ndarray
+    excluded: dict
+    dropped_curve_points: int = 0
+
+    @property
+    def num_runs(self) -> int:
+        return len(self.run_id)
+
+    def subset(self, keep_runs: np.ndarray) -> "RunSet":
+        """Runs where ``keep_runs`` (bool per run) holds, with their points re-indexed."""
+        keep_runs = np.asarray(keep_runs, bool)
+        new_index = np.cumsum(keep_runs) - 1
+        keep_pts = keep_runs[self.point_run]
+        arrays = {f.name: getattr(self, f.name)[keep_runs] for f in dataclasses.fields(self)
+                  if f.name in ("run_id", "params_nonembed", "hidden_size", "tokens_per_sample",
+                                "lr", "batch_tokens", "train_tokens")}
+        return RunSet(**arrays, point_run=new_index[self.point_run[keep_pts]],
+                      point_tokens=self.point_tokens[keep_pts],
+                      point_loss=self.point_loss[keep_pts], excluded=dict(self.excluded),
+                      dropped_curve_points=self.dropped_curve_points)
+
+
+def _curve_points(rec: dict, min_tokens: float) -> tuple[list, list, int]:
+    tokens, losses, dropped = [], [], 0
+    for pt in rec.get("val_loss_curve") or []:
+        t, v = pt.get("tokens"), pt.get("val_loss")
+        if not _finite_positive(t) or not _finite_positive(v):
+            dropped += 1
+            continue
+        if t >= min_tokens and t < rec["train_tokens"]:
+            tokens.append(float(t))
+            losses.append(float(v))
+    return tokens, losses, dropped
+
+
+def prepare(records: list[dict], use_curves: bool = True, min_curve_tokens: float = 0.0) -> RunSet:
+    """Validate records, exclude bad runs (counted), expand into loss points."""
+    if not records:
+        raise ValueError("no run records given")
+    records = _dedupe(records)
+    _check_fields(records)
+    excluded: dict[str, list] = collections.defaultdict(list)
+    runs, pts_run, pts_tok, pts_loss, dropped = [], [], [], [], 0
+    for rec in records:
+        status = str(rec["status"])
+        if status != GOOD_STATUS:
+            excluded[f"status={status}"].append(rec["run_id"])
+            continue
+        if not _finite_positive(rec["val_loss"]):
+            excluded["non-finite or non-positive val_loss"].append(rec["run_id"])
+            continue
+        for key in ("params_nonembed", "hidden_size", "tokens_per_sample", "train_tokens",
+                    "batch_tokens", "lr"):
+            if not _finite_positive(rec[key]):
+                raise ValueError(f"run {rec['run_id']!r}: {key} must be a positive number, "
+                                 f"got {rec[key]!r}")
+        index = len(runs)
+        runs.append(rec)
+        tokens, losses, n_bad = _curve_points(rec, min_curve_tokens) if use_curves else ([], [], 0)
+        dropped += n_bad
+        tokens.append(float(rec["train_tokens"]))
+        losses.append(float(rec["val_loss"]))
+        pts_run += [index] * len(tokens)
+        pts_tok += tokens
+        pts_loss += losses
+    if not runs:
+        counts = {k: len(v) for k, v in excluded.items()}
+        raise ValueError(f"all {len(records)} runs were excluded ({counts}); nothing to fit")
+
+    def col(key):
+        return np.array([r[key] for r in runs], dtype=float)
+
+    return RunSet(run_id=np.array([str(r["run_id"]) for r in runs]),
+                  params_nonembed=col("params_nonembed"), hidden_size=col("hidden_size"),
+                  tokens_per_sample=col("tokens_per_sample"), lr=col("lr"),
+                  batch_tokens=col("batch_tokens"), train_tokens=col("train_tokens"),
+                  point_run=np.array(pts_run, dtype=int), point_tokens=np.array(pts_tok),
+                  point_loss=np.array(pts_loss), excluded=dict(excluded),
+                  dropped_curve_points=dropped)
