@@ -317,7 +317,9 @@ def finalize(cfg: PrecomputeConfig, tasks: list[ShardTask], early_errors: list[d
     for split in SPLITS:
         planned = {shard_format.shard_name(t.index) for t in tasks if t.split == split}
         for name in os.listdir(os.path.join(cfg.output, split)):
-            if name.startswith("shard-") and name not in planned:
+            # Temp files of killed runs and shards of an older, larger plan.
+            stale = name.startswith(".shard-") or (name.startswith("shard-") and name not in planned)
+            if stale:
                 os.remove(os.path.join(cfg.output, split, name))
     manifest = {
         "format": MANIFEST_FORMAT,
