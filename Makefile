@@ -13,10 +13,10 @@ PYTEST_ARGS ?=
 
 venv: $(VENV)/.installed
 
+# Keep an importable torch (NGC images); otherwise take the pinned CPU build, never an
+# unpinned (multi-GB CUDA) one.
 $(VENV)/.installed: setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
-	# Keep an existing torch (NGC); otherwise take the pinned CPU build, never an
-	# unpinned (multi-GB CUDA) one.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_CPU_VERSION)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@

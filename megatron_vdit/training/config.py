@@ -39,8 +39,13 @@ class TrainConfig:
     # Objective.
     objective: str = "ddpm"
     beta_schedule: str = "linear"
-    # Data: "synthetic" (embedded procedural default) or a precomputed-shard directory.
+    # Data: "default" (procedural mp4 -> tiny VAE/UMT5 precompute -> shards, cached in
+    # default_data_dir), "synthetic" (the same procedural clips mapped to latents in
+    # memory, no VAE: fast, for tests), or a directory made by tools/precompute_latents.py.
     data: str = "synthetic"
+    default_data_dir: str = "runs/default_data"
+    default_data_train_clips: int = 256
+    default_data_val_clips: int = 64
     # Batch and duration. global_batch_size is in samples; global_batch_tokens sets it
     # from tokens (must be a whole number of samples).
     micro_batch_size: int = 4

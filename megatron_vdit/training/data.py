@@ -90,6 +90,49 @@ def build_source(cfg: TrainConfig, dp_rank: int, dp_size: int):
     return ShardSource(cfg, dp_rank, dp_size)
 
 
+def default_data_root(cfg: TrainConfig) -> str:
+    """Where the embedded default's shards for this latent shape live (one cache per shape)."""
+    import os
+    frames, height, width = default_pixel_shape(cfg)
+    name = (f"f{frames}_h{height}_w{width}_x{cfg.max_text_tokens}_"
+            f"n{cfg.default_data_train_clips}-{cfg.default_data_val_clips}_s{cfg.seed}")
+    return os.path.join(cfg.default_data_dir, name)
+
+
+def default_pixel_shape(cfg: TrainConfig) -> tuple[int, int, int]:
+    """Pixel clip (frames, height, width) whose tiny-VAE latent has the config's shape."""
+    return 4 * (cfg.latent_frames - 1) + 1, 8 * cfg.latent_height, 8 * cfg.latent_width
+
+
+def prepare_data(cfg: TrainConfig) -> None:
+    """Resolve `--data` to shards and check their shapes against the model config.
+
+    Runs before any model is built: a mismatch is a ValueError naming both shapes.
+    """
+    import os
+    if cfg.data == "synthetic":
+        return
+    if cfg.data == "default":
+        if cfg.in_channels != 4 or cfg.text_hidden_size != 64:
+            raise ValueError(f"--data default makes tiny-VAE latents with 4 channels and 64-wide "
+                             f"text embeddings; got --in-channels={cfg.in_channels} "
+                             f"--text-hidden-size={cfg.text_hidden_size}")
+        from ..data.loader import ensure_default_shards
+        frames, height, width = default_pixel_shape(cfg)
+        cfg.data = ensure_default_shards(default_data_root(cfg), cfg.default_data_train_clips,
+                                         cfg.default_data_val_clips, frames, height, width,
+                                         seed=cfg.seed, text_tokens=cfg.max_text_tokens)
+    manifest_path = os.path.join(cfg.data, "manifest.json")
+    if not os.path.exists(manifest_path):
+        raise ValueError(f"--data {cfg.data}: no manifest.json there; pass 'default', "
+                         "'synthetic' or a directory made by tools/precompute_latents.py")
+    import json
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    check_data_shapes(cfg, {"latent": torch.empty([1] + manifest["latent"]["shape"]),
+                            "text_emb": torch.empty([1] + manifest["text_emb"]["shape"])})
+
+
 def check_data_shapes(cfg: TrainConfig, batch: dict) -> None:
     """Fail on the first batch if the data does not match the model config."""
     want = (cfg.in_channels, cfg.latent_frames, cfg.latent_height, cfg.latent_width)

@@ -24,7 +24,7 @@ from ..models.config import VDiTConfig, validate_model_config
 from ..parallel.layout import ParallelLayout, build_parallel_groups, init_distributed
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .data import build_source, check_data_shapes
+from .data import build_source, check_data_shapes, prepare_data
 from .records import (MetricsLog, RUN_RECORD, build_run_record, plot_losses, truncate_metrics,
                       write_json_atomic)
 from .schedule import learning_rate
@@ -64,6 +64,7 @@ def prepare(cfg: TrainConfig):
     cfg.resolve(layout.data_parallel_size)
     mc = model_config(cfg)
     layout.validate(world, mc.num_layers, mc.num_attention_heads, mc.tokens_per_sample)
+    prepare_data(cfg)
     return rank, layout, mc
 
 
