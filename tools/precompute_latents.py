@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of tiny-config weights")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per VAE call")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16", "float16"),
+                        default="float32", help="dtype the VAE and text encoder run in")
+    parser.add_argument("--device", default="auto", help="auto: cuda:LOCAL_RANK if available")
     parser.add_argument("--decode-threads", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (CPU latents differ in the last bits across counts)")
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
         text_encoder_path=args.text_encoder_path, text_encoder_config=args.text_encoder_config,
         text_tokens=args.text_tokens, shard_size_mb=args.shard_size_mb,
         max_samples_per_shard=args.max_samples_per_shard, val_fraction=args.val_fraction,
-        seed=args.seed, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+        seed=args.seed, batch_size=args.batch_size, dtype=args.dtype,
+        compute_dtype=args.compute_dtype, device=args.device,
         decode_threads=args.decode_threads, threads=args.threads,
         progress=not args.no_progress)
     ctx = RankContext.from_env()

@@ -50,7 +50,7 @@ def _weights_sha256(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -91,6 +91,8 @@ class VideoVAE:
         if self.kind == "cogvideox":
             # Tiling changes numerics with input size; clips are small enough without it.
             model.disable_tiling()
+        self.scaling_type = "wan_mean_std" if self.kind == "wan" else "scaling_factor"
+        self._identity = None
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(C, F', H', W')`` of one clip; `ValueError` if the VAE cannot take these dims.
@@ -122,11 +124,16 @@ class VideoVAE:
 
     def identity(self) -> dict:
         """What produced the latents and how they were normalised (goes into the manifest)."""
-        scaling = ({"type": "wan_mean_std", "latents_mean": self._mean_C.tolist(),
+        if self._identity is None:
+            self._identity = self._describe()
+        return self._identity
+
+    def _describe(self) -> dict:
+        scaling = ({"type": self.scaling_type, "latents_mean": self._mean_C.tolist(),
                     "latents_std": self._std_C.tolist(),
                     "formula": "(mu - latents_mean) / latents_std"}
                    if self.kind == "wan" else
-                   {"type": "scaling_factor", "scaling_factor": self._scale,
+                   {"type": self.scaling_type, "scaling_factor": self._scale,
                     "shift_factor": self._shift, "formula": "(mu - shift_factor) * scaling_factor"})
         return {"class": type(self.model).__name__, "kind": self.kind, "source": self.source,
                 "seed": self.seed, "config": _json_config(self.model.config),

@@ -67,6 +67,8 @@ class PrecomputeConfig:
     batch_size: int = 8
     dtype: str = "float16"
     """Storage dtype of latent.npy and text_emb.npy."""
+    compute_dtype: str = "float32"
+    """Dtype the VAE and text encoder run in (bfloat16 halves GPU memory and time)."""
     device: str = "auto"
     decode_threads: int = 4
     threads: int | None = None
@@ -83,6 +85,9 @@ class PrecomputeConfig:
     def validate(self) -> None:
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"--dtype {self.dtype!r} must be float16 or float32")
+        if self.compute_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"--compute-dtype {self.compute_dtype!r} must be float32, bfloat16 "
+                             "or float16")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction {self.val_fraction} must be in [0, 1)")
         if self.shard_size_mb <= 0 or self.batch_size < 1 or self.clips_per_video < 1:
@@ -156,10 +161,14 @@ def make_plan(sources: list[Source], clips: dict[str, list[ClipSpec]], cfg: Prec
     return tasks
 
 
-def _decode_task(task: ShardTask, cfg: PrecomputeConfig, pool) -> tuple[list, list[dict]]:
-    """(decoded ``(source, clip, frames_FHWC)`` in plan order, decode errors)."""
+def _decode_chunk(items, cfg: PrecomputeConfig, pool) -> tuple[list, list[dict]]:
+    """(decoded ``(source, clip, frames_FHWC)`` in plan order, decode errors) for a few clips.
+
+    Clips of one video decode in one pass; different videos decode in parallel threads
+    (PyAV releases the GIL while decoding).
+    """
     by_source: dict[str, list] = {}
-    for source, clip in task.items:
+    for source, clip in items:
         by_source.setdefault(source.source_id, [source, []])[1].append(clip)
 
     def decode(entry):
@@ -171,7 +180,7 @@ def _decode_task(task: ShardTask, cfg: PrecomputeConfig, pool) -> tuple[list, li
 
     decoded = dict(zip(by_source, pool.map(decode, by_source.values())))
     frames, errors = [], []
-    for source, clip in task.items:
+    for source, clip in items:
         position = by_source[source.source_id][1].index(clip)
         result = decoded[source.source_id][position]
         if isinstance(result, VideoError):
@@ -203,19 +212,25 @@ def _sample_meta(task: ShardTask, source: Source, clip: ClipSpec, latent_shape, 
             "latent_shape": list(latent_shape), "text_shape": list(text_shape),
             "caption": source.caption, "caption_truncated": truncated,
             "vae": {"class": type(vae.model).__name__, "source": vae.source,
-                    "scaling": vae.identity()["scaling"]["type"]},
+                    "scaling": vae.scaling_type},
             "text_encoder": {"class": type(text_encoder.model).__name__,
                              "source": text_encoder.source}}
 
 
 def write_shard(task: ShardTask, vae: VideoVAE, text_encoder: TextEncoder,
                 cfg: PrecomputeConfig, pool) -> dict:
-    """Decode, encode and atomically write one shard; returns its state record."""
-    frames, errors = _decode_task(task, cfg, pool)
-    texts = _encode_texts([s.caption for s, _, _ in frames], text_encoder, cfg.batch_size)
-    members, keys = [], []
-    for start in range(0, len(frames), cfg.batch_size):
-        chunk = frames[start:start + cfg.batch_size]
+    """Decode and encode one shard's clips, a batch at a time; returns its state record
+    with the tar members (``_members``) still to be written.
+
+    Decoding per batch bounds memory to ``batch_size`` clips of pixels.
+    """
+    texts = _encode_texts([s.caption for s, _ in task.items], text_encoder, cfg.batch_size)
+    members, keys, errors = [], [], []
+    for start in range(0, len(task.items), cfg.batch_size):
+        chunk, chunk_errors = _decode_chunk(task.items[start:start + cfg.batch_size], cfg, pool)
+        errors += chunk_errors
+        if not chunk:
+            continue
         video_BCFHW = torch.stack([frames_to_model_input(f) for _, _, f in chunk])
         latent_BCFHW = vae.encode(video_BCFHW).numpy().astype(cfg.dtype)
         for (source, clip, _), latent_CFHW in zip(chunk, latent_BCFHW):
@@ -364,10 +379,12 @@ def run_precompute(cfg: PrecomputeConfig, ctx: RankContext | None = None) -> dic
 def _run(cfg: PrecomputeConfig, ctx: RankContext) -> dict:
     started = time.perf_counter()
     device = _resolve_device(cfg.device, ctx)
-    vae = load_vae(cfg.vae_path, cfg.vae_config, seed=cfg.seed, device=device)
+    compute_dtype = getattr(torch, cfg.compute_dtype)
+    vae = load_vae(cfg.vae_path, cfg.vae_config, seed=cfg.seed, device=device, dtype=compute_dtype)
     latent_shape = vae.latent_shape(cfg.num_frames, cfg.height, cfg.width)
     text_encoder = load_text_encoder(cfg.text_encoder_path, cfg.text_encoder_config,
-                                     max_tokens=cfg.text_tokens, seed=cfg.seed, device=device)
+                                     max_tokens=cfg.text_tokens, seed=cfg.seed, device=device,
+                                     dtype=compute_dtype)
     shapes = {"latent": latent_shape, "text": (cfg.text_tokens, text_encoder.embed_dim)}
     for directory in [os.path.join(cfg.output, STATE_DIR, s) for s in SPLITS] + \
             [os.path.join(cfg.output, s) for s in SPLITS]:

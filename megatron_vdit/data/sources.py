@@ -38,6 +38,9 @@ class Source:
     member: str | None = None
     caption: str | None = None
     split: str | None = None
+    member_offset: int = 0
+    """Byte offset of the member's data in the tar (read by seeking, not by rescanning)."""
+    member_size: int = 0
 
 
 def split_of(source: Source, val_fraction: float) -> str:
@@ -55,10 +58,11 @@ def read_video_bytes(source: Source) -> str | bytes:
     """What `video_io` opens: the file path, or the member's bytes for tar inputs."""
     if source.member is None:
         return source.path
-    with tarfile.open(source.path) as archive:
-        handle = archive.extractfile(source.member)
-        assert handle is not None, f"{source.member} in {source.path} is not a file"
-        return handle.read()
+    with open(source.path, "rb") as handle:
+        handle.seek(source.member_offset)
+        payload = handle.read(source.member_size)
+    assert len(payload) == source.member_size, f"{source.path} shrank under {source.member}"
+    return payload
 
 
 def _error(path: str, reason: str) -> dict:
@@ -159,7 +163,9 @@ def _tar_sources(tar_path: str) -> tuple[list[Source], list[dict]]:
             if problem:
                 errors.append(_error(source_id, problem))
             else:
-                sources.append(Source(source_id, tar_path, members[videos[0]].name, caption))
+                video = members[videos[0]]
+                sources.append(Source(source_id, tar_path, video.name, caption,
+                                      member_offset=video.offset_data, member_size=video.size))
     return sources, errors
 
 
