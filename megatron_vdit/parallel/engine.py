@@ -142,8 +142,9 @@ class ParallelEngine:
         return (pred_bCFHW.float() - target_bCFHW.float()).pow(2).sum() * self._loss_scale
 
     def _grad_average_factor(self) -> int:
-        """How many ranks FSDP averages gradients over (it divides by this)."""
-        return self.groups.dp_cp.size()
+        """What FSDP divides the dp_cp gradient sum by: DP (it sums over CP, whose ranks
+        hold partial contributions of the same samples, and averages over DP)."""
+        return self.layout.data_parallel_size
 
     def _run(self, x_t_BCFHW, timesteps_B, text_BXT, text_mask_BX, target_BCFHW,
              num_microbatches: int, train: bool) -> float:
@@ -164,8 +165,9 @@ class ParallelEngine:
         local = torch.stack([l.detach().float() for l in losses]).sum() if losses else \
             torch.zeros((), device=dev)
         local = local / factor
-        dist.all_reduce(local, group=self.groups.pp)  # only the last stage holds losses
-        dist.all_reduce(local, group=self.groups.dp_cp)
+        # Only the last stage holds losses; CP and TP ranks hold the same value.
+        dist.all_reduce(local, group=self.groups.pp)
+        dist.all_reduce(local, group=self.groups.dp)
         return local.item()
 
     # -- the trainer's API -------------------------------------------------------------

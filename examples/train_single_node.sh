@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One node, NPROC GPUs (or CPU processes with gloo when no GPU): any TP x CP x PP layout,
+# data parallel size = NPROC / (TP x CP x PP).
+#   NPROC=8 TP=2 CP=2 PP=2 bash examples/train_single_node.sh --model-size 0.13b ...
+# Extra arguments go to the training CLI (Megatron-LM flag names).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NPROC=${NPROC:-8}
+TP=${TP:-1}; CP=${CP:-1}; PP=${PP:-1}
+CP_COMM=${CP_COMM:-p2p}          # p2p (ring), a2a (Ulysses), a2a+p2p (hybrid)
+VPP_ARGS=()
+if [[ -n "${VPP_LAYERS:-}" ]]; then   # interleaved 1F1B: layers per virtual stage
+  VPP_ARGS=(--num-layers-per-virtual-pipeline-stage "$VPP_LAYERS")
+fi
+PYTHON=${PYTHON:-.venv/bin/python}
+
+exec "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node="$NPROC" \
+  -m megatron_vdit.train \
+  --tensor-model-parallel-size "$TP" --context-parallel-size "$CP" \
+  --pipeline-model-parallel-size "$PP" --cp-comm-type "$CP_COMM" "${VPP_ARGS[@]}" \
+  --config "${CONFIG:-configs/tiny_default.yaml}" "$@"
