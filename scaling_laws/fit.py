@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from scaling_laws import allocation, hyperopt, loss_law
+from scaling_laws import allocation, hyperopt, loss_law  # noqa: F401 (allocation re-used)
 from scaling_laws.compute import ComputeModel
 from scaling_laws.records import RunSet
 
@@ -30,7 +30,8 @@ class FitOptions:
     window: float = 0.05          # surface uses points within 5% of the cell's best loss
     min_tokens_ratio: float = 1.25
     budgets_flops: tuple | None = None
-    progress: bool = True
+    fixed_lr: float | None = None            # setting of the fixed-HP baseline
+    fixed_batch_tokens: float | None = None
 
 
 def bootstrap_weights(runs: RunSet, num_resamples: int, seed: int) -> np.ndarray:

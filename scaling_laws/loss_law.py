@@ -19,16 +19,35 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp, softmax
 
+from scaling_laws.robust_fit import huber as _huber, huber_lm
+
 HUBER_DELTA = 1e-3
 LOSS_KEYS = ("T_c", "alpha_T", "N_c", "alpha_N", "L_inf")
 KAPLAN_KEYS = ("N_c", "alpha_N", "D_c", "alpha_D")
 _EXPONENT_BOUNDS = (1e-3, 5.0)
 
 
-def _huber(resid, delta):
-    a = np.abs(resid)
-    value = np.where(a <= delta, 0.5 * resid ** 2, delta * (a - 0.5 * delta))
-    return value, np.clip(resid, -delta, delta)
+def _law_model(log_n_C, log_t_C):
+    """(pred, jacobian) of log L for rows of theta: the batched form of the law."""
+    def model(theta_RP):
+        terms = np.stack([theta_RP[:, 0, None] - theta_RP[:, 1, None] * log_t_C,
+                          theta_RP[:, 2, None] - theta_RP[:, 3, None] * log_n_C,
+                          np.broadcast_to(theta_RP[:, 4, None],
+                                          (len(theta_RP), len(log_t_C)))], axis=1)
+        share = softmax(terms, axis=1)
+        jac = np.stack([share[:, 0], -share[:, 0] * log_t_C, share[:, 1],
+                        -share[:, 1] * log_n_C, share[:, 2]], axis=-1)
+        return logsumexp(terms, axis=1), jac
+    return model
+
+
+def _law_projector(max_log_loss):
+    def project(theta_RP):
+        theta_RP[:, 1] = np.clip(theta_RP[:, 1], *_EXPONENT_BOUNDS)
+        theta_RP[:, 3] = np.clip(theta_RP[:, 3], *_EXPONENT_BOUNDS)
+        theta_RP[:, 4] = np.minimum(theta_RP[:, 4], max_log_loss)
+        return theta_RP
+    return project
 
 
 def _law_terms(theta, log_n, log_t):
@@ -79,7 +98,7 @@ def _minimise(objective, starts, bounds, args):
     best = None
     for start in starts:
         res = minimize(objective, start, args=args, jac=True, method="L-BFGS-B", bounds=bounds,
-                       options={"maxiter": 500, "ftol": 1e-15, "gtol": 1e-10})
+                       options={"maxiter": 200, "ftol": 1e-15, "gtol": 1e-10})
         if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
             best = res
     if best is None:
@@ -101,12 +120,12 @@ def fit_loss_law(n_billion, t_billion, loss, init=None, delta=HUBER_DELTA) -> di
     starts = _default_starts(log_n, log_t, log_loss) if init is None else [law_to_theta(init)]
     bounds = [(None, None), _EXPONENT_BOUNDS, (None, None), _EXPONENT_BOUNDS,
               (None, float(log_loss.min()))]
-    starts = np.array(starts, float)
-    starts[:, 4] = np.minimum(starts[:, 4], log_loss.min())
-    # The batched LM takes every start most of the way; L-BFGS-B polishes the best few.
-    theta, value = _lm_rows(starts, log_n, log_t, np.tile(log_loss, (len(starts), 1)), delta,
-                            max_iter=100)
-    best = theta[np.argsort(value)[:3]]
+    project = _law_projector(log_loss.min())
+    starts = project(np.array(starts, float))
+    # The batched LM takes every start most of the way; L-BFGS-B polishes the best one.
+    theta, value = huber_lm(_law_model(log_n, log_t), starts,
+                            np.tile(log_loss, (len(starts), 1)), delta, project, max_iter=100)
+    best = theta[np.argsort(value)[:1]]
     res = _minimise(_law_objective, best, bounds, (log_n, log_t, log_loss, delta))
     law = theta_to_law(res.x)
     pred = predict_loss(law, np.exp(log_n), np.exp(log_t))
@@ -117,18 +136,6 @@ def fit_loss_law(n_billion, t_billion, loss, init=None, delta=HUBER_DELTA) -> di
 
 
 # Kaplan et al. 2020: L = [(N_c/N)^(a_N/a_D) + D_c/D]^a_D, no irreducible term.
-def _kaplan_objective(theta, log_n, log_t, log_loss, delta):
-    c1, ratio, c2, a_d = theta
-    terms = np.stack([c1 - ratio * log_n, c2 - log_t])
-    lse = logsumexp(terms, axis=0)
-    resid = a_d * lse - log_loss
-    value, dvalue = _huber(resid, delta)
-    share = softmax(terms, axis=0)
-    dpred = np.stack([a_d * share[0], -a_d * share[0] * log_n, a_d * share[1], lse])
-    scale = 1.0 / (delta ** 2 * len(resid))
-    return value.sum() * scale, (dpred @ dvalue) * scale
-
-
 def predict_kaplan(law: dict, n_billion, t_billion):
     n, t = np.asarray(n_billion, float), np.asarray(t_billion, float)
     ratio = law["alpha_N"] / law["alpha_D"]
@@ -136,84 +143,51 @@ def predict_kaplan(law: dict, n_billion, t_billion):
 
 
 def fit_kaplan(n_billion, t_billion, loss, delta=HUBER_DELTA) -> dict:
-    """Kaplan's L(N, D) by the same Huber/L-BFGS recipe (N, D in billions)."""
+    """Kaplan's L(N, D) by the same Huber recipe (N, D in billions), batched LM only."""
     log_n, log_t = np.log(np.asarray(n_billion, float)), np.log(np.asarray(t_billion, float))
     log_loss = np.log(np.asarray(loss, float))
-    starts = [[r * np.log(nc), r, np.log(dc), ad]
-              for r, nc, dc, ad in itertools.product((0.5, 1.0, 2.0), (1e-4, 1e-2),
-                                                     (1e-4, 1e-2), (0.02, 0.1))]
+    starts = np.array([[r * np.log(nc), r, np.log(dc), ad]
+                       for r, nc, dc, ad in itertools.product((0.5, 1.0, 2.0), (1e-4, 1e-2),
+                                                              (1e-4, 1e-2), (0.02, 0.1))])
     bounds = [(None, None), (1e-3, 50.0), (None, None), (1e-4, 5.0)]
-    res = _minimise(_kaplan_objective, starts, bounds, (log_n, log_t, log_loss, delta))
-    c1, ratio, c2, a_d = res.x
+
+    def project(theta_RP):
+        theta_RP[:, 1] = np.clip(theta_RP[:, 1], *bounds[1])
+        theta_RP[:, 3] = np.clip(theta_RP[:, 3], *bounds[3])
+        return theta_RP
+
+    def model(theta_RP):
+        terms = np.stack([theta_RP[:, 0, None] - theta_RP[:, 1, None] * log_n,
+                          theta_RP[:, 2, None] - log_t + 0 * theta_RP[:, 2, None]], axis=1)
+        lse, share, a_d = logsumexp(terms, axis=1), softmax(terms, axis=1), theta_RP[:, 3, None]
+        jac = np.stack([a_d * share[:, 0], -a_d * share[:, 0] * log_n, a_d * share[:, 1], lse],
+                       axis=-1)
+        return a_d * lse, jac
+
+    theta, value = huber_lm(model, starts, np.tile(log_loss, (len(starts), 1)), delta, project,
+                            max_iter=100)
+    best = int(np.argmin(value))
+    c1, ratio, c2, a_d = theta[best]
     law = {"N_c": float(np.exp(c1 / ratio)), "alpha_N": float(ratio * a_d),
            "D_c": float(np.exp(c2)), "alpha_D": float(a_d)}
     pred = predict_kaplan(law, np.exp(log_n), np.exp(log_t))
     obs = np.exp(log_loss)
-    return {**law, "huber": float(res.fun), "mse": float(np.mean((pred - obs) ** 2)),
-            "num_points": int(len(obs))}
-
-
-def _huber_objective_rows(theta_RP, log_n_C, log_t_C, log_loss_RC, mask_RC, delta):
-    terms = np.stack([theta_RP[:, 0, None] - theta_RP[:, 1, None] * log_t_C,
-                      theta_RP[:, 2, None] - theta_RP[:, 3, None] * log_n_C,
-                      np.broadcast_to(theta_RP[:, 4, None], log_loss_RC.shape)], axis=1)
-    resid = np.where(mask_RC, logsumexp(terms, axis=1) - log_loss_RC, 0.0)
-    value, _ = _huber(resid, delta)
-    return value.sum(-1), resid, softmax(terms, axis=1)
+    return {**law, "huber": float(value[best]) / (delta ** 2 * len(obs)),
+            "mse": float(np.mean((pred - obs) ** 2)), "num_points": int(len(obs))}
 
 
 def fit_loss_law_rows(n_billion_C, t_billion_C, log_loss_RC, init: dict,
                       delta=HUBER_DELTA, max_iter=200) -> np.ndarray:
-    """The same Huber fit for many rows at once (bootstrap), by Levenberg-Marquardt on
-    iteratively reweighted least squares, every row starting from ``init``.
+    """The same Huber fit for many rows at once (bootstrap), every row started at ``init``
+    (batched Levenberg-Marquardt, :mod:`scaling_laws.robust_fit`).
 
-    NaN entries of ``log_loss_RC`` are left out of their row. A step is kept only if it
-    lowers the row's Huber objective, so each row descends to a stationary point.
-    Returns (R, 5) coefficients in ``LOSS_KEYS`` order (NaN where a row has too few
-    points to identify the law).
+    NaN entries of ``log_loss_RC`` are left out of their row. Returns (R, 5)
+    coefficients in ``LOSS_KEYS`` order, NaN where a row has fewer than 5 points.
     """
+    log_n, log_t = np.log(n_billion_C), np.log(t_billion_C)
     theta0 = np.tile(law_to_theta(init), (log_loss_RC.shape[0], 1))
-    theta, _ = _lm_rows(theta0, np.log(n_billion_C), np.log(t_billion_C), log_loss_RC, delta,
-                        max_iter)
-    enough = np.isfinite(log_loss_RC).sum(1) >= 5
+    project = _law_projector(np.nanmin(log_loss_RC, axis=1))
+    theta, _ = huber_lm(_law_model(log_n, log_t), theta0, log_loss_RC, delta, project, max_iter)
     out = np.array([[*theta_to_law(row).values()] for row in theta])
-    out[~enough] = np.nan
+    out[np.isfinite(log_loss_RC).sum(1) < 5] = np.nan
     return out
-
-
-def _lm_rows(theta, log_n_C, log_t_C, log_loss_RC, delta, max_iter):
-    """Batched Levenberg-Marquardt / IRLS on the Huber objective; returns (theta, value)."""
-    theta = theta.copy()
-    mask_RC = np.isfinite(log_loss_RC)
-    log_loss_RC = np.where(mask_RC, log_loss_RC, 0.0)
-    rows = log_loss_RC.shape[0]
-    lam = np.full(rows, 1e-3)
-    converged = np.zeros(rows, bool)
-    value, resid, share = _huber_objective_rows(theta, log_n_C, log_t_C, log_loss_RC, mask_RC,
-                                                delta)
-    upper_e = np.log(np.where(mask_RC, np.exp(log_loss_RC), np.inf).min(axis=1))
-    for _ in range(max_iter):
-        w_RC = np.where(np.abs(resid) <= delta, 1.0, delta / np.maximum(np.abs(resid), 1e-300))
-        w_RC = w_RC * mask_RC
-        jac = np.stack([share[:, 0], -share[:, 0] * log_t_C, share[:, 1],
-                        -share[:, 1] * log_n_C, share[:, 2]], axis=-1)      # (R, C, 5)
-        gram = np.einsum("rc,rci,rcj->rij", w_RC, jac, jac)
-        grad = np.einsum("rc,rci,rc->ri", w_RC, jac, resid)
-        damp = gram + lam[:, None, None] * (np.eye(5) * np.diagonal(gram, axis1=1, axis2=2)[:, None]
-                                            + 1e-12 * np.eye(5))
-        step = -np.linalg.solve(damp, grad[..., None])[..., 0]
-        trial = theta + step
-        trial[:, 1] = np.clip(trial[:, 1], *_EXPONENT_BOUNDS)
-        trial[:, 3] = np.clip(trial[:, 3], *_EXPONENT_BOUNDS)
-        trial[:, 4] = np.minimum(trial[:, 4], upper_e)
-        t_value, t_resid, t_share = _huber_objective_rows(trial, log_n_C, log_t_C, log_loss_RC,
-                                                          mask_RC, delta)
-        better = t_value < value
-        theta[better], resid[better], share[better] = trial[better], t_resid[better], t_share[better]
-        improvement = np.where(better, value - t_value, 0.0)
-        value = np.where(better, t_value, value)
-        lam = np.where(better, lam / 3, lam * 4)
-        converged |= (better & (improvement <= 1e-10 * np.maximum(value, 1e-30))) | (lam > 1e6)
-        if converged.all():
-            break
-    return theta, value
