@@ -92,7 +92,8 @@ class Trainer:
         self.engine = build_engine(self.mc, self.layout, self.groups, cfg)
         self.optimizer = torch.optim.AdamW(
             self.engine.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-            eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+            eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
+            foreach=True)  # multi-tensor kernels; the default per-tensor loop is slow on CPU
         self.objective = DiffusionObjective(cfg.objective, cfg.beta_schedule)
         self.source = build_source(cfg, self.dp_rank, self.layout.data_parallel_size)
         self.run_dir = Path(cfg.run_dir)
