@@ -1,0 +1,47 @@
+"""The sweep runner launches real training subprocesses and resumes by skipping done runs."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+import run_sweep  # noqa: E402
+
+BASE = """data: synthetic
+in_channels: 4
+latent_frames: 2
+latent_height: 8
+latent_width: 8
+text_hidden_size: 32
+max_text_tokens: 12
+eval_samples: 8
+log_interval: 1
+"""
+
+
+def test_sweep_runs_records_and_resumes(tmp_path):
+    config = tmp_path / "base.yaml"
+    config.write_text(BASE)
+    argv = ["--config", str(config), "--presets", "cpu-0.13m", "--train-tokens", "512",
+            "--lrs", "1e-3", "3e-3", "--batch-sizes", "8", "--tokens-per-sample", "32",
+            "--evals-per-run", "2", "--out", str(tmp_path / "sweep")]
+    assert run_sweep.main(argv) == 0
+    records = sorted((tmp_path / "sweep").glob("*/run.json"))
+    assert [r.parent.name for r in records] == ["cpu-0.13m_T512_lr0.001_B8", "cpu-0.13m_T512_lr0.003_B8"]
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["status"] == "completed" and record["train_tokens"] == 512
+        assert record["batch_samples"] == 8 and len(record["val_loss_curve"]) == 3
+    stamp = records[0].stat().st_mtime_ns
+    assert run_sweep.main(argv) == 0, "rerun skips finished runs"
+    assert records[0].stat().st_mtime_ns == stamp
+
+
+def test_sweep_rejects_token_budgets_that_do_not_divide(capsys):
+    argv = ["--presets", "cpu-0.13m", "--train-tokens", "1000", "--lrs", "1e-3",
+            "--batch-sizes", "8", "--dry-run"]
+    assert run_sweep.main(argv) == 2
+    assert "not a whole number of batches" in capsys.readouterr().err
