@@ -264,6 +264,7 @@ def run_tasks(tasks: list[ShardTask], vae: VideoVAE, text_encoder: TextEncoder,
     """Write this rank's shards (skipping finished ones); returns counts."""
     mine = tasks[ctx.rank::ctx.world_size]
     counts = {"shards_written": 0, "shards_skipped": 0, "clips_encoded": 0}
+    started = time.perf_counter()
     bar = tqdm(total=sum(len(t.items) for t in mine), unit="clip", position=ctx.rank,
                desc=f"[rank {ctx.rank}] encode", disable=not cfg.progress)
     with concurrent.futures.ThreadPoolExecutor(cfg.decode_threads) as pool:
@@ -283,6 +284,7 @@ def run_tasks(tasks: list[ShardTask], vae: VideoVAE, text_encoder: TextEncoder,
                 counts["clips_encoded"] += record["num_samples"]
             bar.update(len(task.items))
     bar.close()
+    counts["encode_seconds"] = time.perf_counter() - started
     return counts
 
 
