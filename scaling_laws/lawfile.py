@@ -76,13 +76,13 @@ def load_law(spec) -> dict:
     return law
 
 
-def _clean(obj):
+def to_jsonable(obj):
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
+        return to_jsonable(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         return None if not np.isfinite(obj) else float(f"{float(obj):.7g}")
     if isinstance(obj, np.integer):
@@ -95,7 +95,7 @@ def _clean(obj):
 def save_law(law: dict, path) -> None:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(law), indent=1, allow_nan=False))
+    path.write_text(json.dumps(to_jsonable(law), indent=1, allow_nan=False))
 
 
 def hp_value(part: dict, n_params, t_tokens):

@@ -107,8 +107,9 @@ def _baselines(runs, core, opts) -> dict:
     return out
 
 
-def fit_law(runs: RunSet, opts: fit.FitOptions | None = None, sources=(), extrapolate=True) -> dict:
-    """Everything ``law.json`` holds for these runs."""
+def fit_law(runs: RunSet, opts: fit.FitOptions | None = None, sources=(), extrapolate=True,
+            return_core=False):
+    """Everything ``law.json`` holds for these runs (and the raw fit, for plots)."""
     opts = opts or fit.FitOptions()
     core = fit.core_fit(runs, opts)
     coef, ci = _coefficients(core)
@@ -132,4 +133,4 @@ def fit_law(runs: RunSet, opts: fit.FitOptions | None = None, sources=(), extrap
     law["caveats"] = [f"Fitted on N = {min(core['n_C']):.3g}B..{max(core['n_C']):.3g}B and "
                       f"T = {min(core['t_C']):.3g}B..{max(core['t_C']):.3g}B tokens; "
                       "predictions outside that range are extrapolations."]
-    return law
+    return (law, core) if return_core else law

@@ -1,0 +1,106 @@
+"""``python -m scaling_laws fit|report|plan``.
+
+  fit RUNS... --out law.json [--plots DIR]   fit the laws, write law.json, print the report
+  report LAW                                 print a law file (or the preset ``paper``)
+  plan --budget FLOPS [--law LAW]            recommend N, T, eta, B for a budget
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from scaling_laws import lawfile, pipeline, planner, records, report
+from scaling_laws.fit import FitOptions
+
+
+def _fit(args) -> int:
+    t0 = time.time()
+    print(f"reading run records from {', '.join(args.runs)}", file=sys.stderr)
+    runs = records.prepare(records.load_records(args.runs), use_curves=not args.no_curves,
+                           min_curve_tokens=args.min_curve_tokens)
+    excluded = {k: len(v) for k, v in runs.excluded.items()}
+    print(f"{runs.num_runs} usable runs, {len(runs.point_loss)} loss points; excluded: "
+          f"{excluded or 'none'}", file=sys.stderr)
+    opts = FitOptions(num_resamples=args.resamples, seed=args.seed, window=args.window,
+                      fixed_lr=args.fixed_lr, fixed_batch_tokens=args.fixed_batch_tokens)
+    law, core = pipeline.fit_law(runs, opts, sources=args.runs,
+                                 extrapolate=not args.no_extrapolation, return_core=True)
+    lawfile.save_law(law, args.out)
+    print(report.format_law(law))
+    if args.plots:
+        from scaling_laws import plots  # matplotlib only when asked
+        for path in plots.write_all(law, core, args.plots):
+            print(f"wrote {path}", file=sys.stderr)
+    print(f"wrote {args.out} ({time.time() - t0:.1f}s)", file=sys.stderr)
+    return 0
+
+
+def _report(args) -> int:
+    law = lawfile.load_law(args.law)
+    print(json.dumps(law, indent=1) if args.json else report.format_law(law))
+    return 0
+
+
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--budget", type=float, required=True, help="training compute in FLOPs")
+    parser.add_argument("--law", default="paper", help="law.json path or the preset 'paper'")
+    parser.add_argument("--tokens-per-sample", type=float, default=None,
+                        help="video tokens per sample (default: the law's)")
+    parser.add_argument("--max-params", type=float, default=None,
+                        help="cap on non-embedding params (e.g. an inference budget)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _plan(args) -> int:
+    result = planner.plan(args.law, args.budget, args.tokens_per_sample, args.max_params)
+    print(json.dumps(lawfile.to_jsonable(result), indent=1) if args.json
+          else planner.format_plan(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m scaling_laws", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    fit = sub.add_parser("fit", help="fit the laws from run records")
+    fit.add_argument("runs", nargs="+", help="run dirs, .jsonl/.json files, wandb dirs")
+    fit.add_argument("--out", required=True, help="law.json to write")
+    fit.add_argument("--plots", default=None, help="directory for PNG plots")
+    fit.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--window", type=float, default=FitOptions.window,
+                     help="surface uses runs within this relative loss of the cell's best")
+    fit.add_argument("--no-curves", action="store_true", help="ignore val_loss_curve")
+    fit.add_argument("--min-curve-tokens", type=float, default=0.0,
+                     help="ignore curve points before this many tokens (warmup)")
+    fit.add_argument("--no-extrapolation", action="store_true",
+                     help="skip the leave-largest-size-out check")
+    fit.add_argument("--fixed-lr", type=float, default=None, help="fixed-HP baseline eta")
+    fit.add_argument("--fixed-batch-tokens", type=float, default=None,
+                     help="fixed-HP baseline batch (tokens)")
+    fit.set_defaults(func=_fit)
+    rep = sub.add_parser("report", help="print a law file")
+    rep.add_argument("law", help="law.json or 'paper'")
+    rep.add_argument("--json", action="store_true")
+    rep.set_defaults(func=_report)
+    plan = sub.add_parser("plan", help="plan a run for a compute budget")
+    add_plan_arguments(plan)
+    plan.set_defaults(func=_plan)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "resamples", 1) is not None and getattr(args, "resamples", 1) < 0:
+        raise SystemExit("--resamples must be >= 0")
+    try:
+        return args.func(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
