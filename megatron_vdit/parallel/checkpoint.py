@@ -1,6 +1,7 @@
 """Layout-independent checkpoints with torch.distributed.checkpoint (DCP).
 
-A parameter is TP-sharded (megatron-core layers), FSDP-sharded over dp_cp, held by one
+A parameter is TP-sharded (megatron-core layers; its `ParamRole` says along which dim),
+FSDP-sharded over dp_cp, held by one
 pipeline stage or duplicated on all of them (conditioning). None of that should be
 visible in a checkpoint. So every tensor is saved in one canonical form: its full
 (single-process) value, under its single-process name, split in row chunks over the
@@ -24,6 +25,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+from .tensor_parallel import param_role
 
 if TYPE_CHECKING:
     from .engine import ParallelEngine
@@ -50,20 +53,20 @@ def _unique_params(engine: "ParallelEngine"):
 
 def _full_value(engine: "ParallelEngine", param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """Unsharded `value` (the param or a tensor shaped like it): FSDP, then TP gather."""
-    full = value.full_tensor() if isinstance(value, DTensor) else value.detach()
-    tp_group = engine.groups.tp
-    if tp_group.size() > 1 and getattr(param, "tensor_model_parallel", False):
+    full = (value.full_tensor() if isinstance(value, DTensor) else value).detach()
+    tp_group, dim = engine.groups.tp, param_role(param).tp_partition_dim
+    if tp_group.size() > 1 and dim is not None:
         parts = [torch.empty_like(full) for _ in range(tp_group.size())]
         dist.all_gather(parts, full.contiguous(), group=tp_group)
-        full = torch.cat(parts, dim=param.partition_dim)
+        full = torch.cat(parts, dim=dim)
     return full
 
 
 def _local_shard(engine: "ParallelEngine", param: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     """This rank's piece of a full value, in the layout `param` has (inverse of _full_value)."""
-    tp_group = engine.groups.tp
-    if tp_group.size() > 1 and getattr(param, "tensor_model_parallel", False):
-        full = full.chunk(tp_group.size(), dim=param.partition_dim)[dist.get_rank(tp_group)]
+    tp_group, dim = engine.groups.tp, param_role(param).tp_partition_dim
+    if tp_group.size() > 1 and dim is not None:
+        full = full.chunk(tp_group.size(), dim=dim)[dist.get_rank(tp_group)]
     if isinstance(param, DTensor):
         return distribute_tensor(full, param.device_mesh, param.placements,
                                  src_data_rank=None).to_local()
@@ -75,6 +78,7 @@ def _canonical(engine, mesh, param, value) -> DTensor:
                              src_data_rank=None)
 
 
+@torch.no_grad()
 def state_dict_for_save(engine: "ParallelEngine", optimizer=None) -> dict:
     """{name: row-chunk DTensor} of the full model (and AdamW state); layout-free names."""
     mesh = _stage_mesh(engine)
@@ -111,6 +115,7 @@ def _load_templates(engine, mesh, optimizer) -> dict:
     return state
 
 
+@torch.no_grad()
 def load(engine: "ParallelEngine", path: str, optimizer=None) -> None:
     """Load a checkpoint saved at any layout into this engine (and its AdamW)."""
     mesh = _stage_mesh(engine)
@@ -118,9 +123,8 @@ def load(engine: "ParallelEngine", path: str, optimizer=None) -> None:
     dcp.load(state, checkpoint_id=path)
     for name, copies in _unique_params(engine):
         full = state[f"model.{name}"].full_tensor()
-        with torch.no_grad():
-            for p in copies:
-                _local_tensor(p).copy_(_local_shard(engine, p, full))
+        for p in copies:
+            _local_tensor(p).copy_(_local_shard(engine, p, full))
         if optimizer is None:
             continue
         moments = {k: state[f"optim.{name}.{k}"].full_tensor() for k in ("exp_avg", "exp_avg_sq")}
@@ -136,6 +140,7 @@ def _local_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
+@torch.no_grad()
 def full_model_state_dict(engine: "ParallelEngine") -> dict[str, torch.Tensor]:
     """Unsharded parameters with single-process names on global rank 0 ({} elsewhere)."""
     g = engine.groups

@@ -20,20 +20,11 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from ..models.config import VDiTConfig
-from . import checkpoint, pipeline
+from . import checkpoint, parallelize, pipeline
 from .layout import ParallelGroups, ParallelLayout
-
-
-def _parallelize_module():
-    """The TP/CP/DP module, or None while it has not landed (TP = CP = DP = 1 only)."""
-    try:
-        from . import parallelize
-    except ImportError:
-        return None
-    return parallelize
+from .tensor_parallel import param_role, tag_params
 
 
 def _default_device() -> torch.device:
@@ -65,36 +56,28 @@ class ParallelEngine:
         self.param_dtype = param_dtype
         self.num_stages = pp * self.virtual
         self.stage_ids = pipeline.local_stage_ids(groups.rank_in("pp"), pp, self.virtual)
-        model = self._build_model(seed)
-        self.model_chunks = pipeline.split_stage_modules(model, self.stage_ids, self.num_stages)
-        for chunk in self.model_chunks:
-            self._parallelize_chunk(chunk, zero_stage, recompute)
+        chunks = self._split(self._build_model(seed))
+        self.model_chunks = [self._parallelize_chunk(c, zero_stage, recompute) for c in chunks]
         self._schedules: dict[tuple, object] = {}
         self._loss_scale = 1.0
 
     # -- construction ------------------------------------------------------------------
     def _build_model(self, seed: int) -> nn.Module:
-        par = _parallelize_module()
-        if par is not None:
-            return par.build_parallel_model(self.config, self.groups, seed=seed)
-        lay = self.layout
-        if lay.tensor_model_parallel_size * lay.context_parallel_size * lay.data_parallel_size > 1:
-            raise NotImplementedError("TP/CP/DP need megatron_vdit.parallel.parallelize")
-        from ..models.vdit import VideoDiT
-        torch.manual_seed(seed)
-        return VideoDiT(self.config, self.groups.tp)
+        return parallelize.build_parallel_model(self.config, self.groups, seed=seed,
+                                                device=self.device)
+
+    def _split(self, model: nn.Module) -> list[nn.Module]:
+        # Parameter copies made for each stage lose their attributes: re-attach roles.
+        roles = {name: param_role(p) for name, p in model.named_parameters()}
+        chunks = pipeline.split_stage_modules(model, self.stage_ids, self.num_stages)
+        for chunk in chunks:
+            tag_params(chunk, roles)
+        return chunks
 
     def _parallelize_chunk(self, chunk: nn.Module, zero_stage: int, recompute: str | None):
-        chunk.to(self.device)
-        par = _parallelize_module()
-        if par is None:
-            if recompute is not None or self.param_dtype is not None:
-                raise NotImplementedError("recompute / mixed precision need parallelize.py")
-            return
-        if recompute is not None:
-            par.apply_recompute(chunk, recompute)
-        par.apply_data_parallel(chunk, self.groups, zero_stage=zero_stage,
-                                param_dtype=self.param_dtype)
+        parallelize.apply_recompute(chunk, recompute)
+        return parallelize.apply_data_parallel(chunk, self.groups, zero_stage=zero_stage,
+                                               param_dtype=self.param_dtype)
 
     def parameters(self) -> list[nn.Parameter]:
         """This rank's parameters (all local stages) for the optimizer."""
@@ -107,12 +90,8 @@ class ParallelEngine:
 
     # -- pipeline schedule -------------------------------------------------------------
     def _tokens_local(self) -> int:
-        """Video tokens per CP rank between stages (with the CP padding, if any)."""
-        par = _parallelize_module()
-        tokens = self.config.tokens_per_sample
-        if par is None or self.layout.context_parallel_size == 1:
-            return tokens
-        return par.local_num_tokens(tokens, self.groups)
+        """Video tokens one rank sends between stages (after the CP / SP split)."""
+        return parallelize.local_num_tokens(self.config.tokens_per_sample, self.groups)
 
     def _stage_io(self, micro_batch: int, latent_dtype: torch.dtype):
         cfg, act = self.config, self.param_dtype or torch.float32
@@ -179,6 +158,8 @@ class ParallelEngine:
             p.grad = None
         loss = self._run(x_t_BCFHW, timesteps_B, text_BXT, text_mask_BX, target_BCFHW,
                          num_microbatches, train=True)
+        # TP-partial grads summed over TP; conditioning grads over local stages and PP.
+        parallelize.finalize_grads(self.model_chunks, self.groups)
         pipeline.sync_duplicated_grads(self.model_chunks, self.groups.pp)
         return loss
 
@@ -190,34 +171,9 @@ class ParallelEngine:
                          num_microbatches, train=False)
 
     def clip_grad_norm_(self, max_norm: float) -> float:
-        """Clip by the global grad norm (torch semantics); returns the norm before clipping.
-
-        Each gradient element is counted once across the world: TP-replicated params on
-        TP rank 0, un-sharded params on dp_cp rank 0, FSDP shards everywhere (disjoint),
-        duplicated conditioning params on the first local stage of PP rank 0.
-        """
-        g, pp_rank = self.groups, self.groups.rank_in("pp")
-        first_tp, first_dp = g.rank_in("tp") == 0, g.rank_in("dp_cp") == 0
-        sq = torch.zeros((), device=self.device, dtype=torch.float64)
-        for index, chunk in enumerate(self.model_chunks):
-            for name, p in chunk.named_parameters():
-                if p.grad is None:
-                    continue
-                if pipeline.is_duplicated(name) and (pp_rank, index) != (0, 0):
-                    continue
-                if not is_tensor_parallel(p) and not first_tp:
-                    continue
-                if not isinstance(p.grad, DTensor) and not first_dp:
-                    continue
-                sq += local_tensor(p.grad).double().pow(2).sum()
-        dist.all_reduce(sq)
-        norm = sq.sqrt().item()
-        coef = min(1.0, max_norm / (norm + 1e-6))
-        if coef < 1.0:
-            for p in self.parameters():
-                if p.grad is not None:
-                    local_tensor(p.grad).mul_(coef)
-        return norm
+        """Clip by the global grad norm (each element of the full model counted once,
+        duplicated conditioning on PP rank 0's first stage); returns the norm."""
+        return parallelize.clip_grad_norm_(self.model_chunks, max_norm, self.groups).item()
 
     # -- checkpoints -------------------------------------------------------------------
     def state_dict_for_save(self, optimizer: torch.optim.Optimizer | None = None) -> dict:
@@ -234,11 +190,3 @@ class ParallelEngine:
         (other ranks get {})."""
         return checkpoint.full_model_state_dict(self)
 
-
-def is_tensor_parallel(param: torch.Tensor) -> bool:
-    """megatron-core marks TP-sharded params; everything else is replicated over TP."""
-    return bool(getattr(param, "tensor_model_parallel", False))
-
-
-def local_tensor(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if isinstance(t, DTensor) else t

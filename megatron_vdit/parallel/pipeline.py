@@ -14,9 +14,12 @@ exactly the microbatch it is processing. Only hidden states [S, b, D] travel.
 
 The duplicated conditioning parameters receive a partial gradient on each stage (from
 the blocks of that stage, plus the final layer on the last). `sync_duplicated_grads`
-sums them over the local virtual stages and the PP group, so every copy holds the full
-gradient; with identical initialisation and identical optimizer updates the copies stay
-bit-identical, and checkpoints store one of them (same name on every stage).
+sums them over the local virtual stages and the PP group, so every
+copy holds the full gradient; with identical initialisation and identical optimizer
+updates the copies stay bit-identical, the grad-norm counts them once (PP rank 0, first
+local stage), and checkpoints store one of them (same name on every stage). Summing
+beats "own once and broadcast": no extra step after the optimizer, and the optimizer
+state stays local (a few MB duplicated per stage).
 
 Why not megatron-core's schedules: they hard-code CUDA streams/devices, so they would not
 run on CPU/gloo where the equivalence tests live; torch.distributed.pipelining runs on
@@ -38,9 +41,9 @@ from torch.distributed.pipelining.schedules import (Schedule1F1B, ScheduleGPipe,
                                                     ScheduleInterleaved1F1B)
 from torch.distributed.tensor import DTensor
 
+from .tensor_parallel import CONDITIONING_MODULES
+
 SCHEDULES = ("1f1b", "interleaved", "gpipe")
-CONDITIONING_MODULES = ("timestep_embedder", "ada_single", "caption_projection")
-"""Submodules every stage keeps (and recomputes from the batch)."""
 
 
 def num_virtual_stages(schedule: str, num_layers: int, pp_size: int,
@@ -78,6 +81,17 @@ def stage_layers(stage_id: int, num_stages: int, num_layers: int) -> range:
     return range(stage_id * per, (stage_id + 1) * per)
 
 
+def _shared_attributes(model: nn.Module) -> dict[int, object]:
+    """deepcopy memo that shares every non-tensor attribute (configs, process groups,
+    token sharding): a stage copies parameters and buffers, never communicators."""
+    memo = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if not isinstance(value, (dict, set, list, torch.Tensor, nn.Module)):
+                memo[id(value)] = value
+    return memo
+
+
 def split_stage_modules(model: nn.Module, stage_ids: list[int], num_stages: int) -> list[nn.Module]:
     """Cut `model` (a full VideoDiT) into this rank's stage modules.
 
@@ -89,7 +103,7 @@ def split_stage_modules(model: nn.Module, stage_ids: list[int], num_stages: int)
     model.blocks = nn.ModuleDict()
     stages = []
     for sid in stage_ids:
-        stage = copy.deepcopy(model)
+        stage = copy.deepcopy(model, memo=_shared_attributes(model))
         stage.blocks = nn.ModuleDict({str(i): blocks[str(i)] for i in
                                       stage_layers(sid, num_stages, len(blocks))})
         if sid != 0:
@@ -102,7 +116,7 @@ def split_stage_modules(model: nn.Module, stage_ids: list[int], num_stages: int)
 
 def is_duplicated(param_name: str) -> bool:
     """Whether a parameter lives on every pipeline stage (conditioning modules)."""
-    return param_name.split(".", 1)[0] in CONDITIONING_MODULES
+    return param_name.startswith(CONDITIONING_MODULES)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from megatron_vdit.models.config import VDiTConfig
 from megatron_vdit.models.vdit import VideoDiT
@@ -40,10 +41,36 @@ def global_batch(cfg: VDiTConfig, step: int, batch: int = GLOBAL_BATCH):
     return x_t_BCFHW, timesteps_B, text_BXT, text_mask_BX, target_BCFHW
 
 
+def zero_init_replacements(cfg: VDiTConfig) -> dict[str, torch.Tensor]:
+    """Random values for the zero-initialised output layers (same draws as
+    dist_utils.perturb_zero_inits), so every parameter gets a gradient from step one:
+    with zeros there, a wrong conditioning gradient on an early stage barely moves the
+    loss and could hide."""
+    g = torch.Generator().manual_seed(7)
+    d, p = cfg.hidden_size, cfg.in_channels * cfg.patch_volume
+    shapes = {"final_layer.linear.weight": (p, d), "final_layer.linear.bias": (p,),
+              "ada_single.1.weight": (6 * d, d), "ada_single.1.bias": (6 * d,)}
+    return {name: torch.randn(shape, generator=g) * 0.05 for name, shape in shapes.items()}
+
+
+@torch.no_grad()
+def perturb(named_parameters, cfg: VDiTConfig) -> None:
+    """Copy `zero_init_replacements` into a model or an engine (any sharding)."""
+    values = zero_init_replacements(cfg)
+    for name, param in named_parameters:
+        if name in values:
+            value = values[name]
+            if isinstance(param, DTensor):
+                value = distribute_tensor(value, param.device_mesh, param.placements,
+                                          src_data_rank=None)
+            param.copy_(value)
+
+
 def reference_run(cfg: VDiTConfig, steps: range) -> dict:
     """One process, plain model and AdamW on the full global batch (run in a world of 1)."""
     torch.manual_seed(SEED)
     model = VideoDiT(cfg, dist.group.WORLD)
+    perturb(model.named_parameters(), cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
     losses, norms = [], []
     for step in steps:
@@ -58,10 +85,12 @@ def reference_run(cfg: VDiTConfig, steps: range) -> dict:
     return {"losses": losses, "norms": norms, "state": state}
 
 
-def make_engine(cfg: VDiTConfig, schedule: str | None = None, **degrees):
+def make_engine(cfg: VDiTConfig, schedule: str | None = None, zero_stage: int = 2, **degrees):
     layout = ParallelLayout.from_world_size(dist.get_world_size(), **degrees)
-    groups = build_parallel_groups(layout)
-    return ParallelEngine(cfg, layout, groups, seed=SEED, schedule=schedule), layout, groups
+    groups = build_parallel_groups(layout, num_attention_heads=cfg.num_attention_heads)
+    engine = ParallelEngine(cfg, layout, groups, seed=SEED, schedule=schedule, zero_stage=zero_stage)
+    perturb(engine.named_parameters(), cfg)
+    return engine, layout, groups
 
 
 def dp_slice(batch: tuple, layout: ParallelLayout, groups) -> tuple:
@@ -81,8 +110,8 @@ def train_steps(engine, opt, cfg, layout, groups, steps: range, num_microbatches
 
 
 def engine_run(cfg: VDiTConfig, steps: range, num_microbatches: int, schedule=None,
-               **degrees) -> dict:
-    engine, layout, groups = make_engine(cfg, schedule, **degrees)
+               zero_stage: int = 2, **degrees) -> dict:
+    engine, layout, groups = make_engine(cfg, schedule, zero_stage, **degrees)
     opt = torch.optim.AdamW(engine.parameters(), lr=LR)
     out = train_steps(engine, opt, cfg, layout, groups, steps, num_microbatches)
     out["state"] = engine.full_model_state_dict()

@@ -73,3 +73,25 @@ def test_bad_virtual_stage_flags_name_the_numbers():
         pipeline.num_virtual_stages("1f1b", 8, 2, 2)
     with pytest.raises(ValueError, match="unknown pipeline schedule 'zb'"):
         pipeline.num_virtual_stages("zb", 8, 2, None)
+
+
+def _combined_world8(cfg, ref):
+    cases = [
+        ("TP2xPP2xDP2 1F1B ZeRO-2", dict(tensor_model_parallel_size=2,
+                                          pipeline_model_parallel_size=2), 2, {}),
+        ("CP2xPP2xDP2 ring ZeRO-3", dict(context_parallel_size=2, cp_comm_type="p2p",
+                                         pipeline_model_parallel_size=2), 2,
+         dict(zero_stage=3)),
+        ("TP2xCP2xPP2 SP Ulysses interleaved", dict(
+            tensor_model_parallel_size=2, sequence_parallel=True, context_parallel_size=2,
+            cp_comm_type="a2a", pipeline_model_parallel_size=2,
+            num_layers_per_virtual_pipeline_stage=1), 4, {}),
+    ]
+    for what, degrees, microbatches, options in cases:
+        out = lib.engine_run(cfg, STEPS, microbatches, **options, **degrees)
+        lib.assert_matches(out, ref, what)
+    return dist.get_world_size()
+
+
+def test_combined_layouts_world8_match_single_process(reference):
+    assert spawn_world(_combined_world8, 8, lib.tiny_config(), reference) == [8] * 8

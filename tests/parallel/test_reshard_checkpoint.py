@@ -43,13 +43,12 @@ def _load_and_continue(cfg, path, **degrees):
     return out
 
 
-def _pp2_save_then_dp2_load(cfg, ref, path):
-    first = _train_and_save(cfg, path, pipeline_model_parallel_size=2,
-                            num_layers_per_virtual_pipeline_stage=1)
+def _save_then_load(cfg, ref, path, save_degrees, load_degrees, what):
+    first = _train_and_save(cfg, path, **save_degrees)
     torch.testing.assert_close(torch.tensor(first["losses"]), torch.tensor(ref["losses"][:2]),
                                rtol=1e-5, atol=0)
-    out = _load_and_continue(cfg, path, pipeline_model_parallel_size=2)
-    lib.assert_matches(out, _continued(ref), "PP2 interleaved -> reloaded")
+    out = _load_and_continue(cfg, path, **load_degrees)
+    lib.assert_matches(out, _continued(ref), what)
     return out["losses"]
 
 
@@ -59,7 +58,17 @@ def _single_load(cfg, ref, path):
     return out["losses"]
 
 
-def test_save_pp2_load_other_layouts(reference, tmp_path):
-    cfg, path = lib.tiny_config(), str(tmp_path / "ckpt_pp2")
-    spawn_world(_pp2_save_then_dp2_load, 2, cfg, reference, path)
+def test_save_tp2_pp2_load_cp2_dp2_and_single_process(reference, tmp_path):
+    cfg, path = lib.tiny_config(), str(tmp_path / "ckpt_tp2_pp2")
+    save = dict(tensor_model_parallel_size=2, pipeline_model_parallel_size=2,
+                num_layers_per_virtual_pipeline_stage=1)
+    load = dict(context_parallel_size=2, cp_comm_type="p2p", zero_stage=3)  # DP2 x CP2
+    spawn_world(_save_then_load, 4, cfg, reference, path, save, load,
+                "TP2xPP2 interleaved -> CP2xDP2 ZeRO-3")
     spawn_world(_single_load, 1, cfg, reference, path)
+
+
+def test_save_dp2_zero3_load_pp2(reference, tmp_path):
+    cfg, path = lib.tiny_config(), str(tmp_path / "ckpt_dp2")
+    spawn_world(_save_then_load, 2, cfg, reference, path, dict(zero_stage=3),
+                dict(pipeline_model_parallel_size=2), "DP2 ZeRO-3 -> PP2 1F1B")
