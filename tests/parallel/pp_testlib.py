@@ -19,6 +19,7 @@ SEED = 1234
 LR = 1e-3
 MAX_NORM = 0.05  # small enough that clipping is active in every step
 GLOBAL_BATCH = 4
+EVAL_STEP = 99  # the held-out batch `eval_loss` is checked on
 
 
 def tiny_config(num_layers: int = 4) -> VDiTConfig:
@@ -81,8 +82,11 @@ def reference_run(cfg: VDiTConfig, steps: range) -> dict:
         norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM).item())
         opt.step()
         losses.append(loss.item())
+    with torch.no_grad():
+        x_t, t, text, mask, target = global_batch(cfg, EVAL_STEP)
+        eval_loss = F.mse_loss(model(x_t, t, text, mask), target).item()
     state = {k: v.detach().clone() for k, v in model.named_parameters()}
-    return {"losses": losses, "norms": norms, "state": state}
+    return {"losses": losses, "norms": norms, "eval": [eval_loss], "state": state}
 
 
 def make_engine(cfg: VDiTConfig, schedule: str | None = None, zero_stage: int = 2, **degrees):
@@ -114,13 +118,18 @@ def engine_run(cfg: VDiTConfig, steps: range, num_microbatches: int, schedule=No
     engine, layout, groups = make_engine(cfg, schedule, zero_stage, **degrees)
     opt = torch.optim.AdamW(engine.parameters(), lr=LR)
     out = train_steps(engine, opt, cfg, layout, groups, steps, num_microbatches)
+    local = dp_slice(global_batch(cfg, EVAL_STEP), layout, groups)
+    out["eval"] = [engine.eval_loss(*local, num_microbatches=num_microbatches)]
     out["state"] = engine.full_model_state_dict()
     return out
 
 
 def assert_matches(got: dict, ref: dict, what: str, rtol: float = 1e-5) -> None:
-    """Same losses and grad norms step by step, same parameters at the end."""
-    for key in ("losses", "norms"):
+    """Same losses and grad norms step by step, same parameters at the end (and the
+    same forward-only loss when both ran one)."""
+    for key in ("losses", "norms", "eval"):
+        if key not in got or key not in ref:
+            continue
         torch.testing.assert_close(torch.tensor(got[key]), torch.tensor(ref[key]), rtol=rtol,
                                    atol=0, msg=lambda m: f"{what} {key}: {m}")
     if dist.get_rank() != 0:
