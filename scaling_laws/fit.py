@@ -6,7 +6,8 @@ replacement within each model size (the sweep is a designed experiment: each siz
 its number of runs), so a run's whole validation curve travels together and the
 correlation between its T points is respected. Quantities a resample cannot identify
 (a cell whose surface loses convexity, a loss fit that fails) are NaN in that row and
-counted in ``bootstrap_failures``; intervals are percentiles over the finite rows.
+counted in ``bootstrap_failures``; intervals are percentiles over the finite rows. The
+resampled cell optima get a degrees-of-freedom correction (``_df_correct``).
 
 Legend: ``_R`` rows (plain fit + resamples), ``_C`` cells, ``_K`` budgets.
 """
@@ -27,7 +28,7 @@ MIN_MODEL_SIZES = 3
 class FitOptions:
     num_resamples: int = 1000
     seed: int = 0
-    window: float = 0.05          # surface uses points within 5% of the cell's best loss
+    window: float = 0.20          # surface uses points within 20% of the cell's best loss
     min_tokens_ratio: float = 1.25
     budgets_flops: tuple | None = None
     fixed_lr: float | None = None            # setting of the fixed-HP baseline
@@ -46,6 +47,22 @@ def bootstrap_weights(runs: RunSet, num_resamples: int, seed: int) -> np.ndarray
         counts = (draws[..., None] == np.arange(len(members))).sum(axis=1)
         weights[1:, members] = counts
     return weights
+
+
+def _df_correct(surface: dict, cell) -> dict:
+    """Widen resampled cell optima about the plain fit by ``sqrt(m / (m - 6))``.
+
+    Resampling m runs to refit a 6-parameter surface underestimates the variance of
+    its vertex by about (m - 6) / m (the pairs bootstrap has no degrees-of-freedom
+    correction; cf. HC1 standard errors). Everything downstream is fitted from the cell
+    optima, so correcting them here carries through to every interval.
+    """
+    m = len(np.unique(cell.run_index[cell.in_window]))
+    scale = np.sqrt(m / max(m - hyperopt.MIN_SETTINGS, 1))
+    for key in ("log_lr", "log_batch", "log_loss"):
+        rows = surface[key]
+        rows[1:] = rows[0] + scale * (rows[1:] - rows[0])
+    return surface
 
 
 def _check_cells(cells, skipped, runs: RunSet) -> None:
@@ -84,7 +101,7 @@ def core_fit(runs: RunSet, opts: FitOptions) -> dict:
     cells, skipped = hyperopt.build_cells(runs, opts.window, opts.min_tokens_ratio)
     _check_cells(cells, skipped, runs)
     weights_R = bootstrap_weights(runs, opts.num_resamples, opts.seed)
-    surfaces = [hyperopt.fit_surface(c, weights_R) for c in cells]
+    surfaces = [_df_correct(hyperopt.fit_surface(c, weights_R), c) for c in cells]
     stack = {k: np.stack([s[k] for s in surfaces], axis=1) for k in ("log_lr", "log_batch",
                                                                      "log_loss", "valid")}
     if stack["valid"][0].sum() == 0:

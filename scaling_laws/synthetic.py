@@ -51,6 +51,24 @@ class PlantedSweep:
     diverge_lr_factor: float = 4.0  # runs with eta > this x eta_opt(N, T_final) diverge
     compute: ComputeModel = dataclasses.field(default_factory=ComputeModel)
 
+    @classmethod
+    def recovery(cls, **overrides) -> "PlantedSweep":
+        """The planted-law recovery design used by the tests and docs/scaling_laws.md:
+        six sizes 0.017B..1.07B, curves from 1B to 16B tokens, 7 x 5 (eta, B) grid,
+        noise 0.02% per run and 0.01% per logged point."""
+        design = dict(sizes_params=(0.017e9, 0.036e9, 0.057e9, 0.13e9, 0.26e9, 1.07e9),
+                      curve_tokens=(1e9, 1.5e9, 2e9, 3e9, 4e9, 6e9, 8e9, 12e9, 16e9),
+                      noise_run=2e-4, noise_point=1e-4)
+        return cls(**{**design, **overrides})
+
+    def truth_n_opt(self, compute, budgets_flops) -> tuple[float, float]:
+        """(k, a) of the planted loss law's N_opt(C) over ``budgets_flops``."""
+        from scaling_laws.allocation import fit_allocation, optimal_params
+        n_opt = optimal_params(lambda n, t: predict_loss(self.loss_law, n, t), compute,
+                               budgets_flops)
+        k, a = fit_allocation(budgets_flops, n_opt)
+        return float(k), float(a)
+
     def eta_opt(self, n_billion, t_billion):
         law = self.eta_law
         return law["alpha"] * np.power(t_billion, law["beta"]) * np.power(n_billion, law["gamma"])

@@ -1,0 +1,119 @@
+"""Cell optima, loss law, allocation and the degenerate inputs that must fail clearly."""
+import numpy as np
+import pytest
+
+from scaling_laws import allocation, hyperopt, loss_law
+from scaling_laws.compute import ComputeModel
+from scaling_laws.fit import FitOptions, core_fit
+from scaling_laws.records import prepare
+from scaling_laws.synthetic import PLANTED_LOSS, PlantedSweep
+
+FAST = FitOptions(num_resamples=20)
+
+
+def _noise_free(**kw):
+    return PlantedSweep(noise_run=0.0, noise_point=0.0, **kw)
+
+
+def test_surface_vertex_exact_on_planted_quadratic():
+    sweep = _noise_free()
+    runs = prepare(sweep.records())
+    cells, skipped = hyperopt.build_cells(runs, window=10.0)
+    assert not skipped and len(cells) == 5 * 6
+    for cell in cells:
+        surf = hyperopt.fit_surface(cell, np.ones((1, runs.num_runs)))
+        assert surf["valid"][0]
+        assert np.exp(surf["log_lr"][0]) == pytest.approx(
+            sweep.eta_opt(cell.n_billion, cell.t_billion), rel=1e-6)
+        assert np.exp(surf["log_batch"][0]) == pytest.approx(
+            sweep.batch_opt(cell.n_billion, cell.t_billion), rel=1e-6)
+        assert np.exp(surf["log_loss"][0]) == pytest.approx(
+            loss_law.predict_loss(PLANTED_LOSS, cell.n_billion, cell.t_billion), rel=1e-9)
+        region = hyperopt.near_optimal_region(surf)
+        # k_lr u^2 = 0.0025 at the planted curvature (cross term ignored): |u| ~ 0.35.
+        assert region["lr"][0] < np.exp(surf["log_lr"][0]) < region["lr"][1]
+        assert 0.4 < np.log(region["lr"][1] / region["lr"][0]) < 1.2
+
+
+def test_interpolates_curves_logged_at_batch_dependent_tokens():
+    sweep = _noise_free()
+    records = sweep.records()
+    for rec in records:  # eval every k steps: token counts depend on the batch size
+        for point in rec["val_loss_curve"]:
+            point["tokens"] = int(point["tokens"] * (1 + 1e-3 * (rec["batch_samples"] % 7)))
+    cells, _ = hyperopt.build_cells(prepare(records), window=10.0)
+    assert sum(c.interpolated for c in cells) > 0
+    for cell in cells:
+        surf = hyperopt.fit_surface(cell, np.ones((1, len(records))))
+        assert np.exp(surf["log_lr"][0]) == pytest.approx(
+            sweep.eta_opt(cell.n_billion, cell.t_billion), rel=0.02)
+
+
+def test_power_law_exact_and_needs_three_sizes():
+    n = np.array([0.1, 0.1, 0.5, 0.5, 2.0, 2.0])
+    t = np.array([1.0, 4.0, 1.0, 4.0, 1.0, 4.0])
+    y = np.log(3e-4 * t ** -0.05 * n ** -0.2)[None]
+    alpha, beta, gamma = hyperopt.fit_power_law(y, t, n)
+    assert (alpha[0], beta[0], gamma[0]) == pytest.approx((3e-4, -0.05, -0.2), rel=1e-9)
+    y2 = y.copy()
+    y2[0, 4:] = np.nan  # only two sizes left
+    assert np.isnan(hyperopt.fit_power_law(y2, t, n)[1][0])
+
+
+def test_loss_law_recovers_noise_free_law_and_reports_mse():
+    n, t = np.meshgrid([0.017, 0.057, 0.13, 0.26], [2.0, 4.0, 8.0, 12.0])
+    loss = loss_law.predict_loss(PLANTED_LOSS, n.ravel(), t.ravel())
+    law = loss_law.fit_loss_law(n.ravel(), t.ravel(), loss)
+    for key in ("alpha_T", "alpha_N", "L_inf"):
+        assert law[key] == pytest.approx(PLANTED_LOSS[key], rel=1e-3)
+    assert law["mse"] < 1e-12
+    rows = loss_law.fit_loss_law_rows(n.ravel(), t.ravel(), np.log(loss)[None].repeat(3, 0),
+                                      {**law, "alpha_T": 0.4, "alpha_N": 0.2})
+    assert rows[:, 1] == pytest.approx(PLANTED_LOSS["alpha_T"], rel=1e-3)
+
+
+def test_kaplan_form_fits_its_own_law():
+    truth = {"N_c": 1e-3, "alpha_N": 0.08, "D_c": 2e-3, "alpha_D": 0.1}
+    n, t = np.meshgrid([0.02, 0.06, 0.13, 0.26], [2.0, 4.0, 8.0, 12.0])
+    loss = loss_law.predict_kaplan(truth, n.ravel(), t.ravel())
+    law = loss_law.fit_kaplan(n.ravel(), t.ravel(), loss)
+    assert law["mse"] < 1e-8
+    assert law["alpha_D"] == pytest.approx(0.1, rel=0.05)
+
+
+def test_allocation_matches_brute_force_and_power_law():
+    compute = ComputeModel()
+    budgets = np.logspace(19, 23, 9)
+    n_opt = allocation.optimal_params(
+        lambda n, t: loss_law.predict_loss(PLANTED_LOSS, n, t), compute, budgets)
+    grid = np.logspace(7, 12, 200001)
+    for budget, found in zip(budgets[::4], n_opt[::4]):
+        tokens = compute.tokens_for_budget(grid, budget)
+        brute = grid[np.argmin(loss_law.predict_loss(PLANTED_LOSS, grid / 1e9, tokens / 1e9))]
+        assert found == pytest.approx(brute, rel=1e-3)
+    k, a = allocation.fit_allocation(budgets, 0.87 * budgets ** 0.43)
+    assert (k, a) == pytest.approx((0.87, 0.43), rel=1e-9)
+
+
+def test_fewer_than_three_sizes_fails():
+    runs = prepare(PlantedSweep(sizes_params=(0.017e9, 0.057e9)).records())
+    with pytest.raises(ValueError, match="need >= 3 model sizes"):
+        core_fit(runs, FAST)
+
+
+def test_single_setting_per_cell_fails():
+    sweep = PlantedSweep(lr_steps=(0,), batch_steps=(0,))
+    with pytest.raises(ValueError, match=r"1 \(eta, B\) setting"):
+        core_fit(prepare(sweep.records()), FAST)
+
+
+def test_one_dimensional_grid_fails():
+    sweep = PlantedSweep(batch_steps=(0,))
+    with pytest.raises(ValueError, match="values per axis"):
+        core_fit(prepare(sweep.records()), FAST)
+
+
+def test_optimum_outside_grid_is_flagged_not_used():
+    sweep = PlantedSweep(grid_offset=(20.0, 1.0), diverge_lr_factor=1e9)  # LR grid too high
+    with pytest.raises(ValueError, match="inside"):
+        core_fit(prepare(sweep.records()), FAST)
