@@ -170,9 +170,11 @@ def build_schedule(stage_modules: list[nn.Module], stage_ids: list[int], num_sta
                             output_args=stage_io(sid)[1], group=pp_group)
               for m, sid in zip(stage_modules, stage_ids)]
     if kind == "interleaved":
-        if num_microbatches % pp and num_microbatches > pp:
-            raise ValueError(f"interleaved schedule needs num_microbatches={num_microbatches} "
-                             f"divisible by PP={pp} (or at most PP)")
+        rounds = max(1, num_microbatches // pp)  # torch's flexible interleaving rule
+        if num_microbatches % rounds:
+            raise ValueError(f"interleaved schedule: num_microbatches={num_microbatches} is "
+                             f"not a multiple of {rounds} rounds of PP={pp}; use at most PP "
+                             f"or a multiple of PP")
         return ScheduleInterleaved1F1B(stages, num_microbatches, loss_fn=loss_fn,
                                        scale_grads=False)
     cls = Schedule1F1B if kind == "1f1b" else ScheduleGPipe

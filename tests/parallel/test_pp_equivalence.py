@@ -95,3 +95,20 @@ def _combined_world8(cfg, ref):
 
 def test_combined_layouts_world8_match_single_process(reference):
     assert spawn_world(_combined_world8, 8, lib.tiny_config(), reference) == [8] * 8
+
+
+def _bad_microbatches(cfg):
+    engine, layout, groups = lib.make_engine(cfg, pipeline_model_parallel_size=2,
+                                             num_layers_per_virtual_pipeline_stage=1)
+    batch = lib.global_batch(cfg, 0)
+    with pytest.raises(ValueError, match="num_microbatches=3 does not divide the per-DP-rank "
+                                         "batch of 4 samples"):
+        engine.forward_backward(*batch, num_microbatches=3)
+    big = lib.global_batch(cfg, 0, batch=5)
+    with pytest.raises(ValueError, match="num_microbatches=5 is not a multiple of 2 rounds"):
+        engine.forward_backward(*big, num_microbatches=5)
+    return True
+
+
+def test_bad_microbatch_counts_name_the_numbers():
+    assert spawn_world(_bad_microbatches, 2, lib.tiny_config()) == [True, True]
