@@ -81,3 +81,15 @@ def test_text_encoder_padding_mask_and_checkpoint_roundtrip(tmp_path, config):
     loaded = load_text_encoder(path=str(tmp_path), max_tokens=16)
     assert type(loaded.model) is type(encoder.model)
     np.testing.assert_array_equal(loaded.encode(captions)[0].numpy(), emb_BSD.numpy())
+
+
+def test_bfloat16_compute_matches_float32_loosely():
+    video_BCFHW = torch.rand(2, 3, 5, 32, 32) * 2 - 1
+    reference = load_vae(config="tiny", seed=0).encode(video_BCFHW)
+    vae = load_vae(config="tiny", seed=0, dtype=torch.bfloat16)
+    latent = vae.encode(video_BCFHW)
+    assert latent.dtype == torch.float32 and vae.identity()["weights_sha256"]
+    torch.testing.assert_close(latent, reference, atol=0.1, rtol=0.1)
+    text = load_text_encoder(config="tiny", max_tokens=8, dtype=torch.bfloat16)
+    emb_BSD, _, _ = text.encode(["a blue square"])
+    assert emb_BSD.dtype == torch.float32 and torch.isfinite(emb_BSD).all()
