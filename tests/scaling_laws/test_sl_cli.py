@@ -1,0 +1,113 @@
+"""Law file, paper preset, planner and the command lines, end to end."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from scaling_laws import lawfile, pipeline, planner, report
+from scaling_laws.fit import FitOptions
+from scaling_laws.records import prepare
+from scaling_laws.synthetic import PlantedSweep
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def fitted_law(tmp_path_factory):
+    runs = prepare(PlantedSweep().records(seed=2))
+    law = pipeline.fit_law(runs, FitOptions(num_resamples=100))
+    path = tmp_path_factory.mktemp("law") / "law.json"
+    lawfile.save_law(law, path)
+    return path
+
+
+@pytest.mark.parametrize("tokens, lr, batch", [(4e9, 1.86e-4, 6.8e4), (10e9, 1.78e-4, 1.42e5)])
+def test_paper_preset_hyperparameters(tokens, lr, batch):
+    point = lawfile.predict_point(lawfile.paper_law(), 1.07e9, tokens)
+    assert point["lr"] == pytest.approx(lr, rel=0.01)
+    assert point["batch_tokens"] == pytest.approx(batch, rel=0.01)
+
+
+@pytest.mark.parametrize("budget, params", [(5.85e20, 0.72e9), (1e22, 2.43e9)])
+def test_paper_preset_n_opt(budget, params):
+    result = planner.plan("paper", budget)
+    assert result["params_nonembed"] == pytest.approx(params, rel=0.01)
+    assert "loss" not in result and "unverified" in result["loss_note"]
+    assert any("loss-law coefficients" in c for c in result["warnings"])
+
+
+def test_law_file_schema_and_intervals(fitted_law):
+    law = json.loads(fitted_law.read_text())
+    for key, names in (("eta_opt", "alpha beta gamma"), ("batch_opt", "alpha beta gamma"),
+                       ("loss", "T_c alpha_T N_c alpha_N L_inf"), ("n_opt", "k a")):
+        for name in names.split():
+            low, high = law["ci95"][key][name]
+            assert low <= law[key][name] <= high, (key, name)
+    assert set(law["units"]) >= {"N", "T", "B", "C"}
+    assert law["provenance"]["runs_used"] and law["provenance"]["runs_excluded"]
+    assert law["diagnostics"]["runs_excluded"]["status=diverged"] > 0
+    assert abs(law["extrapolation"]["summary"]["mean_abs_loss_rel_error"]) < 0.005
+    assert law["baselines"]["fixed_hp"]["mse"] > law["baselines"]["optimal_hp"]["mse"]
+
+
+def test_planner_max_params_costs_loss(fitted_law):
+    free = planner.plan(str(fitted_law), 1e21)
+    capped = planner.plan(str(fitted_law), 1e21, max_params=free["params_nonembed"] / 3)
+    assert capped["train_tokens"] > free["train_tokens"]
+    assert capped["loss_increase"] > 0 and capped["loss"] > free["loss"]
+    low, high = free["loss_ci95"]
+    assert low <= free["loss"] <= high
+    assert free["batch_samples"] == round(free["batch_tokens"] / free["tokens_per_sample"])
+    assert abs(planner.round_trip_check(str(fitted_law), 1e21)) < 0.1
+    assert "loss cost vs N_opt" in planner.format_plan(capped)
+
+
+def test_planner_rejects_bad_input():
+    with pytest.raises(ValueError, match="positive"):
+        planner.plan("paper", 0)
+    with pytest.raises(ValueError, match="not found"):
+        planner.plan("/nonexistent/law.json", 1e21)
+
+
+def test_report_sections(fitted_law):
+    text = report.format_law(str(fitted_law))
+    for section in ("Cell optima", "Baselines", "fixed HP", "Kaplan", "Extrapolation check",
+                    "Predictions", "95% CI"):
+        assert section in text
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+
+
+def test_cli_fit_report_plan(tmp_path):
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("\n".join(json.dumps(r) for r in PlantedSweep().records(seed=4)))
+    out = _run("-m", "scaling_laws", "fit", str(runs), "--out", str(tmp_path / "law.json"),
+               "--plots", str(tmp_path / "plots"), "--resamples", "50")
+    assert out.returncode == 0, out.stderr
+    assert "Extrapolation check" in out.stdout
+    pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert {"hp_laws.png", "loss_vs_tokens.png", "isoflop.png", "n_opt.png"} <= set(pngs)
+    assert sum(p.startswith("heatmap_") for p in pngs) == 5
+    rep = _run("-m", "scaling_laws", "report", str(tmp_path / "law.json"))
+    assert rep.returncode == 0 and "Baselines" in rep.stdout
+    plan = _run("tools/predict_config.py", "--budget", "1e21", "--law", str(tmp_path / "law.json"),
+                "--max-params", "3e8", "--json")
+    assert plan.returncode == 0, plan.stderr
+    result = json.loads(plan.stdout)
+    assert result["params_nonembed"] == 3e8 and result["loss_increase"] > 0
+    assert result["model_shape"] is None or result["model_shape"]["hidden_size"] > 0
+
+
+def test_cli_errors_are_clear(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(json.dumps(r) for r in PlantedSweep(
+        sizes_params=(0.017e9, 0.057e9)).records()))
+    out = _run("-m", "scaling_laws", "fit", str(bad), "--out", str(tmp_path / "law.json"))
+    assert out.returncode == 2 and "need >= 3 model sizes" in out.stderr
+    assert not (tmp_path / "law.json").exists()
+    plan = _run("-m", "scaling_laws", "plan", "--budget", "1e22")
+    assert plan.returncode == 0 and "2.435B" in plan.stdout
