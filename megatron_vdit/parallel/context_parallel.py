@@ -85,8 +85,13 @@ def _valid_keys(num_tokens: int, block: int, block_len: int) -> int:
     return max(0, min(block_len, num_tokens - block * block_len))
 
 
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype: float32, or the input's when wider."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def _block_forward(q, k, v, scale):
-    """One block of attention in float32: (out [B,H,L,E], lse [B,H,L])."""
+    """One block of attention: (out [B,H,L,E], lse [B,H,L])."""
     s = torch.matmul(q, k.transpose(-1, -2)) * scale
     lse = torch.logsumexp(s, dim=-1)
     return torch.matmul(torch.exp(s - lse.unsqueeze(-1)), v), lse
@@ -107,9 +112,10 @@ class _RingAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, group, num_tokens):
         rank, size = group.rank(), group.size()
         length, scale = k.shape[2], 1.0 / math.sqrt(q.shape[-1])
-        qf = q.float()
+        acc = _acc_dtype(q)
+        qf = q.to(acc)
         out = torch.zeros_like(qf)
-        lse = torch.full(q.shape[:-1], -math.inf, dtype=torch.float32, device=q.device)
+        lse = torch.full(q.shape[:-1], -math.inf, dtype=acc, device=q.device)
         kv = torch.stack((k, v))
         for step in range(size):
             if step + 1 < size:
@@ -117,8 +123,8 @@ class _RingAttention(torch.autograd.Function):
             block = (rank - step) % size
             n = _valid_keys(num_tokens, block, length)
             if n:
-                blk_out, blk_lse = _block_forward(qf, kv[0, :, :, :n].float(),
-                                                  kv[1, :, :, :n].float(), scale)
+                blk_out, blk_lse = _block_forward(qf, kv[0, :, :, :n].to(acc),
+                                                  kv[1, :, :, :n].to(acc), scale)
                 new_lse = torch.logaddexp(lse, blk_lse)
                 out = (out * torch.exp(lse - new_lse).unsqueeze(-1)
                        + blk_out * torch.exp(blk_lse - new_lse).unsqueeze(-1))
@@ -136,7 +142,8 @@ class _RingAttention(torch.autograd.Function):
         group, num_tokens = ctx.group, ctx.num_tokens
         rank, size = group.rank(), group.size()
         length, scale = k.shape[2], 1.0 / math.sqrt(q.shape[-1])
-        qf, d_out = q.float(), d_out.float()
+        acc = _acc_dtype(q)
+        qf, d_out = q.to(acc), d_out.to(acc)
         delta = (d_out * out).sum(-1)  # rowsum(dO * O): the softmax backward's correction
         dq = torch.zeros_like(qf)
         kv = torch.stack((k, v))
@@ -146,10 +153,10 @@ class _RingAttention(torch.autograd.Function):
                 next_kv, kv_works = _start_ring_shift(kv, group)
             block = (rank - step) % size
             n = _valid_keys(num_tokens, block, length)
-            dkv = torch.zeros(kv.shape, dtype=torch.float32, device=kv.device)
+            dkv = torch.zeros(kv.shape, dtype=acc, device=kv.device)
             if n:
-                dq_b, dk_b, dv_b = _block_backward(qf, kv[0, :, :, :n].float(),
-                                                   kv[1, :, :, :n].float(), d_out, lse,
+                dq_b, dk_b, dv_b = _block_backward(qf, kv[0, :, :, :n].to(acc),
+                                                   kv[1, :, :, :n].to(acc), d_out, lse,
                                                    delta, scale)
                 dq += dq_b
                 dkv[0, :, :, :n], dkv[1, :, :, :n] = dk_b, dv_b

@@ -46,18 +46,25 @@ def apply_data_parallel(model: nn.Module, groups: ParallelGroups, *, zero_stage:
     mesh = groups.mesh["dp_cp"]
     if mesh.size() == 1 and param_dtype is None and reduce_dtype is None:
         return model
-    roles = {name: param_role(p) for name, p in model.named_parameters()}
-    mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    # Only the root casts its inputs (latent, caption) to param_dtype. Blocks take their
+    # activations as produced (bf16 from the root's layers, or from the previous
+    # pipeline stage) and must not cast the conditioning: its RoPE tables stay float32.
+    block_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype,
+                                        cast_forward_inputs=False)
     for block in model.blocks.values():
         fully_shard(block, mesh=mesh, reshard_after_forward=zero_stage == 3,
-                    mp_policy=mp_policy)
+                    mp_policy=block_policy)
     # The root's parameters are needed again at the start of backward: never reshard.
-    fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=mp_policy)
+    fully_shard(model, mesh=mesh, reshard_after_forward=False,
+                mp_policy=MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype))
+    gloo = dist.get_backend(groups.dp_cp) == "gloo"
     for module in model.modules():
         if isinstance(module, FSDPModule):
             # Sum over CP (partial contributions), mean over DP (different samples).
             module.set_gradient_divide_factor(float(groups.layout.data_parallel_size))
-    tag_params(model, roles)
+            # Gloo has no pre-multiplied sum: reduce with SUM and scale separately.
+            module.set_force_sum_reduction_for_comms(gloo)
+    tag_params(model)  # fully_shard replaced the parameter objects
     return model
 
 
@@ -77,6 +84,7 @@ def finalize_grads(model_or_chunks, groups: ParallelGroups) -> None:
         if groups.dp_cp.size() > 1 and not isinstance(chunk, FSDPModule):
             raise ValueError(f"DP x CP = {groups.dp_cp.size()} but the model is not sharded: "
                              "call apply_data_parallel (it is the DP/CP gradient reduction)")
+        tag_params(chunk)
     allreduce_coalesced([local_grad(p) for chunk in chunks for p in chunk.parameters()
                          if p.grad is not None and param_role(p).tp_partial_grad], groups.tp)
 
@@ -86,7 +94,10 @@ def _params_counted_in_norm(model_params, groups: ParallelGroups):
     if isinstance(model_params, nn.Module) or (
             isinstance(model_params, (list, tuple)) and model_params
             and isinstance(model_params[0], nn.Module)):
-        named = [(n, p) for chunk in _chunks(model_params) for n, p in chunk.named_parameters()]
+        chunks = _chunks(model_params)
+        for chunk in chunks:
+            tag_params(chunk)
+        named = [(n, p) for chunk in chunks for n, p in chunk.named_parameters()]
     else:
         named = [(None, p) for p in model_params]  # assumed to be a single chunk
     seen, pairs = set(), []

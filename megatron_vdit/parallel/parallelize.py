@@ -64,6 +64,9 @@ class TokenSharding:
     sp_group: dist.ProcessGroup | None
     """The TP group when sequence parallel, else None."""
 
+    def __deepcopy__(self, memo):
+        return self  # immutable, and process groups cannot be copied (pipeline stages are)
+
     @property
     def cp_size(self) -> int:
         return 1 if self.cp_group is None else self.cp_group.size()
@@ -240,7 +243,8 @@ def build_parallel_model(config: VDiTConfig, groups: ParallelGroups, *, seed: in
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ParallelVideoDiT(config, groups.tp, sharding, spec)
-    tag_params(model, param_roles(model, layout.sequence_parallel))
+    model.param_roles = param_roles(model, layout.sequence_parallel)
+    tag_params(model)
     return model.to(device)
 
 

@@ -15,8 +15,8 @@ norms, modulation and gates run on S / TP tokens per rank. The caption projectio
 K/V linear is also a column linear, so under SP the caption is split over TP along its
 tokens (padded, the padding masked) and all-gathered by that linear.
 
-Each parameter carries a `ParamRole` (an attribute, re-attached after FSDP2 replaces
-the parameter objects): how it is split over TP, and whether its gradient is a partial
+Each parameter carries a `ParamRole` (an attribute, re-attached from the model's
+`param_roles` dict whenever parameter objects may have been replaced): how it is split over TP, and whether its gradient is a partial
 sum to be all-reduced over TP: the per-head q/k RMSNorm weights (each rank sees only its
 heads) and, under SP, every replicated parameter (each rank sees only its tokens).
 """
@@ -140,11 +140,15 @@ def param_roles(model: nn.Module, sequence_parallel: bool) -> dict[str, ParamRol
     return roles
 
 
-def tag_params(model: nn.Module, roles: dict[str, ParamRole]) -> None:
-    """Attach each parameter's role as `param.role`; `param_role` reads it back.
+def tag_params(model: nn.Module, roles: dict[str, ParamRole] | None = None) -> None:
+    """Attach each parameter's role as `param.role` (which `param_role` reads), from
+    `roles` or else from `model.param_roles` (set by `build_parallel_model`).
 
-    Call again after anything that replaces parameter objects (FSDP2's `fully_shard`).
+    Idempotent; re-run because wrapping (FSDP2's `fully_shard`) and copying (pipeline
+    stages are deep copies) make new parameter objects. The finalize/clip/FSDP entry
+    points re-tag by themselves.
     """
+    roles = model.param_roles if roles is None else roles
     for name, param in model.named_parameters():
         param.role = roles[name]
 
