@@ -138,6 +138,17 @@ class TrainConfig:
         if self.micro_batch_size < 1 or self.global_batch_size % per_step:
             raise ValueError(f"--global-batch-size={self.global_batch_size} is not a multiple of "
                              f"--micro-batch-size={self.micro_batch_size} x data-parallel size {dp}")
+        pp = self.pipeline_model_parallel_size
+        if self.eval_samples % (dp * pp) or self.eval_micro_batch_size % pp:
+            raise ValueError(f"--eval-samples={self.eval_samples} must be a multiple of data-parallel "
+                             f"size x pipeline size = {dp * pp} and --eval-micro-batch-size="
+                             f"{self.eval_micro_batch_size} a multiple of pipeline size {pp}, so "
+                             "every rank evaluates equal, pipeline-divisible batches")
+        if pp > 1 and self.global_batch_size // per_step < pp:
+            raise ValueError(f"pipeline parallel size {pp} needs at least {pp} micro-batches per "
+                             f"step, got {self.global_batch_size // per_step} (--global-batch-size="
+                             f"{self.global_batch_size}, --micro-batch-size={self.micro_batch_size}, "
+                             f"data-parallel size {dp})")
 
     def _resolve_duration(self) -> None:
         batch_tokens = self.batch_tokens

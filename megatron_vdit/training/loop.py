@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ..diffusion.objectives import DiffusionObjective, _mix
 from ..models import accounting
 from ..models.config import VDiTConfig, validate_model_config
+from ..parallel.engine import ParallelEngine
 from ..parallel.layout import ParallelLayout, build_parallel_groups, init_distributed
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -43,6 +44,7 @@ def model_config(cfg: TrainConfig) -> VDiTConfig:
         tensor_model_parallel_size=cfg.tensor_model_parallel_size,
         context_parallel_size=cfg.context_parallel_size,
         pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,
+        pipeline_dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
     )
     validate_model_config(mc)
     return mc
@@ -68,20 +70,6 @@ def prepare(cfg: TrainConfig):
     return rank, layout, mc
 
 
-def build_engine(mc: VDiTConfig, layout: ParallelLayout, groups, cfg: TrainConfig):
-    try:
-        from ..parallel.engine import ParallelEngine
-    except ImportError:  # the parallel engine is optional for a world of one
-        ParallelEngine = None
-    if ParallelEngine is not None:
-        return ParallelEngine(mc, layout, groups, seed=cfg.seed,
-                              recompute=cfg.recompute_granularity)
-    if layout.world_size != 1:
-        raise ValueError("parallel layouts need megatron_vdit.parallel.engine")
-    from .local_engine import LocalEngine
-    return LocalEngine(mc, groups, seed=cfg.seed)
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.rank, self.layout, self.mc = prepare(cfg)
@@ -89,7 +77,8 @@ class Trainer:
         self.groups = build_parallel_groups(self.layout)
         self.dp_rank = dist.get_rank(self.groups.dp)
         self.is_logger = self.rank == 0
-        self.engine = build_engine(self.mc, self.layout, self.groups, cfg)
+        self.engine = ParallelEngine(self.mc, self.layout, self.groups, seed=cfg.seed,
+                                     recompute=cfg.recompute_granularity)
         self.optimizer = torch.optim.AdamW(
             self.engine.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
             eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
@@ -141,20 +130,21 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float:
-        """Mean per-sample loss over the fixed held-out set (same for any layout)."""
-        cfg = self.cfg
-        total, count = torch.zeros(2, dtype=torch.float64), 0
+        """Mean per-sample loss over the fixed held-out set (same for any layout).
+
+        Each DP rank evaluates an equal share in equal-sized batches; the engine returns
+        the DP-mean of each batch, so the sum below is already global.
+        """
+        cfg, dp = self.cfg, self.layout.data_parallel_size
+        pp = self.layout.pipeline_model_parallel_size
+        total = 0.0
         for indices, batch in self.source.val_batches(cfg.eval_samples, cfg.eval_micro_batch_size):
             x_t, t, target = self.objective.validation_example(
                 batch["latent"], indices, cfg.eval_samples, cfg.seed)
-            loss = self.engine.eval_loss(x_t, t, batch["text_emb"], batch["text_mask"], target)
-            total[0] += loss * len(indices)
-            total[1] += len(indices)
-        dist.all_reduce(total, group=self.groups.dp)
-        count = int(total[1].item())
-        if count == 0:
-            raise ValueError(f"the validation split has no samples (--eval-samples={cfg.eval_samples})")
-        return float(total[0] / total[1])
+            loss = self.engine.eval_loss(x_t, t, batch["text_emb"], batch["text_mask"], target,
+                                         num_microbatches=pp)
+            total += loss * len(indices) * dp
+        return total / cfg.eval_samples
 
     # -- checkpoints -------------------------------------------------------------------
     def save(self) -> None:
