@@ -109,6 +109,8 @@ def _check_fields(records: list[dict]) -> None:
         if "batch_tokens" not in rec and not mixed and None not in contexts \
                 and "batch_samples" in rec:
             rec["batch_tokens"] = rec["batch_samples"] * rec["tokens_per_sample"]
+        if rec.get("status", GOOD_STATUS) != GOOD_STATUS and "run_id" in rec:
+            continue  # excluded by status later; a failed run may lack its loss (wandb)
         missing = [k for k in REQUIRED if k not in rec]
         if missing:
             hint = ""
@@ -119,8 +121,8 @@ def _check_fields(records: list[dict]) -> None:
             raise ValueError(f"run {rec.get('run_id', '?')!r} lacks required fields "
                              f"{missing}{hint}")
     if mixed:
-        bad = [r["run_id"] for r in records
-               if r["batch_tokens"] != r["batch_samples"] * r["tokens_per_sample"]]
+        bad = [r["run_id"] for r in records if r.get("status") == GOOD_STATUS
+               and r["batch_tokens"] != r["batch_samples"] * r["tokens_per_sample"]]
         if bad:
             raise ValueError(
                 f"runs mix tokens_per_sample {sorted(map(str, contexts))} and batch_tokens != "
@@ -176,6 +178,8 @@ def _curve_points(rec: dict, min_tokens: float) -> tuple[list, list, int]:
     tokens, losses, dropped = [], [], 0
     for pt in rec.get("val_loss_curve") or []:
         t, v = pt.get("tokens"), pt.get("val_loss")
+        if t == 0:
+            continue  # the evaluation before training: not a point of any (N, T) cell
         if not _finite_positive(t) or not _finite_positive(v):
             dropped += 1
             continue
@@ -194,7 +198,7 @@ def prepare(records: list[dict], use_curves: bool = True, min_curve_tokens: floa
     excluded: dict[str, list] = collections.defaultdict(list)
     runs, pts_run, pts_tok, pts_loss, dropped = [], [], [], [], 0
     for rec in records:
-        status = str(rec["status"])
+        status = str(rec.get("status"))
         if status != GOOD_STATUS:
             excluded[f"status={status}"].append(rec["run_id"])
             continue

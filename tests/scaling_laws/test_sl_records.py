@@ -100,3 +100,15 @@ def test_missing_path_fails(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no run records"):
         load_records(tmp_path / "empty")
+
+
+def test_failed_run_without_loss_is_excluded_not_an_error():
+    # A wandb summary of a diverged run carries no val_loss (it was NaN).
+    runs = prepare([_record("ok"), {"run_id": "d", "status": "diverged"}])
+    assert runs.excluded == {"status=diverged": ["d"]}
+
+
+def test_step_zero_eval_is_skipped_silently():
+    curve = [{"tokens": 0, "val_loss": 1.2}, {"tokens": 1e9, "val_loss": 0.6}]
+    runs = prepare([_record("a", val_loss_curve=curve)])
+    assert runs.dropped_curve_points == 0 and runs.point_loss.size == 2
