@@ -77,8 +77,10 @@ class Trainer:
         self.groups = build_parallel_groups(self.layout)
         self.dp_rank = dist.get_rank(self.groups.dp)
         self.is_logger = self.rank == 0
+        # --bf16: bf16 compute with fp32 master weights and fp32 gradient reduction (FSDP2).
         self.engine = ParallelEngine(self.mc, self.layout, self.groups, seed=cfg.seed,
-                                     recompute=cfg.recompute_granularity)
+                                     recompute=cfg.recompute_granularity,
+                                     param_dtype=torch.bfloat16 if cfg.bf16 else None)
         self.optimizer = torch.optim.AdamW(
             self.engine.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
             eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
