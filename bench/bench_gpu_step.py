@@ -177,9 +177,9 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.tiny:
         args.tokens = [t for t in args.tokens if t <= 64] or [12]
-    rank, world = init_distributed()
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # before NCCL init, so each rank binds its own GPU
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    rank, world = init_distributed()
     layout = ParallelLayout.from_world_size(
         world, tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
@@ -189,7 +189,8 @@ def main(argv=None) -> list[dict]:
         num_layers_per_virtual_pipeline_stage=args.num_layers_per_virtual_pipeline_stage)
     cfg0 = model_config(args, max(args.tokens))
     layout.validate(world, cfg0.num_layers, cfg0.num_attention_heads, cfg0.tokens_per_sample)
-    groups = build_parallel_groups(layout, "cuda" if torch.cuda.is_available() else "cpu")
+    groups = build_parallel_groups(layout, "cuda" if torch.cuda.is_available() else "cpu",
+                                   num_attention_heads=cfg0.num_attention_heads)
     results = []
     for tokens in args.tokens:
         result = bench_one(args, layout, groups, tokens)
