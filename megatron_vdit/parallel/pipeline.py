@@ -166,9 +166,11 @@ def build_schedule(stage_modules: list[nn.Module], stage_ids: list[int], num_sta
     the 1 / (global element count) factor.
     """
     pp = pp_group.size()
-    stages = [PipelineStage(m, sid, num_stages, device, input_args=stage_io(sid)[0],
-                            output_args=stage_io(sid)[1], group=pp_group)
-              for m, sid in zip(stage_modules, stage_ids)]
+    stages = []
+    for module, sid in zip(stage_modules, stage_ids):
+        example_in, example_out = stage_io(sid)
+        stages.append(PipelineStage(module, sid, num_stages, device, input_args=example_in,
+                                    output_args=example_out, group=pp_group))
     if kind == "interleaved":
         rounds = max(1, num_microbatches // pp)  # torch's flexible interleaving rule
         if num_microbatches % rounds:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import math
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dist_utils import spawn_world
 from megatron_vdit.models import accounting
@@ -88,3 +91,16 @@ def test_launch_scripts_parse_and_use_known_flags():
     assert {"tensor-model-parallel-size", "pipeline-model-parallel-size",
             "num-layers-per-virtual-pipeline-stage", "context-parallel-size"} <= used
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bench_tiny_on_gpu_bf16(tmp_path):
+    out = tmp_path / "gpu.jsonl"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc-per-node=1", str(ROOT / "bench" / "bench_gpu_step.py"), "--tiny",
+                    "--tokens", "48", "--steps", "2", "--warmup", "1", "--json-out", str(out)],
+                   check=True, cwd=ROOT)
+    [result] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert result["dtype"] == "bf16" and result["device"] != "cpu"
+    assert math.isfinite(result["loss"]) and result["step_time_s"] > 0
+    assert result["peak_memory_gib"] > 0
