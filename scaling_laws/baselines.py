@@ -41,12 +41,11 @@ def fixed_setting(runs, cells, lr=None, batch_tokens=None) -> dict:
     if lr is None or batch_tokens is None:
         keys, counts = np.unique(np.stack([runs.lr, runs.batch_tokens], 1), axis=0,
                                  return_counts=True)
-        shared = keys[counts == counts.max()][0]
-        if counts.max() >= 3:
-            lr, batch_tokens = shared
-        else:
-            lr, batch_tokens = np.exp(np.median(np.log(runs.lr))), np.exp(
-                np.median(np.log(runs.batch_tokens)))
+        median = np.median(np.log(np.stack([runs.lr, runs.batch_tokens], 1)), axis=0)
+        lr, batch_tokens = np.exp(median)
+        if counts.max() >= 3:  # a setting shared by >= 3 sizes: the one nearest the median
+            shared = keys[counts == counts.max()]
+            lr, batch_tokens = shared[np.argmin(np.abs(np.log(shared) - median).sum(1))]
     for size in sizes:
         rows = np.flatnonzero(np.abs(runs.params_nonembed / size - 1) < 1e-3)
         dist = np.hypot(np.log(runs.lr[rows] / lr), np.log(runs.batch_tokens[rows] / batch_tokens))

@@ -2,9 +2,10 @@
 
 A run record is the JSON object the training CLI writes to ``<run-dir>/run.json``
 (field names carry their units). Sources accepted by :func:`load_records`:
-a directory (searched recursively for ``run.json``, ``*.jsonl`` and wandb offline runs,
-``wandb/offline-run-*/files/{run.json, wandb-summary.json}``), a ``.jsonl`` file (one
-record a line) or a ``.json`` file (one record or a list).
+a directory (searched recursively for ``run.json`` and wandb offline runs,
+``wandb/offline-run-*/files/{run.json, wandb-summary.json}``; other ``*.jsonl`` such as
+the trainer's ``metrics.jsonl`` are not records), a ``.jsonl`` file (one record a line)
+or a ``.json`` file (one record or a list).
 
 Contract of :func:`prepare`: failed, diverged or unfinished runs and non-finite losses
 are *excluded and counted* (``RunSet.excluded``), never dropped silently. A run with a
@@ -72,14 +73,14 @@ def load_records(source) -> list[dict]:
             if in_wandb:
                 if f.is_dir() and f.name == "files" and f.parent.name.startswith("offline-run-"):
                     records += _wandb_record(f)
-            elif f.is_file() and (f.name == "run.json" or f.suffix == ".jsonl"):
+            elif f.is_file() and f.name == "run.json":
                 records += _read_json_file(f)
     for rec in records:
         if not isinstance(rec, dict):
             raise ValueError(f"{path}: a run record must be a JSON object, got {type(rec).__name__}")
     if not records:
-        raise ValueError(f"no run records found under {path} (looked for run.json, *.jsonl, "
-                         "wandb/offline-run-*/files)")
+        raise ValueError(f"no run records found under {path} (looked for run.json and "
+                         "wandb/offline-run-*/files; pass .jsonl files explicitly)")
     return records
 
 

@@ -45,9 +45,12 @@ def _cells(law) -> str:
         rows.append((f"{c['params_nonembed'] / BILLION:.4g}", f"{c['train_tokens'] / BILLION:.3g}",
                      c["num_runs"], c["status"], _fmt(c.get("lr_opt"), ".3g"),
                      _ci(c.get("lr_opt_ci95"), ".3g"), _fmt(c.get("batch_tokens_opt"), ".3g"),
-                     _fmt(c.get("loss_opt"), ".5f"), c["num_runs_within_0.25pct_of_best"]))
+                     _fmt(c.get("loss_opt"), ".5f"), _ci((c.get("near_optimal_region") or {})
+                                                         .get("lr"), ".3g"),
+                     _ci((c.get("near_optimal_region") or {}).get("batch_tokens"), ".3g"),
+                     c["num_runs_within_0.25pct_of_best"]))
     return table(["N [B]", "T [B]", "runs", "status", "eta*", "eta* CI", "B* [tok]", "L*",
-                  "runs<=0.25%"], rows)
+                  "eta within 0.25%", "B within 0.25%", "runs<=0.25%"], rows)
 
 
 def _baselines(law) -> str:

@@ -20,6 +20,7 @@ def _record(run_id, **kw):
 def test_load_directory_jsonl_and_wandb(tmp_path):
     (tmp_path / "runs" / "a").mkdir(parents=True)
     (tmp_path / "runs" / "a" / "run.json").write_text(json.dumps(_record("a")))
+    (tmp_path / "runs" / "a" / "metrics.jsonl").write_text('{"iteration": 1, "loss": 1.0}\n')
     (tmp_path / "more.jsonl").write_text("\n".join(json.dumps(_record(r)) for r in "bc"))
     wb = tmp_path / "wandb" / "offline-run-20250101_000000-xyz" / "files"
     wb.mkdir(parents=True)
@@ -27,7 +28,7 @@ def test_load_directory_jsonl_and_wandb(tmp_path):
     wb2 = tmp_path / "wandb" / "offline-run-20250101_000001-abc" / "files"
     wb2.mkdir(parents=True)
     (wb2 / "run.json").write_text(json.dumps(_record("a")))  # duplicate of runs/a
-    records = load_records(tmp_path)
+    records = load_records([tmp_path, tmp_path / "more.jsonl"])
     runs = prepare(records)
     assert sorted(runs.run_id) == ["a", "b", "c", "d"]
 
