@@ -54,7 +54,7 @@ VideoSource = str | bytes
 def _open(source: VideoSource) -> av.container.InputContainer:
     try:
         return av.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+    except (av.FFmpegError, OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError
         raise VideoError(f"cannot open container: {type(err).__name__}: {err}") from err
 
 
@@ -149,7 +149,7 @@ def decode_clips(source: VideoSource, clips: list[ClipSpec], height: int, width:
                         filled[slot] += 1
                 if frame_index >= last_needed:
                     break
-        except av.FFmpegError as err:
+        except (av.FFmpegError, ValueError) as err:  # ValueError: frames swscale cannot convert
             failure = f"decode failed: {type(err).__name__}: {err}"
     results: list[np.ndarray | VideoError] = []
     for slot, clip in enumerate(clips):
