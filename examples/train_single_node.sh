@@ -3,6 +3,8 @@
 # data parallel size = NPROC / (TP x CP x PP).
 #   NPROC=8 TP=2 CP=2 PP=2 bash examples/train_single_node.sh --model-size 0.13b ...
 # Extra arguments go to the training CLI (Megatron-LM flag names).
+# CPU try-out (gloo): NPROC=2 PP=2 VPP_LAYERS=1 bash examples/train_single_node.sh \
+#   --micro-batch-size 4 --train-iters 3 --run-dir /tmp/pp2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NPROC=${NPROC:-8}

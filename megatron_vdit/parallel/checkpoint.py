@@ -35,12 +35,10 @@ _STAGE_MESH = "dp_cp_tp"
 
 
 def _stage_mesh(engine: "ParallelEngine"):
-    """1-D mesh of the ranks holding this rank's pipeline stage(s) (created once)."""
-    root = engine.groups.mesh
-    try:
-        return root[_STAGE_MESH]
-    except KeyError:
-        return root["dp", "cp", "tp"]._flatten(_STAGE_MESH)
+    """1-D mesh of the ranks holding this rank's pipeline stage(s). `_flatten` is
+    idempotent (the same mesh comes back), and collective on first use: every rank
+    reaches it through save/load/full_model_state_dict, which all ranks call."""
+    return engine.groups.mesh["dp", "cp", "tp"]._flatten(_STAGE_MESH)
 
 
 def _unique_params(engine: "ParallelEngine"):
