@@ -50,7 +50,7 @@ def _cell_check(cell, surf, core) -> dict:
     }
 
 
-def _baseline_checks(runs_fit, core, held, fixed_setting_rows, runs_all) -> dict:
+def _baseline_checks(runs_fit, core, held, runs_all) -> dict:
     cells = [c for c, s in held]
     n_h = np.array([c.n_billion for c in cells])
     t_h = np.array([c.t_billion for c in cells])
@@ -116,4 +116,4 @@ def leave_largest_out(runs, opts: "fit.FitOptions") -> dict:
             [r["within_near_optimal_region"] for r in checks])),
     }
     return {"summary": summary, "cells": checks,
-            "baselines": _baseline_checks(runs_fit, core, held, None, runs)}
+            "baselines": _baseline_checks(runs_fit, core, held, runs)}

@@ -17,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from scaling_laws import allocation, hyperopt, loss_law  # noqa: F401 (allocation re-used)
+from scaling_laws import allocation, hyperopt, loss_law
 from scaling_laws.compute import ComputeModel
 from scaling_laws.records import RunSet
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from scaling_laws import baselines, extrapolation, fit, hyperopt, lawfile, loss_law
-from scaling_laws.compute import BILLION, UNITS
+from scaling_laws import allocation, baselines, extrapolation, fit, hyperopt, lawfile, loss_law
+from scaling_laws.compute import UNITS, ComputeModel
 from scaling_laws.records import RunSet
 
 
@@ -51,7 +51,7 @@ def _predictions(law_core: dict) -> list[dict]:
     out = []
     for budget in lawfile.REFERENCE_BUDGETS_FLOPS:
         n, n_ci = lawfile.n_opt_params(law_core, budget)
-        compute = fit.ComputeModel.from_json(law_core["compute"])
+        compute = ComputeModel.from_json(law_core["compute"])
         tokens = float(compute.tokens_for_budget(n, budget))
         out.append({"budget_flops": budget, "params_nonembed": n, "params_nonembed_ci95": n_ci,
                     "train_tokens": tokens, **lawfile.predict_point(law_core, n, tokens)})
@@ -99,7 +99,7 @@ def _baselines(runs, core, opts) -> dict:
                                               core["stack"]["log_lr"][0, ok],
                                               core["stack"]["log_batch"][0, ok])}
     law = {k: core["loss"][0, i] for i, k in enumerate(loss_law.LOSS_KEYS)}
-    n_ref = fit.allocation.optimal_params(lambda n, t: loss_law.predict_loss(law, n, t),
+    n_ref = allocation.optimal_params(lambda n, t: loss_law.predict_loss(law, n, t),
                                           core["compute"], [baselines.REFERENCE_FLOPS])[0]
     out["optimal_hp"] = {"mse": float(np.mean((loss_law.predict_loss(law, n_C, t_C) - loss_C) ** 2)),
                          "num_points": int(ok.sum()), "k": float(core["n_opt"][0, 0]),

@@ -29,13 +29,26 @@ def suggested_shape(params_nonembed: float):
     return shape_for_params(params_nonembed), ""
 
 
+def _shape_fn():
+    try:
+        from megatron_vdit.models.accounting import shape_for_params
+    except ImportError:
+        return None
+    return shape_for_params
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_plan_arguments(parser)
     args = parser.parse_args(argv)
+    shape_fn = _shape_fn()
+    # With real shapes available, T = C / C_token uses the suggested shape's hidden size
+    # rather than the law's smooth d(N) rule (they differ by a few percent in T).
+    hidden = (lambda n: shape_fn(float(n))["hidden_size"]) if shape_fn else None
     try:
-        result = planner.plan(args.law, args.budget, args.tokens_per_sample, args.max_params)
+        result = planner.plan(args.law, args.budget, args.tokens_per_sample, args.max_params,
+                              hidden_size_for_params=hidden)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
