@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 
 import pp_testlib as lib
 from dist_utils import spawn_world
@@ -66,6 +67,12 @@ def test_save_tp2_pp2_load_cp2_dp2_and_single_process(reference, tmp_path):
     spawn_world(_save_then_load, 4, cfg, reference, path, save, load,
                 "TP2xPP2 interleaved -> CP2xDP2 ZeRO-3")
     spawn_world(_single_load, 1, cfg, reference, path)
+    # The files hold single-process names and full shapes, whatever the saving layout.
+    saved = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    model = {k[len("model."):]: m.size for k, m in saved.items() if k.startswith("model.")}
+    assert model == {name: value.shape for name, value in reference["state"].items()}
+    moments = {k for k in saved if k.endswith((".exp_avg", ".exp_avg_sq"))}
+    assert moments == {f"optim.{n}.{m}" for n in model for m in ("exp_avg", "exp_avg_sq")}
 
 
 def test_save_dp2_zero3_load_pp2(reference, tmp_path):
