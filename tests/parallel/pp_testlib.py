@@ -89,10 +89,12 @@ def reference_run(cfg: VDiTConfig, steps: range) -> dict:
     return {"losses": losses, "norms": norms, "eval": [eval_loss], "state": state}
 
 
-def make_engine(cfg: VDiTConfig, schedule: str | None = None, zero_stage: int = 2, **degrees):
+def make_engine(cfg: VDiTConfig, schedule: str | None = None, zero_stage: int = 2,
+                param_dtype: torch.dtype | None = None, **degrees):
     layout = ParallelLayout.from_world_size(dist.get_world_size(), **degrees)
     groups = build_parallel_groups(layout, num_attention_heads=cfg.num_attention_heads)
-    engine = ParallelEngine(cfg, layout, groups, seed=SEED, schedule=schedule, zero_stage=zero_stage)
+    engine = ParallelEngine(cfg, layout, groups, seed=SEED, schedule=schedule,
+                            zero_stage=zero_stage, param_dtype=param_dtype)
     perturb(engine.named_parameters(), cfg)
     return engine, layout, groups
 
