@@ -106,7 +106,7 @@ def _isoflop(law, core, out: pathlib.Path):
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     compute = core["compute"]
     budgets = np.geomspace(core["budgets"].min(), core["budgets"].min() * 1e4, 5)
-    n_line = np.geomspace(1e6, 1e11, 200)
+    n_line = np.geomspace(core["n_C"].min() * BILLION / 30, core["n_C"].max() * BILLION * 300, 200)
     for budget, color in zip(budgets, plt.cm.viridis(np.linspace(0, 0.9, len(budgets)))):
         t_line = compute.tokens_for_budget(n_line, budget)
         loss = loss_law.predict_loss(law["loss"], n_line / BILLION, t_line / BILLION)
