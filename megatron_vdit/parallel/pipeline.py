@@ -41,7 +41,7 @@ from torch.distributed.pipelining.schedules import (Schedule1F1B, ScheduleGPipe,
                                                     ScheduleInterleaved1F1B)
 from torch.distributed.tensor import DTensor
 
-from .tensor_parallel import CONDITIONING_MODULES
+from .tensor_parallel import CONDITIONING_MODULES, allreduce_coalesced
 
 SCHEDULES = ("1f1b", "interleaved", "gpipe")
 
@@ -123,34 +123,37 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
+def _summed_local_grad(copies: list[nn.Parameter]) -> torch.Tensor:
+    """Sum of the (local shards of the) grads of one parameter's local copies."""
+    grads = [_local(p.grad) for p in copies if p.grad is not None]
+    if not grads:
+        return torch.zeros_like(_local(copies[0].detach()))
+    return torch.stack(grads).sum(0)
+
+
 def sync_duplicated_grads(stage_modules: list[nn.Module], pp_group: dist.ProcessGroup) -> None:
     """Sum the conditioning grads over local virtual stages and the PP group, in place.
 
     Afterwards every copy of a duplicated parameter holds the full gradient (the same
     one the single-process model would get), so all copies take identical steps.
     """
-    names = [n for n, _ in stage_modules[0].named_parameters() if is_duplicated(n)]
+    named = [dict(m.named_parameters()) for m in stage_modules]
+    names = [n for n in named[0] if is_duplicated(n)]
     if not names or (len(stage_modules) == 1 and pp_group.size() == 1):
         return
-    params = [dict(m.named_parameters()) for m in stage_modules]
-    totals = []
-    for name in names:
-        grads = [_local(p[name].grad) for p in params if p[name].grad is not None]
-        total = torch.zeros_like(_local(params[0][name])) if not grads else sum(grads[1:], grads[0].clone())
-        totals.append(total)
-    flat = torch.cat([t.reshape(-1) for t in totals])  # one collective for all of them
-    dist.all_reduce(flat, group=pp_group)
-    offset = 0
+    copies = {name: [params[name] for params in named] for name in names}
+    totals = [_summed_local_grad(copies[name]) for name in names]
+    allreduce_coalesced(totals, pp_group)  # one collective for all of them
     for name, total in zip(names, totals):
-        summed = flat[offset:offset + total.numel()].view_as(total)
-        offset += total.numel()
-        for p in params:
-            param = p[name]
-            if param.grad is None:
-                param.grad = (DTensor.from_local(summed.clone(), param.device_mesh, param.placements)
-                              if isinstance(param, DTensor) else summed.clone())
+        for param in copies[name]:
+            if param.grad is not None:
+                _local(param.grad).copy_(total)
+            elif isinstance(param, DTensor):
+                param.grad = DTensor.from_local(total.clone(), param.device_mesh,
+                                                param.placements, shape=param.shape,
+                                                stride=param.stride())
             else:
-                _local(param.grad).copy_(summed)
+                param.grad = total.clone()
 
 
 def build_schedule(stage_modules: list[nn.Module], stage_ids: list[int], num_stages: int,
