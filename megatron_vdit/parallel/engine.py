@@ -63,8 +63,10 @@ class ParallelEngine:
 
     # -- construction ------------------------------------------------------------------
     def _build_model(self, seed: int) -> nn.Module:
+        # On CPU: only this rank's stages go to the accelerator (after the split), so a
+        # PP rank never holds the other stages' blocks in device memory.
         return parallelize.build_parallel_model(self.config, self.groups, seed=seed,
-                                                device=self.device)
+                                                device="cpu")
 
     def _split(self, model: nn.Module) -> list[nn.Module]:
         # Parameter copies made for each stage lose their attributes: re-attach roles.
@@ -75,6 +77,7 @@ class ParallelEngine:
         return chunks
 
     def _parallelize_chunk(self, chunk: nn.Module, zero_stage: int, recompute: str | None):
+        chunk.to(self.device)
         parallelize.apply_recompute(chunk, recompute)
         return parallelize.apply_data_parallel(chunk, self.groups, zero_stage=zero_stage,
                                                param_dtype=self.param_dtype)
