@@ -48,7 +48,8 @@ SCHEDULES = ("1f1b", "interleaved", "gpipe")
 
 def num_virtual_stages(schedule: str, num_layers: int, pp_size: int,
                        layers_per_virtual_stage: int | None) -> int:
-    """Model chunks per rank; raises ValueError naming the numbers."""
+    """Model chunks per rank; raises ValueError naming the numbers. Interleaving without
+    `layers_per_virtual_stage` uses two chunks per rank where the layers allow."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown pipeline schedule {schedule!r}; expected one of {SCHEDULES}")
     if pp_size > num_layers:
@@ -59,6 +60,9 @@ def num_virtual_stages(schedule: str, num_layers: int, pp_size: int,
             raise ValueError(f"num_layers_per_virtual_pipeline_stage={layers_per_virtual_stage}"
                              f" needs schedule='interleaved', got {schedule!r}")
         return 1
+    if pp_size == 1:
+        raise ValueError("the interleaved schedule (num_layers_per_virtual_pipeline_stage="
+                         f"{layers_per_virtual_stage}) needs pipeline_model_parallel_size > 1")
     per_stage = num_layers // pp_size
     per_virtual = layers_per_virtual_stage or max(1, per_stage // 2)
     if per_stage % per_virtual or num_layers % pp_size:

@@ -81,6 +81,8 @@ def test_bad_virtual_stage_flags_name_the_numbers():
         pipeline.num_virtual_stages("interleaved", 8, 2, 3)
     with pytest.raises(ValueError, match="needs schedule='interleaved'"):
         pipeline.num_virtual_stages("1f1b", 8, 2, 2)
+    with pytest.raises(ValueError, match="needs pipeline_model_parallel_size > 1"):
+        pipeline.num_virtual_stages("interleaved", 8, 1, 4)
     with pytest.raises(ValueError, match="unknown pipeline schedule 'zb'"):
         pipeline.num_virtual_stages("zb", 8, 2, None)
 
