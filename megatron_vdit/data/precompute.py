@@ -123,22 +123,46 @@ def _probe_one(source: Source, cfg: PrecomputeConfig) -> tuple[str, list | str]:
         return source.source_id, str(err)
 
 
+def _stamp(source: Source) -> list:
+    """Identifies a source's bytes for the probe cache: file size, mtime, tar offset."""
+    stat = os.stat(source.path)
+    return [stat.st_size, stat.st_mtime_ns, source.member_offset]
+
+
 def probe_all(sources: list[Source], cfg: PrecomputeConfig, ctx: RankContext
-              ) -> tuple[dict[str, list[ClipSpec]], list[dict]]:
-    """Clips of every source (each rank probes a slice; results are all-gathered)."""
-    mine = sources[ctx.rank::ctx.world_size]
+              ) -> tuple[dict[str, list[ClipSpec]], list[dict], int]:
+    """Clips of every source, probe errors, and how many sources were probed (not cached).
+
+    Each rank probes a slice; results are all-gathered.
+
+    Outcomes are cached in ``_state/probe.json`` keyed by source id and file stamp, so a
+    rerun probes only new or changed inputs (args cannot change: see args.json).
+    """
+    cache_path = os.path.join(cfg.output, STATE_DIR, "probe.json")
+    cache = {}
+    if os.path.exists(cache_path):
+        with open(cache_path) as handle:
+            cache = json.load(handle)
+    stamps = {s.source_id: _stamp(s) for s in sources}
+    todo = [s for s in sources if cache.get(s.source_id, {}).get("stamp") != stamps[s.source_id]]
+    mine = todo[ctx.rank::ctx.world_size]
     with concurrent.futures.ThreadPoolExecutor(cfg.decode_threads) as pool:
         results = list(tqdm(pool.map(lambda s: _probe_one(s, cfg), mine), total=len(mine),
                             desc=f"[rank {ctx.rank}] probe videos", disable=not cfg.progress))
-    merged = dict(pair for part in ctx.all_gather(results) for pair in part)
+    for part in ctx.all_gather(results):
+        for source_id, outcome in part:
+            cache[source_id] = {"stamp": stamps[source_id], "outcome": outcome}
+    if ctx.rank == 0 and todo:
+        shard_format.write_json_atomic(cache_path, {i: cache[i] for i in sorted(stamps)},
+                                       indent=None)
     clips, errors = {}, []
     for source in sources:
-        outcome = merged[source.source_id]
+        outcome = cache[source.source_id]["outcome"]
         if isinstance(outcome, str):
             errors.append({"path": source.source_id, "reason": outcome})
         else:
             clips[source.source_id] = [ClipSpec(i, tuple(idx), fps) for i, idx, fps in outcome]
-    return clips, errors
+    return clips, errors, len(todo)
 
 
 def samples_per_shard(cfg: PrecomputeConfig, latent_shape: tuple, text_shape: tuple) -> int:
@@ -393,12 +417,13 @@ def _run(cfg: PrecomputeConfig, ctx: RankContext) -> dict:
         os.makedirs(directory, exist_ok=True)
     _check_or_record_args(cfg, ctx)
     sources, discover_errors = discover_sources(cfg.inputs, cfg.captions)
-    clips, probe_errors = probe_all(sources, cfg, ctx)
+    clips, probe_errors, num_probed = probe_all(sources, cfg, ctx)
     per_shard = samples_per_shard(cfg, latent_shape, shapes["text"])
     tasks = make_plan(sources, clips, cfg, per_shard)
     counts = run_tasks(tasks, vae, text_encoder, cfg, ctx)
     ctx.barrier()
     summary = {"rank": ctx.rank, "world_size": ctx.world_size, "sources": len(sources),
+               "sources_probed": num_probed,
                "clips_planned": sum(len(t.items) for t in tasks), "shards_planned": len(tasks),
                **counts}
     if ctx.rank == 0:

@@ -68,10 +68,10 @@ def write_tar_atomic(path: str, members: list[tuple[str, bytes]]) -> int:
     return os.path.getsize(path)
 
 
-def write_json_atomic(path: str, obj) -> None:
+def write_json_atomic(path: str, obj, indent: int | None = 1) -> None:
     temp_path = f"{path}.tmp"
     with open(temp_path, "w") as handle:
-        json.dump(obj, handle, indent=1, sort_keys=True)
+        json.dump(obj, handle, indent=indent, sort_keys=True)
         handle.write("\n")
     os.replace(temp_path, path)
 

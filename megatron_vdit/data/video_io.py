@@ -59,7 +59,13 @@ def _open(source: VideoSource) -> av.container.InputContainer:
 
 
 def probe_video(source: VideoSource) -> VideoInfo:
-    """Count frames (by demuxing: no decode) and read the frame rate of the first video stream."""
+    """Frame count and rate of the first video stream, without decoding.
+
+    MP4/MOV index every sample in the header, so their count is read from it (no data
+    read); other containers (webm stores 0) are counted by demuxing packets. If a damaged
+    file holds fewer frames than its header says, the clips that run past the end fail
+    at decode time and are recorded there.
+    """
     with _open(source) as container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
@@ -68,11 +74,13 @@ def probe_video(source: VideoSource) -> VideoInfo:
         rate = stream.average_rate or stream.guessed_rate
         if not rate or float(rate) <= 0:
             raise VideoError("video stream has no frame rate")
-        try:
-            # Container headers are unreliable (webm stores 0 frames), so count packets.
-            num_frames = sum(1 for packet in container.demux(stream) if packet.size)
-        except av.FFmpegError as err:
-            raise VideoError(f"demux failed: {type(err).__name__}: {err}") from err
+        indexed = {"mp4", "mov"} & set(container.format.name.split(","))
+        num_frames = stream.frames if indexed else 0
+        if num_frames <= 0:
+            try:
+                num_frames = sum(1 for packet in container.demux(stream) if packet.size)
+            except av.FFmpegError as err:
+                raise VideoError(f"demux failed: {type(err).__name__}: {err}") from err
         if num_frames == 0:
             raise VideoError("video stream has no frames")
         return VideoInfo(num_frames, float(rate), stream.width, stream.height)
@@ -122,24 +130,16 @@ def resize_center_crop(frame: av.VideoFrame, height: int, width: int) -> np.ndar
     return np.ascontiguousarray(image_HWC[top:top + height, left:left + width])
 
 
-def decode_clips(source: VideoSource, clips: list[ClipSpec], height: int, width: int
-                 ) -> list[np.ndarray | VideoError]:
-    """Decode the frames of ``clips`` in one pass; one ``frames_FHWC`` uint8 per clip.
-
-    A clip whose frames cannot all be decoded (truncated or damaged stream) comes back
-    as a `VideoError` in its slot, so the other clips of the same video survive.
-    """
-    wanted = {}
-    for slot, clip in enumerate(clips):
-        for position, frame_index in enumerate(clip.frame_indices):
-            wanted.setdefault(frame_index, []).append((slot, position))
-    frames = [np.zeros((len(c.frame_indices), height, width, 3), np.uint8) for c in clips]
-    filled = [0] * len(clips)
+def _decode_pass(source: VideoSource, wanted: dict, frames: list, height: int, width: int,
+                 threaded: bool) -> tuple[list[int], str | None]:
+    """Fill ``frames`` with the wanted frames; returns (frames filled per clip, failure)."""
+    filled = [0] * len(frames)
     last_needed = max(wanted)
     failure = None
     with _open(source) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        if threaded:
+            stream.thread_type = "AUTO"
         try:
             for frame_index, frame in enumerate(container.decode(stream)):
                 if frame_index in wanted:
@@ -151,6 +151,26 @@ def decode_clips(source: VideoSource, clips: list[ClipSpec], height: int, width:
                     break
         except (av.FFmpegError, ValueError) as err:  # ValueError: frames swscale cannot convert
             failure = f"decode failed: {type(err).__name__}: {err}"
+    return filled, failure
+
+
+def decode_clips(source: VideoSource, clips: list[ClipSpec], height: int, width: int
+                 ) -> list[np.ndarray | VideoError]:
+    """Decode the frames of ``clips`` in one pass; one ``frames_FHWC`` uint8 per clip.
+
+    A clip whose frames cannot all be decoded (truncated or damaged stream) comes back
+    as a `VideoError` in its slot, so the other clips of the same video survive.
+    Decoding uses frame threads; after an error it is redone single-threaded, because a
+    threaded decoder drops the good frames still in flight when a later packet fails.
+    """
+    wanted = {}
+    for slot, clip in enumerate(clips):
+        for position, frame_index in enumerate(clip.frame_indices):
+            wanted.setdefault(frame_index, []).append((slot, position))
+    frames = [np.zeros((len(c.frame_indices), height, width, 3), np.uint8) for c in clips]
+    filled, failure = _decode_pass(source, wanted, frames, height, width, threaded=True)
+    if failure is not None:
+        filled, failure = _decode_pass(source, wanted, frames, height, width, threaded=False)
     results: list[np.ndarray | VideoError] = []
     for slot, clip in enumerate(clips):
         if filled[slot] == len(clip.frame_indices):

