@@ -416,7 +416,7 @@ def _run(cfg: PrecomputeConfig, ctx: RankContext) -> dict:
             [os.path.join(cfg.output, s) for s in SPLITS]:
         os.makedirs(directory, exist_ok=True)
     _check_or_record_args(cfg, ctx)
-    sources, discover_errors = discover_sources(cfg.inputs, cfg.captions)
+    sources, discover_errors = discover_sources(cfg.inputs, cfg.captions, cfg.output)
     clips, probe_errors, num_probed = probe_all(sources, cfg, ctx)
     per_shard = samples_per_shard(cfg, latent_shape, shapes["text"])
     tasks = make_plan(sources, clips, cfg, per_shard)

@@ -169,11 +169,13 @@ def _tar_sources(tar_path: str) -> tuple[list[Source], list[dict]]:
     return sources, errors
 
 
-def _directory_files(root: str) -> tuple[list[str], list[str], list[dict]]:
+def _directory_files(root: str, skip_dir: str | None) -> tuple[list[str], list[str], list[dict]]:
     """(video files, tar files, errors for unknown files) under ``root``, sorted."""
     videos, tars, errors = [], [], []
     for directory, subdirs, names in os.walk(root):
-        subdirs.sort()
+        # Never read our own output back as input (an output dir inside the input dir).
+        subdirs[:] = sorted(d for d in subdirs if skip_dir is None or
+                            os.path.abspath(os.path.join(directory, d)) != skip_dir)
         for name in sorted(names):
             path = os.path.join(directory, name)
             extension = os.path.splitext(name)[1].lower()
@@ -189,11 +191,12 @@ def _directory_files(root: str) -> tuple[list[str], list[str], list[dict]]:
     return videos, tars, errors
 
 
-def discover_sources(inputs: list[str], captions_file: str | None = None
-                     ) -> tuple[list[Source], list[dict]]:
+def discover_sources(inputs: list[str], captions_file: str | None = None,
+                     output_dir: str | None = None) -> tuple[list[Source], list[dict]]:
     """All usable sources (sorted by id) and error records for every unusable input.
 
-    ``inputs`` are directories (searched recursively for videos and tars) or tar files.
+    ``inputs`` are directories (searched recursively for videos and tars, skipping
+    ``output_dir``) or tar files.
     Video paths in the captions file are relative to their input directory; tar inputs
     always take captions from their own ``txt``/``json`` members.
     """
@@ -206,7 +209,8 @@ def discover_sources(inputs: list[str], captions_file: str | None = None
             videos, tars, found_errors = [], [root], []
             root = os.path.dirname(root)
         elif os.path.isdir(root):
-            videos, tars, found_errors = _directory_files(root)
+            videos, tars, found_errors = _directory_files(
+                root, os.path.abspath(output_dir) if output_dir else None)
         else:
             raise ValueError(f"--input {root} is neither a directory nor a .tar file")
         errors += found_errors

@@ -185,3 +185,15 @@ def test_cli_runs_with_cogvideox_vae(tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["samples"] == {"train": 2, "val": 0} and summary["errors"] == 0
     assert read_manifest(str(tmp_path / "out"))["vae"]["scaling"]["type"] == "scaling_factor"
+
+
+def test_output_inside_the_input_directory_is_not_read_back(tmp_path):
+    for index in range(2):
+        frames, caption = render_clip(6, index, 9, 32, 32)
+        write_video(str(tmp_path / f"v{index}.mp4"), frames, fps=8)
+        (tmp_path / f"v{index}.txt").write_text(caption)
+    out = str(tmp_path / "shards")
+    first = run_precompute(_config([str(tmp_path)], out, val_fraction=0.0))
+    again = run_precompute(_config([str(tmp_path)], out, val_fraction=0.0))
+    assert first["sources"] == again["sources"] == 2
+    assert first["errors"] == again["errors"] == 0
