@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     ctx = RankContext.from_env()
     try:
         summary = run_precompute(cfg, ctx)
+    except ValueError as err:  # a user mistake: one line naming it, like argparse
+        print(f"precompute_latents.py: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
     finally:
         ctx.close()
     if ctx.rank == 0:

@@ -185,6 +185,11 @@ def test_cli_runs_with_cogvideox_vae(tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["samples"] == {"train": 2, "val": 0} and summary["errors"] == 0
     assert read_manifest(str(tmp_path / "out"))["vae"]["scaling"]["type"] == "scaling_factor"
+    args[args.index("--frames") + 1] = "10"
+    args[args.index("--output") + 1] = str(tmp_path / "out_bad")
+    result = run_tool(args, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: --frames 10 does not fit the cogvideox VAE" in result.stderr
 
 
 def test_output_inside_the_input_directory_is_not_read_back(tmp_path):
