@@ -1,4 +1,4 @@
-"""Turn videos + captions into VAE-latent WebDataset shards (thin CLI over megatron_vdit.data).
+r"""Turn videos + captions into VAE-latent WebDataset shards (thin CLI over megatron_vdit.data).
 
 Examples:
   python tools/precompute_latents.py --input videos/ --output shards/ --frames 9 \
