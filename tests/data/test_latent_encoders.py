@@ -93,3 +93,20 @@ def test_bfloat16_compute_matches_float32_loosely():
     text = load_text_encoder(config="tiny", max_tokens=8, dtype=torch.bfloat16)
     emb_BSD, _, _ = text.encode(["a blue square"])
     assert emb_BSD.dtype == torch.float32 and torch.isfinite(emb_BSD).all()
+
+
+def test_wan22_style_patchified_vae_shape_rule():
+    """Wan 2.2's VAE patchifies 2x2 before encoding: 16x spatial compression."""
+    from diffusers import AutoencoderKLWan
+    from megatron_vdit.data.encoders import VideoVAE
+    torch.manual_seed(0)
+    model = AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=4, dim_mult=[1, 2, 4, 4],
+                             num_res_blocks=1, temperal_downsample=[False, True, True],
+                             is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+                             scale_factor_spatial=16, latents_mean=[0.0] * 4,
+                             latents_std=[1.0] * 4)
+    vae = VideoVAE(model, source="test", seed=0)
+    assert vae.latent_shape(9, 64, 32) == (4, 3, 4, 2)
+    assert tuple(vae.encode(torch.rand(1, 3, 9, 64, 32) * 2 - 1).shape) == (1, 4, 3, 4, 2)
+    with pytest.raises(ValueError, match="spatial compression 16"):
+        vae.latent_shape(9, 64, 40)
