@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto: cuda:LOCAL_RANK if available")
     parser.add_argument("--decode-threads", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (CPU latents differ in the last bits across counts)")
+                        help="torch CPU threads (CPU latents differ in the last bits "
+                        "across thread counts)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 

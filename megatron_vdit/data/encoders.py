@@ -165,9 +165,11 @@ def load_vae(path: str | None = None, config: str | None = None, seed: int = 0,
         raise ValueError(f"--vae-path {path} has no config.json (nor vae/config.json)")
     with open(config_path) as handle:
         class_name = json.load(handle).get("_class_name", "")
-    classes = {"AutoencoderKLWan": AutoencoderKLWan, "AutoencoderKLCogVideoX": AutoencoderKLCogVideoX}
+    classes = {"AutoencoderKLWan": AutoencoderKLWan,
+               "AutoencoderKLCogVideoX": AutoencoderKLCogVideoX}
     if class_name not in classes:
-        raise ValueError(f"--vae-path {path}: _class_name {class_name!r} is not one of {list(classes)}")
+        raise ValueError(f"--vae-path {path}: _class_name {class_name!r} is not one of "
+                         f"{list(classes)}")
     model = classes[class_name].from_pretrained(path, local_files_only=True, torch_dtype=dtype)
     return VideoVAE(model.to(device), source=os.path.abspath(path), seed=None)
 

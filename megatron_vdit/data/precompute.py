@@ -181,7 +181,8 @@ def make_plan(sources: list[Source], clips: dict[str, list[ClipSpec]], cfg: Prec
         items = [(s, c) for s in sources if s.source_id in clips
                  and split_of(s, cfg.val_fraction) == split for c in clips[s.source_id]]
         for start in range(0, len(items), per_shard):
-            tasks.append(ShardTask(split, start // per_shard, tuple(items[start:start + per_shard])))
+            chunk = tuple(items[start:start + per_shard])
+            tasks.append(ShardTask(split, start // per_shard, chunk))
     return tasks
 
 
@@ -271,7 +272,8 @@ def write_shard(task: ShardTask, vae: VideoVAE, text_encoder: TextEncoder,
 
 
 def _state_path(output: str, task: ShardTask) -> str:
-    return os.path.join(output, STATE_DIR, task.split, shard_format.shard_name(task.index) + ".json")
+    name = shard_format.shard_name(task.index) + ".json"
+    return os.path.join(output, STATE_DIR, task.split, name)
 
 
 def _is_done(output: str, task: ShardTask) -> bool:
@@ -351,16 +353,17 @@ def finalize(cfg: PrecomputeConfig, tasks: list[ShardTask], early_errors: list[d
             records[(task.split, task.index)] = json.load(handle)
     errors = early_errors + [e for r in records.values() for e in r["errors"]]
     errors.sort(key=lambda e: (e["path"], e.get("clip_index", -1), e["reason"]))
-    with open(os.path.join(cfg.output, "errors.jsonl.tmp"), "w") as handle:
+    errors_path = os.path.join(cfg.output, "errors.jsonl")
+    with open(errors_path + ".tmp", "w") as handle:
         for error in errors:
             handle.write(json.dumps(error, sort_keys=True) + "\n")
-    os.replace(os.path.join(cfg.output, "errors.jsonl.tmp"), os.path.join(cfg.output, "errors.jsonl"))
+    os.replace(errors_path + ".tmp", errors_path)
     for split in SPLITS:
         planned = {shard_format.shard_name(t.index) for t in tasks if t.split == split}
         for name in os.listdir(os.path.join(cfg.output, split)):
             # Temp files of killed runs and shards of an older, larger plan.
-            stale = name.startswith(".shard-") or (name.startswith("shard-") and name not in planned)
-            if stale:
+            unplanned = name.startswith("shard-") and name not in planned
+            if name.startswith(".shard-") or unplanned:
                 os.remove(os.path.join(cfg.output, split, name))
     manifest = {
         "format": MANIFEST_FORMAT,

@@ -57,7 +57,8 @@ def _keys(output_dir):
     for split in ("train", "val"):
         for name in sorted(os.listdir(os.path.join(output_dir, split))):
             with tarfile.open(os.path.join(output_dir, split, name)) as archive:
-                keys += [m.name.split(".")[0] for m in archive.getmembers() if m.name.endswith("json")]
+                keys += [m.name.split(".")[0] for m in archive.getmembers()
+                         if m.name.endswith("json")]
     return keys
 
 

@@ -38,8 +38,10 @@ def test_default_shards_contract_and_rebuild(root):
     assert ensure_default_shards(root, NUM_TRAIN, NUM_VAL, 9, 32, 32) == root
     assert os.stat(os.path.join(root, "manifest.json")).st_mtime_ns == stamp  # not rebuilt
     batch = _take(ShardLoader(root, "train", batch_size=5), 1)[0]
-    assert batch["latent"].dtype == torch.float32 and tuple(batch["latent"].shape) == (5, 4, 3, 4, 4)
-    assert batch["text_emb"].dtype == torch.float32 and tuple(batch["text_emb"].shape) == (5, 128, 64)
+    assert batch["latent"].dtype == torch.float32
+    assert tuple(batch["latent"].shape) == (5, 4, 3, 4, 4)
+    assert batch["text_emb"].dtype == torch.float32
+    assert tuple(batch["text_emb"].shape) == (5, 128, 64)
     assert batch["text_mask"].dtype == torch.bool and tuple(batch["text_mask"].shape) == (5, 128)
     assert len(batch["keys"]) == 5 and batch["text_mask"][:, 0].all()
 
@@ -98,7 +100,8 @@ def test_validation_is_fixed_and_split_across_dp_ranks(root):
     assert _keys(first) == _keys(second)
     torch.testing.assert_close(torch.cat([b["latent"] for b in first]),
                                torch.cat([b["latent"] for b in second]), rtol=0, atol=0)
-    assert _keys(list(ShardLoader(root, "val", batch_size=3, seed=0, infinite=False))) == _keys(first)
+    other_batching = ShardLoader(root, "val", batch_size=3, seed=0, infinite=False)
+    assert _keys(list(other_batching)) == _keys(first)
     parts = [_keys(list(ShardLoader(root, "val", 4, dp_rank=r, dp_size=3, infinite=False)))
              for r in range(3)]
     assert [len(p) for p in parts] == [4, 4, 4] and sorted(sum(parts, [])) == sorted(_keys(first))
