@@ -130,3 +130,15 @@ def test_user_errors(root, tmp_path):
     state = ShardLoader(root, "train", batch_size=2, dp_rank=0, dp_size=2).state_dict()
     with pytest.raises(ValueError, match="dp_rank"):
         ShardLoader(root, "train", batch_size=2, dp_rank=1, dp_size=2).load_state_dict(state)
+
+
+def test_concurrent_default_builds_serialise(tmp_path):
+    """Every rank of a job may call ensure_default_shards at once; one builds, all read."""
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        roots = list(pool.map(lambda _: ensure_default_shards(str(tmp_path), 4, 2, 5, 16, 16),
+                              range(2)))
+    assert roots == [str(tmp_path)] * 2
+    train_keys = _all_keys(str(tmp_path), "train")
+    assert len(set(train_keys)) == len(train_keys) == 4
+    assert len(_all_keys(str(tmp_path), "val")) == 2
