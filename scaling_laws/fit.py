@@ -65,6 +65,20 @@ def _df_correct(surface: dict, cell) -> dict:
     return surface
 
 
+def _edge_summary(cells) -> str:
+    """Where the best run of each cell sits on its grid: tells which way to widen it."""
+    edges = {"lowest eta": 0, "highest eta": 0, "smallest B": 0, "largest B": 0}
+    for cell in cells:
+        best = np.argmin(cell.log_loss)
+        x, y = cell.log_lr, cell.log_batch
+        edges["lowest eta"] += int(np.isclose(x[best], x.min()))
+        edges["highest eta"] += int(np.isclose(x[best], x.max()))
+        edges["smallest B"] += int(np.isclose(y[best], y.min()))
+        edges["largest B"] += int(np.isclose(y[best], y.max()))
+    return f"best run at the grid's edge, of {len(cells)} cells: " + ", ".join(
+        f"{name} {count}" for name, count in edges.items() if count)
+
+
 def _check_cells(cells, skipped, runs: RunSet) -> None:
     if not cells:
         reasons = sorted({r for _, _, r in skipped})
@@ -105,13 +119,15 @@ def core_fit(runs: RunSet, opts: FitOptions) -> dict:
     stack = {k: np.stack([s[k] for s in surfaces], axis=1) for k in ("log_lr", "log_batch",
                                                                      "log_loss", "valid")}
     if stack["valid"][0].sum() == 0:
-        raise ValueError("no cell has its optimum inside its (eta, B) grid; widen the grids")
+        raise ValueError("no cell has its optimum inside its (eta, B) grid; widen the grids "
+                         f"({_edge_summary(cells)})")
     n_C = np.array([c.n_billion for c in cells])
     t_C = np.array([c.t_billion for c in cells])
     usable_sizes = np.unique(n_C[stack["valid"][0]])
     if len(usable_sizes) < MIN_MODEL_SIZES:
         raise ValueError(f"only {len(usable_sizes)} model sizes have a cell whose optimum lies "
-                         f"inside the grid (N = {usable_sizes} billion); need {MIN_MODEL_SIZES}")
+                         f"inside the grid (N = {usable_sizes} billion); need {MIN_MODEL_SIZES} "
+                         f"({_edge_summary(cells)})")
     eta = hyperopt.fit_power_law(stack["log_lr"], t_C, n_C)
     batch = hyperopt.fit_power_law(stack["log_batch"], t_C, n_C)
     loss_RP = _fit_loss_rows(n_C, t_C, stack["log_loss"])

@@ -117,3 +117,9 @@ def test_optimum_outside_grid_is_flagged_not_used():
     sweep = PlantedSweep(grid_offset=(20.0, 1.0), diverge_lr_factor=1e9)  # LR grid too high
     with pytest.raises(ValueError, match="inside"):
         core_fit(prepare(sweep.records()), FAST)
+
+
+def test_edge_optimum_error_says_which_way_to_widen():
+    sweep = PlantedSweep(grid_offset=(0.05, 1.0), diverge_lr_factor=1e9)  # LR grid too low
+    with pytest.raises(ValueError, match="highest eta"):
+        core_fit(prepare(sweep.records()), FAST)
