@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 import torch.distributed as dist
 
-from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
 from .config import VDiTConfig, validate_model_config
+from .linears import FusedColumnParallelLinear, FusedRowParallelLinear
 from .layers import (CaptionProjection, FinalLayer, SDPACoreAttention, TimestepEmbedder,
                      apply_rope, patchify, rope_tables, unpatchify)
 
@@ -37,8 +37,8 @@ from .layers import (CaptionProjection, FinalLayer, SDPACoreAttention, TimestepE
 class VDiTBlockSubmodules:
     """Backends of one block; swapping one changes no other code."""
 
-    column_linear: ModuleSpec | type = ColumnParallelLinear
-    row_linear: ModuleSpec | type = RowParallelLinear
+    column_linear: ModuleSpec | type = FusedColumnParallelLinear
+    row_linear: ModuleSpec | type = FusedRowParallelLinear
     core_attention: ModuleSpec | type = SDPACoreAttention
     """Self-attention kernel: the only slot context parallelism replaces."""
     cross_core_attention: ModuleSpec | type = SDPACoreAttention
