@@ -168,6 +168,8 @@ class Trainer:
         if path is None:
             if self.cfg.load:
                 raise ValueError(f"--load {self.cfg.load}: no checkpoint found there")
+            if self.is_logger:  # a fresh run in an old run dir starts a fresh log
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             return
         meta = json.loads((path / "trainer_state.json").read_text())
         # The synthetic source's position is global; a shard loader's is per DP replica.
