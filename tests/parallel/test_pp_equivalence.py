@@ -99,6 +99,9 @@ def _combined_world8(cfg, ref):
             tensor_model_parallel_size=2, sequence_parallel=True, context_parallel_size=2,
             cp_comm_type="a2a", pipeline_model_parallel_size=2,
             num_layers_per_virtual_pipeline_stage=1), 4, {}),
+        ("PP2xDP4 interleaved ZeRO-3", dict(pipeline_model_parallel_size=2,
+                                            num_layers_per_virtual_pipeline_stage=1), 1,
+         dict(zero_stage=3)),
     ]
     for what, degrees, microbatches, options in cases:
         out = lib.engine_run(cfg, STEPS, microbatches, **options, **degrees)
