@@ -97,20 +97,37 @@ def save(engine: "ParallelEngine", path: str, optimizer=None) -> None:
     dcp.save(state_dict_for_save(engine, optimizer), checkpoint_id=path)
 
 
+def _full_shape(engine: "ParallelEngine", param: torch.Tensor) -> torch.Size:
+    """Single-process shape of `param` (an FSDP DTensor's shape is already un-sharded)."""
+    shape = list(param.shape)
+    dim = param_role(param).tp_partition_dim
+    if dim is not None:
+        shape[dim] *= engine.groups.tp.size()
+    return torch.Size(shape)
+
+
 def _load_templates(engine, mesh, optimizer) -> dict:
     """Empty canonical tensors to load into (same keys as `state_dict_for_save`)."""
+    def empty(shape):
+        return distribute_tensor(torch.empty(shape, device=mesh.device_type), mesh, [Shard(0)],
+                                 src_data_rank=None)
+
     state: dict[str, object] = {}
     for name, copies in _unique_params(engine):
-        param = copies[0]
-        shape = _full_value(engine, param, param).shape
-        template = lambda: distribute_tensor(torch.empty(shape, device=mesh.device_type),  # noqa: E731
-                                             mesh, [Shard(0)], src_data_rank=None)
-        state[f"model.{name}"] = template()
+        shape = _full_shape(engine, copies[0])
+        state[f"model.{name}"] = empty(shape)
         if optimizer is not None:
-            state[f"optim.{name}.exp_avg"] = template()
-            state[f"optim.{name}.exp_avg_sq"] = template()
+            state[f"optim.{name}.exp_avg"] = empty(shape)
+            state[f"optim.{name}.exp_avg_sq"] = empty(shape)
             state[f"optim.{name}.step"] = torch.zeros((), dtype=torch.float32)
     return state
+
+
+def _step_tensor(optimizer, param, step: torch.Tensor) -> torch.Tensor:
+    """AdamW keeps `step` on CPU, except fused/capturable groups (on the param's device)."""
+    group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
+    on_device = group.get("fused") or group.get("capturable")
+    return step.clone().to(param.device if on_device else "cpu")
 
 
 @torch.no_grad()
@@ -131,7 +148,7 @@ def load(engine: "ParallelEngine", path: str, optimizer=None) -> None:
             for key, full_moment in moments.items():
                 slot[key] = torch.zeros_like(p.detach())
                 _local_tensor(slot[key]).copy_(_local_shard(engine, p, full_moment))
-            slot["step"] = state[f"optim.{name}.step"].clone()
+            slot["step"] = _step_tensor(optimizer, p, state[f"optim.{name}.step"])
 
 
 def _local_tensor(t: torch.Tensor) -> torch.Tensor:
