@@ -92,16 +92,19 @@ def _identifiable(log_lr, log_batch) -> bool:
 
 
 def _choose_window(log_loss, log_lr, log_batch, window: float) -> np.ndarray:
+    """Runs within ``window`` of the best, widened until the surface keeps >= 2 residual
+    degrees of freedom (6 points would be interpolated exactly, noise and all)."""
     best = log_loss.min()
     w = window
     while True:
         keep = log_loss <= best + np.log1p(w)
-        if _identifiable(log_lr[keep], log_batch[keep]) or keep.all():
+        enough = keep.sum() >= MIN_SETTINGS + 2 or keep.all()
+        if (_identifiable(log_lr[keep], log_batch[keep]) and enough) or keep.all():
             return keep
         w *= 2
 
 
-def build_cells(runs: RunSet, window: float = 0.05, min_tokens_ratio: float = 1.25):
+def build_cells(runs: RunSet, window: float = 0.20, min_tokens_ratio: float = 1.25):
     """Group loss points into (N, T) cells. Returns ``(cells, skipped)``.
 
     Token targets per size are the distinct token counts of its points (3 significant
