@@ -42,7 +42,8 @@ class ParallelEngine:
                  device: torch.device | None = None):
         """`schedule`: "1f1b", "interleaved" or "gpipe"; default interleaved when the layout
         sets num_layers_per_virtual_pipeline_stage, else 1F1B. `param_dtype`: compute
-        dtype (bf16 on GPU) with fp32 master weights; None keeps fp32."""
+        dtype (bf16 on GPU) with fp32 master weights and fp32 gradient reduction; None
+        keeps everything fp32."""
         pp = layout.pipeline_model_parallel_size
         virtual_flag = layout.num_layers_per_virtual_pipeline_stage
         self.schedule_kind = schedule or ("interleaved" if virtual_flag else "1f1b")
@@ -79,8 +80,11 @@ class ParallelEngine:
     def _parallelize_chunk(self, chunk: nn.Module, zero_stage: int, recompute: str | None):
         chunk.to(self.device)
         parallelize.apply_recompute(chunk, recompute)
+        # Gradients are reduced in fp32 even when computed in bf16 (sums over many ranks).
+        reduce_dtype = torch.float32 if self.param_dtype is not None else None
         return parallelize.apply_data_parallel(chunk, self.groups, zero_stage=zero_stage,
-                                               param_dtype=self.param_dtype)
+                                               param_dtype=self.param_dtype,
+                                               reduce_dtype=reduce_dtype)
 
     def parameters(self) -> list[nn.Parameter]:
         """This rank's parameters (all local stages) for the optimizer."""
