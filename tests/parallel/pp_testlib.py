@@ -34,11 +34,13 @@ GLOBAL_BATCH = 4
 EVAL_STEP = 99  # the held-out batch `eval_loss` is checked on
 
 
-def tiny_config(num_layers: int = 4) -> VDiTConfig:
-    return VDiTConfig(num_layers=num_layers, hidden_size=32, num_attention_heads=4,
-                      in_channels=4, latent_frames=2, latent_height=4, latent_width=6,
-                      text_hidden_size=16, max_text_tokens=5, timestep_embed_dim=32,
-                      use_cpu_initialization=True)
+def tiny_config(num_layers: int = 4, **overrides) -> VDiTConfig:
+    """4 layers, 4 heads of 8 dims; 2 x 2 x 3 = 12 video tokens, 5 text tokens."""
+    fields = dict(num_layers=num_layers, hidden_size=32, num_attention_heads=4, in_channels=4,
+                  latent_frames=2, latent_height=4, latent_width=6, text_hidden_size=16,
+                  max_text_tokens=5, timestep_embed_dim=32, use_cpu_initialization=True)
+    fields.update(overrides)
+    return VDiTConfig(**fields)
 
 
 def global_batch(cfg: VDiTConfig, step: int, batch: int = GLOBAL_BATCH):

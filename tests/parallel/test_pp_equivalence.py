@@ -128,3 +128,18 @@ def _bad_microbatches(cfg):
 
 def test_bad_microbatch_counts_name_the_numbers():
     assert spawn_world(_bad_microbatches, 2, lib.tiny_config()) == [True, True]
+
+
+def _uneven_world8(cfg, ref):
+    out = lib.engine_run(cfg, STEPS, 2, tensor_model_parallel_size=2, sequence_parallel=True,
+                         context_parallel_size=2, cp_comm_type="p2p",
+                         pipeline_model_parallel_size=2)
+    lib.assert_matches(out, ref, "TP2xSPxCP2xPP2, 30 tokens padded to 32")
+    return True
+
+
+def test_padded_tokens_cross_the_pipe_world8():
+    cfg = lib.tiny_config(latent_height=6, latent_width=10)  # 2 x 3 x 5 = 30 tokens
+    assert cfg.tokens_per_sample % 4
+    ref = spawn_world(lib.reference_run, 1, cfg, STEPS)[0]
+    assert spawn_world(_uneven_world8, 8, cfg, ref) == [True] * 8
