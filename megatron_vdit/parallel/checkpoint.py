@@ -1,8 +1,8 @@
 """Layout-independent checkpoints with torch.distributed.checkpoint (DCP).
 
 A parameter is TP-sharded (megatron-core layers; its `ParamRole` says along which dim),
-FSDP-sharded over dp_cp, held by one
-pipeline stage or duplicated on all of them (conditioning). None of that should be
+FSDP-sharded over dp_cp, held by one pipeline stage or duplicated on all of them
+(conditioning). None of that should be
 visible in a checkpoint. So every tensor is saved in one canonical form: its full
 (single-process) value, under its single-process name, split in row chunks over the
 ranks that hold it (the dp x cp x tp ranks of its pipeline stage, as a 1-D DTensor
@@ -12,7 +12,8 @@ layout reads back the rows it needs. On load, each rank rebuilds the full value 
 parameters and cuts its own TP/FSDP shard out of it.
 
 Cost: saving and loading materialise one full parameter at a time on the ranks of its
-stage (never the whole model), and all-gather it; fine for checkpoint frequency.
+stage and all-gather it; what is kept is each rank's row chunk (1 / (dp x cp x tp) of
+its stage, copied out so the full value is freed). Fine for checkpoint frequency.
 
 AdamW state (`exp_avg`, `exp_avg_sq`, `step`) is saved the same way under
 `optim.<param name>.<key>`, so a run resumed at another layout continues bit-for-bit.
@@ -71,9 +72,16 @@ def _local_shard(engine: "ParallelEngine", param: torch.Tensor, full: torch.Tens
     return full
 
 
+def _row_chunk(full: torch.Tensor, mesh) -> DTensor:
+    """This rank's rows of `full` as a 1-D `Shard(0)` DTensor that owns its memory (a
+    view would keep the whole full tensor alive while the state dict is held)."""
+    view = distribute_tensor(full, mesh, [Shard(0)], src_data_rank=None)
+    return DTensor.from_local(view.to_local().clone(), mesh, [Shard(0)], shape=view.shape,
+                              stride=view.stride())
+
+
 def _canonical(engine, mesh, param, value) -> DTensor:
-    return distribute_tensor(_full_value(engine, param, value).contiguous(), mesh, [Shard(0)],
-                             src_data_rank=None)
+    return _row_chunk(_full_value(engine, param, value).contiguous(), mesh)
 
 
 @torch.no_grad()
@@ -109,8 +117,7 @@ def _full_shape(engine: "ParallelEngine", param: torch.Tensor) -> torch.Size:
 def _load_templates(engine, mesh, optimizer) -> dict:
     """Empty canonical tensors to load into (same keys as `state_dict_for_save`)."""
     def empty(shape):
-        return distribute_tensor(torch.empty(shape, device=mesh.device_type), mesh, [Shard(0)],
-                                 src_data_rank=None)
+        return _row_chunk(torch.empty(shape, device=mesh.device_type), mesh)
 
     state: dict[str, object] = {}
     for name, copies in _unique_params(engine):
