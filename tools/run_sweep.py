@@ -48,9 +48,11 @@ def plan(args) -> list[tuple[str, int, float, int]]:
     return grid
 
 
-def finished(run_dir: Path) -> bool:
-    record = run_dir / "run.json"
-    return record.exists() and json.loads(record.read_text()).get("status") in ("completed", "diverged")
+def finished(run_dir: Path, cmd: list[str]) -> bool:
+    """Done with the same command line (a changed grid point or flag reruns it)."""
+    record, used = run_dir / "run.json", run_dir / "command.json"
+    return (record.exists() and used.exists() and json.loads(used.read_text()) == cmd[1:]
+            and json.loads(record.read_text()).get("status") in ("completed", "diverged"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,13 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(" ".join(cmd))
             continue
-        if finished(run_dir):
+        if finished(run_dir, cmd):
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "command.json").write_text(json.dumps(cmd[1:]))
         with open(run_dir / "stdout.log", "w") as log:
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if proc.returncode not in (0, 1):  # 1 = diverged, recorded in run.json
+        if proc.returncode not in (0, 3):  # 3 = diverged, recorded in run.json
             failures.append((run_dir.name, proc.returncode))
     if failures:
         print(f"{len(failures)} runs failed (see their stdout.log): {failures}", file=sys.stderr)

@@ -73,11 +73,19 @@ class DiffusionObjective:
         target = noise if self.kind == "ddpm" else a * noise - s * x0
         return x_t, timesteps_B, target
 
-    def training_example(self, x0: torch.Tensor, generator: torch.Generator):
-        """Random timesteps and noise for a whole (global) batch from `generator`."""
-        timesteps = self.sample_timesteps(x0.shape[0], generator)
-        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.dtype)
-        return self.make_example(x0, timesteps, noise)
+    def training_example(self, x0: torch.Tensor, sample_seeds: list[int]):
+        """Random timestep and noise per sample, each from its own seeded generator.
+
+        The caller derives `sample_seeds` from (seed, iteration, position in the global
+        batch), so every layout and a resumed run draw the same numbers, and each rank
+        draws only its own samples' noise.
+        """
+        timesteps, noise = [], []
+        for seed in sample_seeds:
+            generator = torch.Generator().manual_seed(seed)
+            timesteps.append(self.sample_timesteps(1, generator))
+            noise.append(torch.randn(x0.shape[1:], generator=generator, dtype=torch.float32))
+        return self.make_example(x0, torch.cat(timesteps), torch.stack(noise).to(x0.dtype))
 
     def validation_example(self, x0: torch.Tensor, sample_indices: list[int], num_samples: int,
                            seed: int):
@@ -90,13 +98,16 @@ class DiffusionObjective:
         timesteps = torch.tensor([self.stratified_timestep(i, num_samples) for i in sample_indices])
         noise = torch.stack([
             torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(
-                _mix(seed, i)), dtype=torch.float32) for i in sample_indices]).to(x0.dtype)
+                seed_for(seed, i)), dtype=torch.float32) for i in sample_indices]).to(x0.dtype)
         return self.make_example(x0, timesteps, noise)
 
 
-def _mix(seed: int, index: int) -> int:
-    """A 63-bit seed from (seed, index), stable across processes and Python versions."""
-    return (seed * 1_000_003 + index * 7919 + 0x5DEECE66D) % (2 ** 63 - 1)
+def seed_for(*keys: int) -> int:
+    """A 63-bit seed from integer keys, stable across processes and Python versions."""
+    value = 0x5DEECE66D
+    for key in keys:
+        value = (value * 1_000_003 + int(key) * 7919 + 0x9E3779B9) % (2 ** 63 - 1)
+    return value
 
 
 def mse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

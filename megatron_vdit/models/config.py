@@ -77,7 +77,7 @@ def validate_model_config(cfg: VDiTConfig) -> None:
                          f"hidden_size={cfg.hidden_size}")
     if cfg.head_dim % 2 or min(rope_axis_dims(cfg.head_dim)) < 2:
         raise ValueError(f"head dim {cfg.head_dim} (hidden_size={cfg.hidden_size} / "
-                         f"heads={cfg.num_attention_heads}) must be even and >= 8 for 3D RoPE")
+                         f"heads={cfg.num_attention_heads}) must be even and >= 6 for 3D RoPE")
     for axis, size, patch in (("frames", cfg.latent_frames, cfg.patch_size_t),
                               ("height", cfg.latent_height, cfg.patch_size_h),
                               ("width", cfg.latent_width, cfg.patch_size_w)):

@@ -136,6 +136,9 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
         return dist.get_rank(), dist.get_world_size()
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        # One GPU per process: without this every rank of a node would use GPU 0.
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     timeout = datetime.timedelta(minutes=int(os.environ.get("VDIT_PG_TIMEOUT_MIN", "30")))
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         dist.init_process_group(backend, timeout=timeout)

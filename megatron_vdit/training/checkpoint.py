@@ -47,7 +47,7 @@ def save_checkpoint(save_dir: str, iteration: int, write_fn: Callable[[Path], No
     tmp = root / f"{final.name}.tmp"
     if is_writer:
         root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob("iter_*.tmp"):
+        for stale in list(root.glob("iter_*.tmp")) + list(root.glob("iter_*.old")):
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     barrier()
@@ -58,16 +58,26 @@ def save_checkpoint(save_dir: str, iteration: int, write_fn: Callable[[Path], No
             if file.is_file():
                 with open(file, "rb") as f:
                     os.fsync(f.fileno())
+        # Re-saving an iteration: move the old copy aside first, so `latest` never names
+        # a missing directory; it is deleted only after the new one is published.
+        replaced = root / f"{final.name}.old"
         if final.exists():
-            shutil.rmtree(final)
+            os.rename(final, replaced)
         os.rename(tmp, final)
         _fsync_dir(root)
         _write_text_atomic(root / LATEST, final.name + "\n")
-        complete = sorted(p for p in root.glob("iter_*") if not p.name.endswith(".tmp"))
-        for old in complete[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(replaced, ignore_errors=True)
+        _prune(root, final, keep)
     barrier()
     return final
+
+
+def _prune(root: Path, newest: Path, keep: int) -> None:
+    """Keep `newest` (the one just published) and the keep-1 most recent others."""
+    others = sorted(p for p in root.glob("iter_*") if p.suffix not in (".tmp", ".old")
+                    and p != newest)
+    for old in others[:max(len(others) - (keep - 1), 0)] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_checkpoint(load_dir: str) -> Path | None:

@@ -65,6 +65,10 @@ class TrainConfig:
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
     seed: int = 1234
+    """Initialisation and training noise. The data and the validation set do not
+    depend on it (see data_seed, eval_seed), so runs with different seeds are comparable."""
+    data_seed: int = 0
+    eval_seed: int = 0
     bf16: bool = False
     # Validation, logging, checkpoints.
     eval_interval: int = 50
@@ -107,14 +111,14 @@ class TrainConfig:
         """Fill derived fields (shape from preset, batch, iterations) and validate."""
         if self.model_size is not None:
             layers, hidden, heads = preset_shape(self.model_size)
-            self.num_layers = self.num_layers or layers
-            self.hidden_size = self.hidden_size or hidden
-            self.num_attention_heads = self.num_attention_heads or heads
+            self.num_layers = layers if self.num_layers is None else self.num_layers
+            self.hidden_size = hidden if self.hidden_size is None else self.hidden_size
+            self.num_attention_heads = heads if self.num_attention_heads is None else self.num_attention_heads
         for name in ("num_layers", "hidden_size", "num_attention_heads"):
             if getattr(self, name) is None:
                 raise ValueError(f"--{name.replace('_', '-')} is not set and no --model-size "
                                  f"preset gives it (presets: {', '.join(PRESETS)})")
-        self.patch_size = tuple(int(p) for p in self.patch_size)
+        check_ranges(self)
         self.data_parallel_size = data_parallel_size
         self._resolve_batch(data_parallel_size)
         self._resolve_duration()
@@ -175,6 +179,34 @@ class TrainConfig:
         return self.global_batch_size // (self.micro_batch_size * self.data_parallel_size)
 
 
+_POSITIVE_INTS = ("num_layers", "hidden_size", "num_attention_heads", "in_channels",
+                  "latent_frames", "latent_height", "latent_width", "text_hidden_size",
+                  "max_text_tokens", "micro_batch_size", "global_batch_size",
+                  "global_batch_tokens", "train_iters", "train_tokens", "eval_interval",
+                  "eval_samples", "eval_micro_batch_size", "log_interval", "save_interval",
+                  "save_keep", "tensor_model_parallel_size", "pipeline_model_parallel_size",
+                  "context_parallel_size", "num_layers_per_virtual_pipeline_stage",
+                  "default_data_train_clips", "default_data_val_clips")
+_NON_NEGATIVE_FLOATS = ("min_lr", "lr_warmup_samples", "weight_decay", "clip_grad", "adam_eps")
+
+
+def check_ranges(cfg: TrainConfig) -> None:
+    """Positivity and finiteness of every number, before anything divides by one."""
+    for name in _POSITIVE_INTS:
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={value} must be >= 1")
+    for name in _NON_NEGATIVE_FLOATS:
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"--{name.replace('_', '-')}={value} must be finite and >= 0")
+    if len(cfg.patch_size) != 3 or min(cfg.patch_size) < 1:
+        raise ValueError(f"--patch-size needs 3 positive numbers (t h w), got {cfg.patch_size}")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(cfg, name)} must be in [0, 1)")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Choices and ranges; model-shape checks run in `validate_model_config`."""
     choices = (("objective", OBJECTIVES), ("beta_schedule", BETA_SCHEDULES),
@@ -186,17 +218,14 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.recompute_granularity not in (None, "selective", "full"):
         raise ValueError(f"--recompute-granularity={cfg.recompute_granularity!r}; expected "
                          "selective or full")
-    if len(cfg.patch_size) != 3:
-        raise ValueError(f"--patch-size needs 3 numbers (t h w), got {cfg.patch_size}")
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)) or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)) or cfg.min_lr > cfg.lr:
         raise ValueError(f"need 0 <= --min-lr ({cfg.min_lr}) <= --lr ({cfg.lr}) and --lr > 0")
+    total_samples = cfg.train_iters * cfg.global_batch_size
+    if cfg.lr_warmup_samples >= total_samples:
+        raise ValueError(f"--lr-warmup-samples={cfg.lr_warmup_samples} covers the whole run "
+                         f"({total_samples} samples): the run would never reach --lr={cfg.lr}")
     if not 0 < cfg.lr_wsd_decay_fraction <= 1:
         raise ValueError(f"--lr-wsd-decay-fraction={cfg.lr_wsd_decay_fraction} must be in (0, 1]")
-    if cfg.eval_samples < 1 or cfg.eval_interval < 1 or cfg.log_interval < 1:
-        raise ValueError(f"--eval-samples ({cfg.eval_samples}), --eval-interval "
-                         f"({cfg.eval_interval}) and --log-interval ({cfg.log_interval}) must be >= 1")
-    if cfg.save_interval is not None and cfg.save_interval < 1:
-        raise ValueError(f"--save-interval={cfg.save_interval} must be >= 1")
 
 
 def _parse_bool(text: str) -> bool:
@@ -229,17 +258,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _coerce(field: dataclasses.Field, value):
+    """A YAML value as the field's type, or a ValueError naming the key."""
+    kind = str(field.type).replace("Optional[", "").rstrip("]")
+    if value is None:
+        if "Optional" in str(field.type):
+            return None
+        raise ValueError(f"config key {field.name!r} may not be null")
+    try:
+        if field.name == "patch_size":
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            return tuple(int(_exact(v, int)) for v in value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            return _parse_bool(str(value))
+        if kind == "int":
+            return int(_exact(value, int))
+        if kind == "float":
+            return float(value)  # YAML reads 1e-3 as a string; float() parses it
+        return str(value)
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        raise ValueError(f"config key {field.name!r}: {value!r} is not a valid {kind}"
+                         + (" list of 3" if field.name == "patch_size" else "")) from None
+
+
+def _exact(value, kind):
+    """Reject silent truncation (2.5 -> 2) and bools posing as ints."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError
+    if isinstance(value, str):
+        return kind(value)
+    return value
+
+
 def load_config(argv: list[str] | None = None) -> TrainConfig:
     """YAML (if --config) then CLI flags; unknown YAML keys are an error, not ignored."""
     args = vars(build_parser().parse_args(argv))
     values = {}
-    if args.get("config"):
-        with open(args.pop("config")) as f:
-            values = yaml.safe_load(f) or {}
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown = sorted(set(values) - known)
+    config_path = args.pop("config", None)
+    if config_path:
+        with open(config_path) as f:
+            raw = yaml.safe_load(f) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{config_path}: expected a mapping of config keys")
+        fields = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name != "data_parallel_size"}
+        unknown = sorted(set(raw) - set(fields))
         if unknown:
-            raise ValueError(f"unknown config keys {unknown} in the YAML file")
-    args.pop("config", None)
+            raise ValueError(f"unknown config keys {unknown} in {config_path}")
+        values = {k: _coerce(fields[k], v) for k, v in raw.items()}
     values.update(args)
+    if "patch_size" in values:
+        values["patch_size"] = tuple(values["patch_size"])
     return TrainConfig(**values)

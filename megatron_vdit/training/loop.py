@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..diffusion.objectives import DiffusionObjective, _mix
+from ..diffusion.objectives import DiffusionObjective, seed_for
 from ..models import accounting
 from ..models.config import VDiTConfig, validate_model_config
 from ..parallel.engine import ParallelEngine
@@ -66,7 +66,7 @@ def prepare(cfg: TrainConfig):
     cfg.resolve(layout.data_parallel_size)
     mc = model_config(cfg)
     layout.validate(world, mc.num_layers, mc.num_attention_heads, mc.tokens_per_sample)
-    prepare_data(cfg)
+    prepare_data(cfg, layout.data_parallel_size)
     return rank, layout, mc
 
 
@@ -96,20 +96,27 @@ class Trainer:
             self.params_nonembed, cfg.tokens_per_sample, cfg.hidden_size)
         self.model_flops_per_sample = accounting.model_flops_per_sample(shape, cfg.tokens_per_sample)
         self.iteration, self.val_curve, self.last_train_loss = 0, [], float("nan")
+        self.saved_iteration, self.wall_time_before, self.start_time = None, 0.0, time.time()
+        self.replica_leader = all(dist.get_rank(g) == 0 for g in (self.groups.tp, self.groups.cp,
+                                                                    self.groups.pp))
 
     # -- one step ----------------------------------------------------------------------
-    def _examples(self, latent, generator_or_val):
-        """Slice a global batch's (timesteps, noise) to this DP rank's samples."""
-        b_global = self.cfg.global_batch_size
-        timesteps = self.objective.sample_timesteps(b_global, generator_or_val)
-        noise = torch.randn((b_global,) + tuple(latent.shape[1:]), generator=generator_or_val)
+    def _examples(self, latent):
+        """Noised examples for this rank's slice of the global batch.
+
+        Sample j of this slice sits at position dp_rank * local + j of global batch
+        `iteration`; its timestep and noise are seeded by (seed, iteration, position).
+        """
         local = latent.shape[0]
-        sl = slice(self.dp_rank * local, (self.dp_rank + 1) * local)
-        return self.objective.make_example(latent, timesteps[sl], noise[sl])
+        first = self.dp_rank * local
+        seeds = [seed_for(self.cfg.seed, self.iteration, first + j) for j in range(local)]
+        return self.objective.training_example(latent, seeds)
 
     def train_step(self) -> tuple[float, float, float]:
         cfg = self.cfg
-        samples = self.iteration * cfg.global_batch_size
+        # The LR of a step is the schedule's value once this step's samples are consumed,
+        # so warmup reaches --lr exactly at --lr-warmup-samples.
+        samples = (self.iteration + 1) * cfg.global_batch_size
         lr = learning_rate(samples, lr=cfg.lr, min_lr=cfg.min_lr, style=cfg.lr_decay_style,
                            warmup_samples=cfg.lr_warmup_samples,
                            total_samples=cfg.train_iters * cfg.global_batch_size,
@@ -119,8 +126,7 @@ class Trainer:
         batch = self.source.next()
         if self.iteration == 0:
             check_data_shapes(cfg, batch)
-        generator = torch.Generator().manual_seed(_mix(cfg.seed, self.iteration))
-        x_t, t, target = self._examples(batch["latent"], generator)
+        x_t, t, target = self._examples(batch["latent"])
         loss = self.engine.forward_backward(x_t, t, batch["text_emb"], batch["text_mask"],
                                             target, cfg.num_microbatches)
         grad_norm = self.engine.clip_grad_norm_(cfg.clip_grad) if cfg.clip_grad > 0 else float("nan")
@@ -142,7 +148,7 @@ class Trainer:
         total = 0.0
         for indices, batch in self.source.val_batches(cfg.eval_samples, cfg.eval_micro_batch_size):
             x_t, t, target = self.objective.validation_example(
-                batch["latent"], indices, cfg.eval_samples, cfg.seed)
+                batch["latent"], indices, cfg.eval_samples, cfg.eval_seed)
             loss = self.engine.eval_loss(x_t, t, batch["text_emb"], batch["text_mask"], target,
                                          num_microbatches=pp)
             total += loss * len(indices) * dp
@@ -152,15 +158,18 @@ class Trainer:
     def save(self) -> None:
         def write(tmp: Path) -> None:
             self.engine.save(tmp, self.optimizer)
-            # Each data-parallel replica's loader position (identical within a replica).
-            write_json_atomic(tmp / f"data_dp{self.dp_rank:05d}.json", self.source.state_dict())
+            # Each data-parallel replica's loader position, written by one rank of it.
+            if self.replica_leader:
+                write_json_atomic(tmp / f"data_dp{self.dp_rank:05d}.json", self.source.state_dict())
             if self.is_logger:
                 meta = {"iteration": self.iteration, "data_parallel_size": self.layout.data_parallel_size,
+                        "wall_time_s": self.wall_time_before + time.time() - self.start_time,
                         "val_curve": self.val_curve, "last_train_loss": self.last_train_loss,
                         "config": dataclasses.asdict(self.cfg)}
                 (tmp / "trainer_state.json").write_text(json.dumps(meta, default=str))
         ckpt.save_checkpoint(self.save_dir, self.iteration, write, keep=self.cfg.save_keep,
                              is_writer=self.is_logger, barrier=dist.barrier)
+        self.saved_iteration = self.iteration
 
     def maybe_resume(self) -> None:
         load_dir = self.cfg.load or (self.save_dir if self.cfg.save_interval else None)
@@ -172,6 +181,7 @@ class Trainer:
                 (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             return
         meta = json.loads((path / "trainer_state.json").read_text())
+        check_resume_compatible(meta["config"], self.cfg, path)
         # The synthetic source's position is global; a shard loader's is per DP replica.
         data_state = path / f"data_dp{0 if self.cfg.data == 'synthetic' else self.dp_rank:05d}.json"
         if self.cfg.data != "synthetic" and meta["data_parallel_size"] != self.layout.data_parallel_size:
@@ -182,6 +192,8 @@ class Trainer:
         self.iteration = meta["iteration"]
         self.source.load_state_dict(json.loads(data_state.read_text()))
         self.val_curve, self.last_train_loss = meta["val_curve"], meta["last_train_loss"]
+        self.wall_time_before = meta.get("wall_time_s", 0.0)
+        self.saved_iteration = self.iteration
         if self.is_logger:
             truncate_metrics(self.run_dir, self.iteration)
             print(f"resumed from {path} at iteration {self.iteration}")
@@ -194,20 +206,32 @@ class Trainer:
         log.log({"iteration": self.iteration, "tokens": tokens, "val_loss": val_loss})
         return val_loss
 
+    def _log_step(self, log: MetricsLog, bar, loss, grad_norm, lr, window) -> None:
+        cfg = self.cfg
+        elapsed, iters = time.time() - window[0], window[1]
+        tokens_per_s = iters * cfg.batch_tokens / max(elapsed, 1e-9)
+        log.log({"iteration": self.iteration, "tokens": self.iteration * cfg.batch_tokens,
+                 "train_loss": loss, "grad_norm": grad_norm, "lr": lr,
+                 "tokens_per_s": tokens_per_s,
+                 "gflops_per_s_paper": tokens_per_s * self.flops_per_token / 1e9})
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
+
     def run(self) -> dict:
         cfg = self.cfg
         self.maybe_resume()
+        if self.is_logger:  # a stale record must not outlive a run that crashes
+            (self.run_dir / RUN_RECORD).unlink(missing_ok=True)
         log = MetricsLog(self.run_dir, cfg.wandb_mode, cfg.wandb_project,
                          dataclasses.asdict(cfg), enabled=self.is_logger)
-        start_time, start_iter, status = time.time(), self.iteration, "completed"
+        self.start_time, start_iter, status = time.time(), self.iteration, "completed"
         if self.iteration == 0:
             self._record_val(log)
         bar = tqdm(total=cfg.train_iters, initial=self.iteration, disable=not self.is_logger,
                    desc="train", unit="it", dynamic_ncols=True)
-        window_start, window_iters = time.time(), 0
+        window = [time.time(), 0]
         while self.iteration < cfg.train_iters:
             loss, grad_norm, lr = self.train_step()
-            self.last_train_loss, window_iters = loss, window_iters + 1
+            self.last_train_loss, window[1] = loss, window[1] + 1
             bar.update(1)
             if not math.isfinite(loss):
                 status = "diverged"
@@ -215,40 +239,63 @@ class Trainer:
                          "train_loss": loss, "status": status})
                 break
             if self.iteration % cfg.log_interval == 0 or self.iteration == cfg.train_iters:
-                elapsed = time.time() - window_start
-                tokens_per_s = window_iters * cfg.batch_tokens / elapsed
-                record = {"iteration": self.iteration, "tokens": self.iteration * cfg.batch_tokens,
-                          "train_loss": loss, "grad_norm": grad_norm, "lr": lr,
-                          "tokens_per_s": tokens_per_s,
-                          "gflops_per_s_paper": tokens_per_s * self.flops_per_token / 1e9}
-                log.log(record)
-                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
-                window_start, window_iters = time.time(), 0
+                self._log_step(log, bar, loss, grad_norm, lr, window)
+                window = [time.time(), 0]
             if self.iteration % cfg.eval_interval == 0 and self.iteration < cfg.train_iters:
                 self._record_val(log)
             if cfg.save_interval and self.iteration % cfg.save_interval == 0:
                 self.save()
         bar.close()
-        val_loss = self._record_val(log) if status == "completed" else float("nan")
-        if cfg.save_interval or cfg.save:
+        return self._finish(log, status, start_iter)
+
+    def _finish(self, log: MetricsLog, status: str, start_iter: int) -> dict:
+        cfg = self.cfg
+        if status != "completed":
+            val_loss = float("nan")
+        elif self.val_curve and self.val_curve[-1]["iteration"] == self.iteration:
+            val_loss = self.val_curve[-1]["val_loss"]  # a rerun of a finished run
+        else:
+            val_loss = self._record_val(log)
+        if (cfg.save_interval or cfg.save) and self.saved_iteration != self.iteration:
             self.save()
-        wall = time.time() - start_time
+        session = time.time() - self.start_time
         record = build_run_record(
             cfg, run_id=self.run_dir.name, params_nonembed=self.params_nonembed,
             params_total=self.params_total,
             flops=self.flops_per_token * self.iteration * cfg.batch_tokens,
             model_flops=self.model_flops_per_sample * self.iteration * cfg.batch_samples,
             train_loss=self.last_train_loss, val_loss=val_loss, val_loss_curve=self.val_curve,
-            iterations=self.iteration, wall_time_s=wall, status=status)
+            iterations=self.iteration, wall_time_s=self.wall_time_before + session, status=status)
         trained = (self.iteration - start_iter) * cfg.batch_tokens
-        record["throughput"] = {"tokens_per_s": trained / wall if wall > 0 else None,
-                                "gflops_per_s_paper": trained * self.flops_per_token / wall / 1e9
-                                if wall > 0 else None}
+        record["throughput"] = {"tokens_per_s": trained / session,
+                                "gflops_per_s_paper": trained * self.flops_per_token / session / 1e9}
         if self.is_logger:
             write_json_atomic(self.run_dir / RUN_RECORD, record)
             plot_losses(self.run_dir)
         log.finish(record)
         return record
+
+
+# Fields a resumed run must share with the checkpoint, or it silently becomes another run.
+RESUME_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "in_channels",
+                 "latent_frames", "latent_height", "latent_width", "patch_size",
+                 "text_hidden_size", "max_text_tokens", "objective", "beta_schedule", "data",
+                 "global_batch_size", "seed", "data_seed", "eval_seed", "eval_samples", "lr",
+                 "min_lr", "lr_decay_style", "lr_warmup_samples", "weight_decay")
+
+
+def check_resume_compatible(saved: dict, cfg: TrainConfig, path: Path) -> None:
+    current = dataclasses.asdict(cfg)
+    differ = {k: (saved.get(k), current[k]) for k in RESUME_FIELDS
+              if k in saved and _norm(saved[k]) != _norm(current[k])}
+    if differ:
+        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in differ.items())
+        raise ValueError(f"cannot resume from {path}: the config changed ({listed}); use a new "
+                         "--run-dir/--save, or restore these values")
+
+
+def _norm(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def train(cfg: TrainConfig) -> dict:

@@ -1,6 +1,8 @@
 """Learning-rate schedules, as a pure function of the number of samples consumed.
 
-Samples (not iterations) drive the schedule, as in Megatron-LM, so changing the batch
+`samples_consumed` counts the samples seen once the current step is done (the trainer
+passes (iteration + 1) x global batch), so linear warmup reaches `lr` exactly at
+`warmup_samples`. Samples (not iterations) drive the schedule, as in Megatron-LM, so changing the batch
 size keeps warmup measured in data seen. Styles: `constant` after linear warmup (the
 paper's choice), `cosine` decay to `min_lr`, and `wsd` (warmup, stable, then a linear
 decay to `min_lr` over the last `decay_fraction` of training).
@@ -13,7 +15,7 @@ import math
 def learning_rate(samples_consumed: int, *, lr: float, min_lr: float, style: str,
                   warmup_samples: int, total_samples: int, decay_fraction: float = 0.2) -> float:
     if warmup_samples > 0 and samples_consumed < warmup_samples:
-        return lr * (samples_consumed + 1) / warmup_samples
+        return lr * samples_consumed / warmup_samples
     if style == "constant":
         return lr
     if style == "cosine":
