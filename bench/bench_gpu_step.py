@@ -131,7 +131,7 @@ def bench_one(args, layout: ParallelLayout, groups, tokens: int) -> dict:
                             recompute=args.recompute_granularity, schedule=args.schedule,
                             param_dtype=torch.bfloat16 if bf16 else None)
     device = engine.device
-    opt = torch.optim.AdamW(engine.parameters(), lr=1e-4, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(engine.parameters(), lr=1e-4)  # foreach: DTensor-safe
     batch_size = args.micro_batch_size * args.num_microbatches
     batch = make_batch(cfg, batch_size, device)
     if device.type == "cuda":
