@@ -269,6 +269,8 @@ def _coerce(field: dataclasses.Field, value):
         if field.name == "patch_size":
             if not isinstance(value, (list, tuple)):
                 raise TypeError
+            if len(value) != 3:
+                raise ValueError
             return tuple(int(_exact(v, int)) for v in value)
         if kind == "bool":
             if isinstance(value, bool):
@@ -280,8 +282,8 @@ def _coerce(field: dataclasses.Field, value):
             return float(value)  # YAML reads 1e-3 as a string; float() parses it
         return str(value)
     except (TypeError, ValueError, argparse.ArgumentTypeError):
-        raise ValueError(f"config key {field.name!r}: {value!r} is not a valid {kind}"
-                         + (" list of 3" if field.name == "patch_size" else "")) from None
+        kind = "list of 3 ints" if field.name == "patch_size" else kind
+        raise ValueError(f"config key {field.name!r}: {value!r} is not a valid {kind}") from None
 
 
 def _exact(value, kind):

@@ -75,9 +75,12 @@ class ShardSource(_Source):
     def next(self) -> dict:
         return next(self._iter)
 
+    def val_batches(self, num_samples: int, batch_size: int):
+        if self._val is None or self._val["latent"].shape[0] < num_samples:
+            self._val = self._read_val(num_samples)
+        yield from super().val_batches(num_samples, batch_size)
+
     def val_batch(self, indices: list[int]) -> dict:
-        if self._val is None:
-            self._val = self._read_val(max(indices) + 1)
         return {k: v[indices] for k, v in self._val.items()}
 
     def _read_val(self, num_samples: int) -> dict:

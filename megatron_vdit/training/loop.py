@@ -99,6 +99,7 @@ class Trainer:
         self.saved_iteration, self.wall_time_before, self.start_time = None, 0.0, time.time()
         self.replica_leader = all(dist.get_rank(g) == 0 for g in (self.groups.tp, self.groups.cp,
                                                                     self.groups.pp))
+        self.maybe_resume()  # here, so an incompatible checkpoint is a config error
 
     # -- one step ----------------------------------------------------------------------
     def _examples(self, latent):
@@ -218,7 +219,6 @@ class Trainer:
 
     def run(self) -> dict:
         cfg = self.cfg
-        self.maybe_resume()
         if self.is_logger:  # a stale record must not outlive a run that crashes
             (self.run_dir / RUN_RECORD).unlink(missing_ok=True)
         log = MetricsLog(self.run_dir, cfg.wandb_mode, cfg.wandb_project,

@@ -115,3 +115,33 @@ def test_wandb_offline_writes_a_run(tmp_path):
     train(cfg)
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_resave_same_iteration_and_prune_keep_latest(tmp_path):
+    save_dir = str(tmp_path / "ckpt")
+    for it in (200, 300):
+        ckpt.save_checkpoint(save_dir, it, lambda d: (d / "state").write_text("old"))
+    # A new run reusing the directory saves an earlier iteration: it must survive pruning.
+    ckpt.save_checkpoint(save_dir, 120, lambda d: (d / "state").write_text("new"), keep=2)
+    latest = ckpt.latest_checkpoint(save_dir)
+    assert latest.name == "iter_0000120" and (latest / "state").read_text() == "new"
+    # Re-saving the published iteration replaces it; `latest` never names a missing dir.
+    ckpt.save_checkpoint(save_dir, 120, lambda d: (d / "state").write_text("again"), keep=2)
+    assert (ckpt.latest_checkpoint(save_dir) / "state").read_text() == "again"
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "iter_0000120", "iter_0000300", "latest"]
+
+
+def test_rerun_of_finished_run_keeps_its_record(tmp_path):
+    first = train(tiny(tmp_path, "--train-iters", "4", "--save-interval", "2"))
+    again = train(tiny(tmp_path, "--train-iters", "4", "--save-interval", "2"))
+    assert again["val_loss_curve"] == first["val_loss_curve"]
+    assert again["val_loss"] == first["val_loss"]
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path, capsys):
+    train(tiny(tmp_path, "--train-iters", "2", "--save-interval", "2"))
+    argv = TINY + ["--run-dir", str(tmp_path / "run"), "--train-iters", "4",
+                   "--save-interval", "2", "--global-batch-size", "4"]
+    assert train_cli.main(argv) == 2
+    assert "config changed (global_batch_size: 8 -> 4" in capsys.readouterr().err
