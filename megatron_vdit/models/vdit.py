@@ -190,12 +190,15 @@ class VideoDiT(nn.Module):
     def condition(self, timesteps_B, text_BXT, text_mask_BX) -> Conditioning:
         t_emb_BD = self.timestep_embedder(timesteps_B)
         ada_B6D = self.ada_single(t_emb_BD).unflatten(1, (6, -1))
-        text_XBD = self.caption_projection(text_BXT.transpose(0, 1))
+        # Inputs follow the weights' dtype (bf16 under mixed precision); timesteps stay
+        # float32 into the sinusoidal features, so 999 is not rounded to 1000.
+        proj_dtype = self.caption_projection.fc1.weight.dtype
+        text_XBD = self.caption_projection(text_BXT.transpose(0, 1).to(proj_dtype))
         return Conditioning(t_emb_BD, ada_B6D, text_XBD, text_mask_BX.bool(),
                             self.rope_cos, self.rope_sin)
 
     def embed(self, latent_BCFHW: torch.Tensor) -> torch.Tensor:
-        return self.patch_embed(patchify(latent_BCFHW, self.patch))
+        return self.patch_embed(patchify(latent_BCFHW, self.patch).to(self.patch_embed.weight.dtype))
 
     def head(self, x_SBD: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         x_SBP = self.final_layer(x_SBD, cond.t_emb_BD)

@@ -46,9 +46,9 @@ def apply_data_parallel(model: nn.Module, groups: ParallelGroups, *, zero_stage:
     mesh = groups.mesh["dp_cp"]
     if mesh.size() == 1 and param_dtype is None and reduce_dtype is None:
         return model
-    # Only the root casts its inputs (latent, caption) to param_dtype. Blocks take their
-    # activations as produced (bf16 from the root's layers, or from the previous
-    # pipeline stage) and must not cast the conditioning: its RoPE tables stay float32.
+    # No FSDP input casting anywhere: it would round the float32 timesteps to bf16
+    # (999 -> 1000) and the RoPE tables. The model casts latent and caption to its
+    # weights' dtype itself; blocks take activations as produced.
     block_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype,
                                         cast_forward_inputs=False)
     for block in model.blocks.values():
@@ -56,7 +56,8 @@ def apply_data_parallel(model: nn.Module, groups: ParallelGroups, *, zero_stage:
                     mp_policy=block_policy)
     # The root's parameters are needed again at the start of backward: never reshard.
     fully_shard(model, mesh=mesh, reshard_after_forward=False,
-                mp_policy=MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype))
+                mp_policy=MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype,
+                                               cast_forward_inputs=False))
     gloo = dist.get_backend(groups.dp_cp) == "gloo"
     for module in model.modules():
         if isinstance(module, FSDPModule):

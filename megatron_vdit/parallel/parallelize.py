@@ -188,7 +188,7 @@ class ParallelVideoDiT(VideoDiT):
                                    text_mask_BX=mask_XB.t())
 
     def embed(self, latent_BCFHW: torch.Tensor) -> torch.Tensor:
-        tokens_SBP = patchify(latent_BCFHW, self.patch)
+        tokens_SBP = patchify(latent_BCFHW, self.patch).to(self.patch_embed.weight.dtype)
         return self.patch_embed(shard_tokens(tokens_SBP, self.token_sharding))
 
     def head(self, x_LBD: torch.Tensor, cond: Conditioning) -> torch.Tensor:

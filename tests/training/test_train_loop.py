@@ -145,3 +145,15 @@ def test_resume_with_a_changed_config_is_refused(tmp_path, capsys):
                    "--save-interval", "2", "--global-batch-size", "4"]
     assert train_cli.main(argv) == 2
     assert "config changed (global_batch_size: 8 -> 4" in capsys.readouterr().err
+
+
+def test_bf16_keeps_timesteps_in_float32(tmp_path):
+    trainer = Trainer(tiny(tmp_path, "--train-iters", "2", "--bf16"))
+    seen = []
+    model = trainer.engine.model_chunks[0]
+    model.timestep_embedder.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x = torch.randn(2, 4, 2, 8, 8)
+    text, mask = torch.randn(2, 12, 32), torch.ones(2, 12, dtype=torch.bool)
+    trainer.engine.eval_loss(x, torch.tensor([997.0, 999.0]), text, mask, x)
+    assert seen[0].dtype == torch.float32 and seen[0].tolist() == [997.0, 999.0]
+    assert next(model.blocks.parameters()).dtype == torch.float32  # fp32 master weights
