@@ -9,9 +9,12 @@ Install:
 from setuptools import find_packages, setup
 
 # torch is a range, not a pin: NGC images ship their own build that must be kept.
-# The Makefile installs the CPU build (2.13.0) first on machines without a GPU.
+# 2.6 is the first release with public FSDP2 (`torch.distributed.fsdp.fully_shard`);
+# ".0a0" admits NGC's pre-release builds (NGC 25.01 ships 2.6.0a0), which a plain
+# ">=2.6" would reject and pip would then replace. The Makefile installs the CPU build
+# (2.13.0) first on machines without a GPU.
 INSTALL_REQUIRES = [
-    "torch>=2.4",
+    "torch>=2.6.0a0",
     "megatron-core==0.16.1",
     "numpy>=1.26",
     "scipy>=1.11",
