@@ -72,17 +72,34 @@ def _row(spec, config, inp, out, tp_group):
                         bias=True, input_is_parallel=True, skip_bias_add=False, tp_group=tp_group)
 
 
-class SelfAttention(nn.Module):
-    def __init__(self, config: VDiTConfig, sub: VDiTBlockSubmodules, tp_group, layer_number: int):
-        super().__init__()
-        d, tp = config.hidden_size, tp_group.size()
-        self.heads, self.head_dim = config.num_attention_heads // tp, config.head_dim
-        self.linear_qkv = _column(sub.column_linear, config, d, 3 * d, tp_group)
+class _Attention(nn.Module):
+    """What self- and cross-attention share: local heads, per-head q/k RMSNorm, the core
+    attention slot and the row-parallel output projection. Subclasses create their input
+    projections first (construction order fixes the seeded initialisation)."""
+
+    def _init_common(self, config: VDiTConfig, sub: VDiTBlockSubmodules, tp_group,
+                     layer_number: int, kind: str) -> None:
+        self.heads = config.num_attention_heads // tp_group.size()
+        self.head_dim = config.head_dim
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
-        self.core_attention = build_module(sub.core_attention, config=config,
-                                           layer_number=layer_number, attn_kind="self")
-        self.linear_proj = _row(sub.row_linear, config, d, d, tp_group)
+        core_spec = sub.core_attention if kind == "self" else sub.cross_core_attention
+        self.core_attention = build_module(core_spec, config=config, layer_number=layer_number,
+                                           attn_kind=kind)
+        self.linear_proj = _row(sub.row_linear, config, config.hidden_size, config.hidden_size,
+                                tp_group)
+
+    def _project_out(self, out_BHSE: torch.Tensor, s: int, b: int) -> torch.Tensor:
+        out, _ = self.linear_proj(out_BHSE.permute(2, 0, 1, 3).reshape(s, b, -1))
+        return out
+
+
+class SelfAttention(_Attention):
+    def __init__(self, config: VDiTConfig, sub: VDiTBlockSubmodules, tp_group, layer_number: int):
+        super().__init__()
+        d = config.hidden_size
+        self.linear_qkv = _column(sub.column_linear, config, d, 3 * d, tp_group)
+        self._init_common(config, sub, tp_group, layer_number, "self")
 
     def forward(self, x_SBD, cond: Conditioning):
         qkv, _ = self.linear_qkv(x_SBD)
@@ -91,23 +108,16 @@ class SelfAttention(nn.Module):
         q, k, v = qkv_BHS3E.unbind(3)
         q = apply_rope(self.q_norm(q), cond.rope_cos_SE, cond.rope_sin_SE)
         k = apply_rope(self.k_norm(k), cond.rope_cos_SE, cond.rope_sin_SE)
-        out_BHSE = self.core_attention(q, k, v)
-        out, _ = self.linear_proj(out_BHSE.permute(2, 0, 1, 3).reshape(s, b, -1))
-        return out
+        return self._project_out(self.core_attention(q, k, v), s, b)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Attention):
     def __init__(self, config: VDiTConfig, sub: VDiTBlockSubmodules, tp_group, layer_number: int):
         super().__init__()
-        d, tp = config.hidden_size, tp_group.size()
-        self.heads, self.head_dim = config.num_attention_heads // tp, config.head_dim
+        d = config.hidden_size
         self.linear_q = _column(sub.column_linear, config, d, d, tp_group)
         self.linear_kv = _column(sub.column_linear, config, d, 2 * d, tp_group)
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
-        self.core_attention = build_module(sub.cross_core_attention, config=config,
-                                           layer_number=layer_number, attn_kind="cross")
-        self.linear_proj = _row(sub.row_linear, config, d, d, tp_group)
+        self._init_common(config, sub, tp_group, layer_number, "cross")
 
     def forward(self, x_SBD, cond: Conditioning):
         q, _ = self.linear_q(x_SBD)
@@ -117,8 +127,7 @@ class CrossAttention(nn.Module):
         kv_BHX2E = kv.view(x_len, b, self.heads, 2, self.head_dim).permute(1, 2, 0, 3, 4)
         k_BHXE, v_BHXE = kv_BHX2E.unbind(3)
         out_BHSE = self.core_attention(q_BHSE, self.k_norm(k_BHXE), v_BHXE, cond.text_mask_BX)
-        out, _ = self.linear_proj(out_BHSE.permute(2, 0, 1, 3).reshape(s, b, -1))
-        return out
+        return self._project_out(out_BHSE, s, b)
 
 
 class MLP(nn.Module):
