@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_CPU_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv train test bench clean
+.PHONY: venv train test sweep bench clean
 
 venv: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ train: venv
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# The whole loop on CPU: sweep small models -> fit the laws -> plan (see the script).
+sweep: venv
+	PY=$(PY) bash examples/run_sweep.sh
 
 bench: venv
 	$(PY) bench/cpu_throughput.py
