@@ -18,6 +18,15 @@ from scaling_laws import lawfile, loss_law  # noqa: E402
 from scaling_laws.compute import BILLION  # noqa: E402
 
 
+
+def _save(fig, ax, path: pathlib.Path) -> pathlib.Path:
+    """Legend, layout, PNG, close: how every plot here ends."""
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
 def _heatmaps(law, core, out: pathlib.Path) -> list:
     paths = []
     sizes = sorted({c.params_nonembed for c in core["cells"]})
@@ -70,12 +79,7 @@ def _hp_laws(law, core, out: pathlib.Path):
         c = law[key]
         ax.set(xscale="log", yscale="log", xlabel="T [billion tokens]", ylabel=ylab,
                title=f"{c['alpha']:.4g} T^{c['beta']:.4f} N^{c['gamma']:.4f}")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "hp_laws.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, axes[0], out / "hp_laws.png")
 
 
 def _loss_vs_tokens(law, core, out: pathlib.Path):
@@ -94,12 +98,7 @@ def _loss_vs_tokens(law, core, out: pathlib.Path):
             ax.plot(t_line, loss_law.predict_loss(fixed, n_b, t_line), ":", color=color, lw=1)
     ax.set(xscale="log", xlabel="T [billion tokens]", ylabel="validation loss at optimal (eta, B)",
            title="L(N, T) fit (solid); fixed-HP law (dotted)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "loss_vs_tokens.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, out / "loss_vs_tokens.png")
 
 
 def _isoflop(law, core, out: pathlib.Path):
@@ -115,12 +114,7 @@ def _isoflop(law, core, out: pathlib.Path):
         ax.plot(n_line[best], loss[best], "o", color=color)
     ax.set(xscale="log", xlabel="N [params]", ylabel="predicted loss", title="IsoFLOP curves")
     ax.set_ylim(None, float(np.percentile(ax.get_ylim(), 60)) + 0.02)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "isoflop.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, out / "isoflop.png")
 
 
 def _n_opt(law, core, out: pathlib.Path):
@@ -140,12 +134,7 @@ def _n_opt(law, core, out: pathlib.Path):
             label="paper: 0.8705 C^0.4294")
     ax.set(xscale="log", yscale="log", xlabel="C [FLOPs]", ylabel="N_opt [params]",
            title="compute-optimal model size")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "n_opt.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, out / "n_opt.png")
 
 
 def write_all(law: dict, core: dict, out_dir) -> list:
