@@ -142,16 +142,17 @@ def _target_aspect(params: float) -> float:
 def shape_for_params(params_nonembed: float, head_dim: int | None = None) -> dict:
     """A (num_layers, hidden_size, num_attention_heads) whose 16 L d^2 is near the target.
 
-    Widths are multiples of the head dim (64 below 2048 wide, else 128), so tensor
-    parallel sizes that divide the head count stay available. Among shapes within 5% of
-    the target, the one closest to the presets' aspect ratio wins.
+    Widths are multiples of the head dim (64 below 2048 wide, else 128) and give a head
+    count divisible by 8 from 1024 wide up (by 2 below), so tensor parallel sizes 2..8
+    stay available. Among shapes within 5% of the target, the one closest to the
+    presets' aspect ratio wins.
     """
     if not params_nonembed > 0:
         raise ValueError(f"params_nonembed must be positive, got {params_nonembed}")
     best, best_score = None, math.inf
     for hidden in range(64, 32768 + 1, 64):
         hd = head_dim or (64 if hidden < 2048 else 128)
-        if hidden % hd:
+        if hidden % hd or (hidden // hd) % (8 if hidden >= 1024 else 2 if hidden >= 128 else 1):
             continue
         layers = max(1, round(params_nonembed / (16 * hidden ** 2)))
         err = abs(math.log(paper_params_nonembed(layers, hidden) / params_nonembed))
