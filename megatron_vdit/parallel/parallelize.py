@@ -203,6 +203,9 @@ def _block_spec(config: VDiTConfig, groups: ParallelGroups, sharding: TokenShard
         sub.column_linear = SequenceParallelColumnLinear
         sub.row_linear = SequenceParallelRowLinear
     if cp_backend == "te" and sharding.cp_size > 1:
+        if groups.layout.cp_comm_type == "a2a+p2p":
+            raise ValueError("cp_backend='te' with cp_comm_type='a2a+p2p' needs TE's "
+                             "hierarchical groups, which are not wired up; use 'native'")
         sub.core_attention = ModuleSpec(TEContextParallelAttention, params=dict(
             num_tokens=sharding.num_tokens, padded_tokens=sharding.padded_tokens,
             cp_group=groups.cp, cp_comm_type=groups.layout.cp_comm_type,

@@ -88,6 +88,8 @@ class TrainConfig:
     num_layers_per_virtual_pipeline_stage: Optional[int] = None
     context_parallel_size: int = 1
     cp_comm_type: str = "p2p"
+    ulysses_size: Optional[int] = None
+    """Ulysses degree of a2a+p2p CP (default: the largest that divides heads and CP)."""
     sequence_parallel: bool = False
     recompute_granularity: Optional[str] = None
     # Set by `resolve` from the world size; not a flag.
@@ -186,7 +188,7 @@ _POSITIVE_INTS = ("num_layers", "hidden_size", "num_attention_heads", "in_channe
                   "eval_samples", "eval_micro_batch_size", "log_interval", "save_interval",
                   "save_keep", "tensor_model_parallel_size", "pipeline_model_parallel_size",
                   "context_parallel_size", "num_layers_per_virtual_pipeline_stage",
-                  "default_data_train_clips", "default_data_val_clips")
+                  "default_data_train_clips", "default_data_val_clips", "ulysses_size")
 _NON_NEGATIVE_FLOATS = ("min_lr", "lr_warmup_samples", "weight_decay", "clip_grad", "adam_eps")
 
 

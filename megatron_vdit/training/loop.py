@@ -55,6 +55,7 @@ def _layout(cfg: TrainConfig, world_size: int) -> ParallelLayout:
         world_size, tensor_model_parallel_size=cfg.tensor_model_parallel_size,
         pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,
         context_parallel_size=cfg.context_parallel_size, cp_comm_type=cfg.cp_comm_type,
+        ulysses_size=cfg.ulysses_size,
         sequence_parallel=cfg.sequence_parallel,
         num_layers_per_virtual_pipeline_stage=cfg.num_layers_per_virtual_pipeline_stage)
 
@@ -74,7 +75,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.rank, self.layout, self.mc = prepare(cfg)
         self.cfg = cfg
-        self.groups = build_parallel_groups(self.layout)
+        # The mesh's device type decides where FSDP2 keeps parameters and DCP its buffers.
+        self.groups = build_parallel_groups(
+            self.layout, "cuda" if torch.cuda.is_available() else "cpu",
+            num_attention_heads=self.mc.num_attention_heads)
         self.dp_rank = dist.get_rank(self.groups.dp)
         self.is_logger = self.rank == 0
         # --bf16: bf16 compute with fp32 master weights and fp32 gradient reduction (FSDP2).
@@ -97,6 +101,7 @@ class Trainer:
         self.model_flops_per_sample = accounting.model_flops_per_sample(shape, cfg.tokens_per_sample)
         self.iteration, self.val_curve, self.last_train_loss = 0, [], float("nan")
         self.saved_iteration, self.wall_time_before, self.start_time = None, 0.0, time.time()
+        self.skipped_steps = 0
         self.replica_leader = all(dist.get_rank(g) == 0 for g in (self.groups.tp, self.groups.cp,
                                                                     self.groups.pp))
         self.maybe_resume()  # here, so an incompatible checkpoint is a config error
@@ -131,8 +136,12 @@ class Trainer:
         loss = self.engine.forward_backward(x_t, t, batch["text_emb"], batch["text_mask"],
                                             target, cfg.num_microbatches)
         grad_norm = self.engine.clip_grad_norm_(cfg.clip_grad) if cfg.clip_grad > 0 else float("nan")
-        if math.isfinite(loss):
+        # A finite loss can still come with overflowed (bf16) gradients: skip that step
+        # rather than write NaN into every weight (Megatron-LM does the same).
+        if math.isfinite(loss) and (cfg.clip_grad == 0 or math.isfinite(grad_norm)):
             self.optimizer.step()
+        else:
+            self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.iteration += 1
         return loss, grad_norm, lr
@@ -213,7 +222,7 @@ class Trainer:
         tokens_per_s = iters * cfg.batch_tokens / max(elapsed, 1e-9)
         log.log({"iteration": self.iteration, "tokens": self.iteration * cfg.batch_tokens,
                  "train_loss": loss, "grad_norm": grad_norm, "lr": lr,
-                 "tokens_per_s": tokens_per_s,
+                 "skipped_steps": self.skipped_steps, "tokens_per_s": tokens_per_s,
                  "gflops_per_s_paper": tokens_per_s * self.flops_per_token / 1e9})
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
 
