@@ -1,0 +1,96 @@
+"""Per-GPU memory estimate and a suggested (TP, CP, PP, DP) layout for a flagship run.
+
+Pure Python (no torch), so the planner can call it. The estimate is deliberately simple
+and states its assumptions; it picks a starting layout, not a tuned one:
+- model states: bf16 compute with fp32 master weights, fp32 gradients and AdamW moments,
+  16 bytes per parameter, sharded ZeRO-3 style over TP x PP x DP x CP (FSDP2 over
+  DP x CP, megatron TP, PP stages), plus one block's bf16 weights gathered at a time;
+- activations (bf16, flash/SDPA attention so no S^2 term): per block and sample about
+  34 * s * d bytes without recomputation (Korthikanti et al. 2022, sequence parallel
+  divides it by TP), 2 * s * d with full recomputation, with s = tokens / CP; under 1F1B
+  the first stage holds PP micro-batches of L / PP blocks, i.e. all L blocks' worth;
+- a fixed reserve for the CUDA context, NCCL buffers and fragmentation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+GIB = 1024 ** 3
+BYTES_PER_PARAM_STATE = 16
+ACTIVATION_BYTES_PER_TOKEN_DIM = {None: 34, "selective": 34, "full": 2}
+RESERVE_GIB = 6.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutEstimate:
+    tensor_model_parallel_size: int
+    context_parallel_size: int
+    pipeline_model_parallel_size: int
+    data_parallel_size: int
+    recompute_granularity: str | None
+    memory_gib: float
+    model_states_gib: float
+    activations_gib: float
+
+    def flags(self) -> str:
+        """The training CLI flags (Megatron-LM names) for this layout."""
+        out = (f"--tensor-model-parallel-size {self.tensor_model_parallel_size} "
+               f"--context-parallel-size {self.context_parallel_size} "
+               f"--pipeline-model-parallel-size {self.pipeline_model_parallel_size}")
+        if self.tensor_model_parallel_size > 1:
+            out += " --sequence-parallel"
+        if self.recompute_granularity:
+            out += f" --recompute-granularity {self.recompute_granularity}"
+        return out
+
+
+def estimate_memory_gib(*, params_total: float, num_layers: int, hidden_size: int,
+                        tokens_per_sample: int, tp: int, cp: int, pp: int, dp: int,
+                        micro_batch_size: int = 1, recompute: str | None = None) -> tuple[float, float]:
+    """(model-state GiB, activation GiB) per GPU under the module's assumptions."""
+    states = params_total * BYTES_PER_PARAM_STATE / (tp * pp * dp * cp)
+    states += 2 * params_total / num_layers / tp  # one block's gathered bf16 weights
+    tokens_local = tokens_per_sample / cp
+    per_block = ACTIVATION_BYTES_PER_TOKEN_DIM[recompute] * tokens_local * hidden_size / tp
+    activations = per_block * num_layers * micro_batch_size
+    if recompute == "full":  # plus one block's full activations while it is recomputed
+        activations += 34 * tokens_local * hidden_size / tp * micro_batch_size
+    return states / GIB, activations / GIB
+
+
+def suggest_layout(*, params_total: float, num_layers: int, hidden_size: int,
+                   num_attention_heads: int, tokens_per_sample: int, num_gpus: int,
+                   gpu_memory_gib: float = 80.0, gpus_per_node: int = 8,
+                   micro_batch_size: int = 1) -> LayoutEstimate:
+    """The cheapest layout that fits: least recomputation, then fewest PP stages, then
+    the smallest TP x CP (TP within a node, dividing the heads); data parallel takes the
+    rest. Raises ValueError when nothing fits, naming the smallest estimate found."""
+    if num_gpus < 1 or gpu_memory_gib <= RESERVE_GIB:
+        raise ValueError(f"need num_gpus >= 1 and gpu_memory_gib > {RESERVE_GIB}, got "
+                         f"{num_gpus} and {gpu_memory_gib}")
+    budget = gpu_memory_gib - RESERVE_GIB
+    powers = [2 ** i for i in range(num_gpus.bit_length()) if num_gpus % 2 ** i == 0]
+    candidates, smallest = [], None
+    for recompute_rank, recompute in enumerate((None, "selective", "full")):
+        if recompute == "selective":
+            continue  # flash attention already avoids the S^2 term selective would drop
+        for tp, cp, pp in itertools.product(powers, powers, range(1, num_layers + 1)):
+            if (tp > gpus_per_node or num_attention_heads % tp or num_layers % pp
+                    or num_gpus % (tp * cp * pp) or tokens_per_sample < tp * cp):
+                continue
+            dp = num_gpus // (tp * cp * pp)
+            states, acts = estimate_memory_gib(
+                params_total=params_total, num_layers=num_layers, hidden_size=hidden_size,
+                tokens_per_sample=tokens_per_sample, tp=tp, cp=cp, pp=pp, dp=dp,
+                micro_batch_size=micro_batch_size, recompute=recompute)
+            est = LayoutEstimate(tp, cp, pp, dp, recompute, states + acts, states, acts)
+            if smallest is None or est.memory_gib < smallest.memory_gib:
+                smallest = est
+            if est.memory_gib <= budget:
+                candidates.append(((recompute_rank, pp, tp * cp, tp), est))
+    if not candidates:
+        raise ValueError(f"no layout of {num_gpus} GPUs with {gpu_memory_gib} GiB fits: the "
+                         f"smallest estimate is {smallest.memory_gib:.1f} GiB per GPU "
+                         f"({smallest.flags()}); use more GPUs")
+    return min(candidates, key=lambda item: item[0])[1]
