@@ -182,4 +182,3 @@ def check_data_shapes(cfg: TrainConfig, batch: dict) -> None:
         raise ValueError(f"data text embeddings have shape [X, T] = {list(text)} but the model "
                          f"expects {[cfg.max_text_tokens, cfg.text_hidden_size]} "
                          f"(--max-text-tokens --text-hidden-size)")
-    assert isinstance(batch["latent"], torch.Tensor)

@@ -13,6 +13,8 @@ import math
 import os
 from pathlib import Path
 
+from ..models.accounting import paper_params_nonembed
+
 RUN_RECORD = "run.json"
 METRICS = "metrics.jsonl"
 
@@ -105,7 +107,7 @@ def build_run_record(cfg, *, run_id: str, params_nonembed: int, params_total: in
         "status": status,
         "params_nonembed": params_nonembed,
         "params_total": params_total,
-        "params_paper": 16 * cfg.num_layers * cfg.hidden_size ** 2,
+        "params_paper": paper_params_nonembed(cfg.num_layers, cfg.hidden_size),
         "hidden_size": cfg.hidden_size,
         "num_layers": cfg.num_layers,
         "num_attention_heads": cfg.num_attention_heads,
