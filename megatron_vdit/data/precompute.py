@@ -335,9 +335,11 @@ def _split_summary(tasks: list[ShardTask], records: dict, output: str, split: st
     for task in tasks:
         if task.split == split:
             record = records[(task.split, task.index)]
-            size = os.path.getsize(os.path.join(output, split, record["name"]))
+            path = os.path.join(output, split, record["name"])
+            # bytes + sha256 let a reader catch a shard cut short or corrupted after this run.
             shards.append({"name": record["name"], "num_samples": record["num_samples"],
-                           "bytes": size})
+                           "bytes": os.path.getsize(path),
+                           "sha256": shard_format.file_sha256(path)})
     return {"num_samples": sum(s["num_samples"] for s in shards), "num_shards": len(shards),
             "num_sources": len({item[0] for t in tasks if t.split == split
                                 for item in t.item_ids()}),

@@ -10,6 +10,7 @@ S = text tokens, D = text embedding width.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -24,6 +25,10 @@ META = "json"
 FIELDS = (LATENT, TEXT_EMB, TEXT_MASK, META)
 # Per-sample tar overhead: a 512-byte header per member plus padding to 512 bytes.
 TAR_OVERHEAD_BYTES_PER_SAMPLE = len(FIELDS) * 1024 + 2048
+
+
+class DataError(ValueError):
+    """Bad data on disk (a shard, a sample, a manifest); the message names the file."""
 
 
 def shard_name(index: int) -> str:
@@ -76,14 +81,37 @@ def write_json_atomic(path: str, obj, indent: int | None = 1) -> None:
     os.replace(temp_path, path)
 
 
+def file_sha256(path: str, chunk_bytes: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes (the manifest's per-shard checksum)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def decode_sample(sample: dict) -> dict:
-    """A WebDataset sample (member bytes by suffix) -> numpy arrays + parsed metadata."""
+    """A WebDataset sample (member bytes by suffix) -> numpy arrays + parsed metadata.
+
+    Raises DataError naming the shard and the sample when a member is missing or
+    unreadable, or when a tensor holds NaN/Inf (which would otherwise look like a run
+    that diverged on its own)."""
+    where = f"sample {sample.get('__key__')!r} in shard {sample.get('__url__')}"
     missing = [f for f in FIELDS if f not in sample]
     if missing:
-        raise ValueError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')!r} "
-                         f"lacks {missing}")
-    return {"key": sample["__key__"],
-            "latent": np.load(io.BytesIO(sample[LATENT]), allow_pickle=False),
-            "text_emb": np.load(io.BytesIO(sample[TEXT_EMB]), allow_pickle=False),
-            "text_mask": np.load(io.BytesIO(sample[TEXT_MASK]), allow_pickle=False),
-            "meta": json.loads(sample[META])}
+        raise DataError(f"{where} lacks {missing}")
+    try:
+        decoded = {"key": sample["__key__"],
+                   "latent": np.load(io.BytesIO(sample[LATENT]), allow_pickle=False),
+                   "text_emb": np.load(io.BytesIO(sample[TEXT_EMB]), allow_pickle=False),
+                   "text_mask": np.load(io.BytesIO(sample[TEXT_MASK]), allow_pickle=False),
+                   "meta": json.loads(sample[META])}
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"{where} is corrupt: {err}") from None
+    for name in ("latent", "text_emb"):
+        array = decoded[name]
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            bad = int(np.size(array) - np.isfinite(array).sum())
+            raise DataError(f"{where}: {name} holds {bad} non-finite values (NaN/Inf); "
+                            "recompute or drop this sample")
+    return decoded

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 CP_COMM_TYPES = ("p2p", "a2a", "a2a+p2p")
+PIPELINE_SCHEDULES = ("1f1b", "interleaved", "gpipe")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +47,13 @@ class ParallelLayout:
                  * degrees.get("context_parallel_size", 1))
         if model < 1 or world_size % model:
             raise ValueError(f"world size {world_size} is not divisible by TP x PP x CP = "
-                             f"{model} ({degrees})")
+                             f"{degrees.get('tensor_model_parallel_size', 1)} x "
+                             f"{degrees.get('pipeline_model_parallel_size', 1)} x "
+                             f"{degrees.get('context_parallel_size', 1)} = {model}")
         return cls(data_parallel_size=world_size // model, **degrees)
 
     def validate(self, world_size: int, num_layers: int, num_attention_heads: int,
-                 tokens_per_sample: int) -> None:
+                 tokens_per_sample: int, schedule: str | None = None) -> None:
         """Raise ValueError naming the numbers; call before any group is created."""
         tp, pp, cp = (self.tensor_model_parallel_size, self.pipeline_model_parallel_size,
                       self.context_parallel_size)
@@ -72,10 +75,10 @@ class ParallelLayout:
                              f"(num_attention_heads={num_attention_heads}, TP={tp})")
         if cp % ulysses:
             raise ValueError(f"Ulysses degree {ulysses} does not divide context_parallel_size={cp}")
-        stages = pp * self.virtual_stages(num_layers)
-        if num_layers % stages:
-            raise ValueError(f"num_layers={num_layers} cannot be split into {stages} pipeline "
-                             f"stages (PP={pp}, virtual={self.virtual_stages(num_layers)})")
+        virtual = self.virtual_stages(num_layers, schedule)
+        if num_layers % (pp * virtual):
+            raise ValueError(f"num_layers={num_layers} cannot be split into {pp * virtual} "
+                             f"pipeline stages (PP={pp}, virtual={virtual})")
         if self.sequence_parallel and tp == 1:
             raise ValueError("--sequence-parallel needs tensor_model_parallel_size > 1")
         if tokens_per_sample < cp * tp:
@@ -93,15 +96,44 @@ class ParallelLayout:
         return max(u for u in range(1, self.context_parallel_size + 1)
                    if self.context_parallel_size % u == 0 and heads % u == 0)
 
-    def virtual_stages(self, num_layers: int) -> int:
+    def virtual_stages(self, num_layers: int, schedule: str | None = None) -> int:
+        """Model chunks per pipeline rank under `schedule` (default: `default_schedule`)."""
         per_virtual = self.num_layers_per_virtual_pipeline_stage
-        if per_virtual is None:
-            return 1
-        per_stage = num_layers // self.pipeline_model_parallel_size
-        if per_virtual < 1 or per_stage % per_virtual:
-            raise ValueError(f"num_layers_per_virtual_pipeline_stage={per_virtual} does not "
-                             f"divide the {per_stage} layers per pipeline stage")
-        return per_stage // per_virtual
+        return num_virtual_stages(schedule or default_schedule(per_virtual), num_layers,
+                                  self.pipeline_model_parallel_size, per_virtual)
+
+
+def default_schedule(layers_per_virtual_stage: int | None) -> str:
+    """Megatron-LM's rule: --num-layers-per-virtual-pipeline-stage selects interleaving."""
+    return "interleaved" if layers_per_virtual_stage is not None else "1f1b"
+
+
+def num_virtual_stages(schedule: str, num_layers: int, pp_size: int,
+                       layers_per_virtual_stage: int | None) -> int:
+    """Model chunks per rank: the one rule, used by layout validation and the engine.
+    Raises ValueError naming the numbers. Interleaving without
+    `layers_per_virtual_stage` uses two chunks per rank where the layers allow."""
+    if schedule not in PIPELINE_SCHEDULES:
+        raise ValueError(f"unknown pipeline schedule {schedule!r}; expected one of "
+                         f"{PIPELINE_SCHEDULES}")
+    if pp_size > num_layers:
+        raise ValueError(f"pipeline_model_parallel_size={pp_size} is larger than "
+                         f"num_layers={num_layers}: some stages would hold no layer")
+    if schedule != "interleaved":
+        if layers_per_virtual_stage is not None:
+            raise ValueError(f"num_layers_per_virtual_pipeline_stage={layers_per_virtual_stage}"
+                             f" needs schedule='interleaved', got {schedule!r}")
+        return 1
+    if pp_size == 1:
+        raise ValueError("the interleaved schedule (num_layers_per_virtual_pipeline_stage="
+                         f"{layers_per_virtual_stage}) needs pipeline_model_parallel_size > 1")
+    per_stage = num_layers // pp_size
+    per_virtual = layers_per_virtual_stage or max(1, per_stage // 2)
+    if per_virtual < 1 or per_stage % per_virtual or num_layers % pp_size:
+        raise ValueError(f"num_layers={num_layers} over PP={pp_size} gives {per_stage} layers "
+                         f"per stage, not divisible by num_layers_per_virtual_pipeline_stage="
+                         f"{per_virtual}")
+    return per_stage // per_virtual
 
 
 @dataclasses.dataclass

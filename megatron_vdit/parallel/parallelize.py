@@ -51,6 +51,8 @@ __all__ = ["TokenSharding", "token_sharding", "local_num_tokens", "shard_tokens"
            "average_over_dp"]
 
 CP_BACKENDS = ("native", "te")
+MODEL_CONFIG_DEGREES = ("tensor_model_parallel_size", "pipeline_model_parallel_size",
+                        "context_parallel_size", "sequence_parallel")
 
 
 # --- token edges ------------------------------------------------------------------------
@@ -237,10 +239,15 @@ def build_parallel_model(config: VDiTConfig, groups: ParallelGroups, *, seed: in
         raise ValueError(f"groups were built with Ulysses degree {built} but the model's "
                          f"{config.num_attention_heads} heads give {ulysses}: pass "
                          "num_attention_heads to build_parallel_groups")
-    # Megatron's SP path is replaced by ours (it needs CUDA); CPU init makes weights
-    # independent of the layout.
-    config = dataclasses.replace(config, use_cpu_initialization=True, sequence_parallel=False,
-                                 perform_initialization=True)
+    # Degrees live in the layout only; megatron's own SP path (CUDA-only) is replaced by
+    # ours, so a model config asking for it would be silently ignored: refuse it.
+    degrees = {name: getattr(config, name) for name in MODEL_CONFIG_DEGREES
+               if getattr(config, name) not in (1, False)}
+    if degrees:
+        raise ValueError(f"the model config sets parallel degrees {degrees}; they belong in "
+                         "the ParallelLayout only")
+    # CPU init makes weights independent of the layout.
+    config = dataclasses.replace(config, use_cpu_initialization=True, perform_initialization=True)
     sharding = token_sharding(groups, config.tokens_per_sample)
     spec = _block_spec(config, groups, sharding, cp_backend)
     with torch.random.fork_rng(devices=[]):

@@ -41,35 +41,11 @@ from torch.distributed.pipelining.schedules import (Schedule1F1B, ScheduleGPipe,
                                                     ScheduleInterleaved1F1B)
 from torch.distributed.tensor import DTensor
 
+from .layout import PIPELINE_SCHEDULES, num_virtual_stages  # noqa: F401  (public API)
 from .tensor_parallel import CONDITIONING_MODULES, allreduce_coalesced
 
-SCHEDULES = ("1f1b", "interleaved", "gpipe")
-
-
-def num_virtual_stages(schedule: str, num_layers: int, pp_size: int,
-                       layers_per_virtual_stage: int | None) -> int:
-    """Model chunks per rank; raises ValueError naming the numbers. Interleaving without
-    `layers_per_virtual_stage` uses two chunks per rank where the layers allow."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown pipeline schedule {schedule!r}; expected one of {SCHEDULES}")
-    if pp_size > num_layers:
-        raise ValueError(f"pipeline_model_parallel_size={pp_size} is larger than "
-                         f"num_layers={num_layers}: some stages would hold no layer")
-    if schedule != "interleaved":
-        if layers_per_virtual_stage is not None:
-            raise ValueError(f"num_layers_per_virtual_pipeline_stage={layers_per_virtual_stage}"
-                             f" needs schedule='interleaved', got {schedule!r}")
-        return 1
-    if pp_size == 1:
-        raise ValueError("the interleaved schedule (num_layers_per_virtual_pipeline_stage="
-                         f"{layers_per_virtual_stage}) needs pipeline_model_parallel_size > 1")
-    per_stage = num_layers // pp_size
-    per_virtual = layers_per_virtual_stage or max(1, per_stage // 2)
-    if per_stage % per_virtual or num_layers % pp_size:
-        raise ValueError(f"num_layers={num_layers} over PP={pp_size} gives {per_stage} layers "
-                         f"per stage, not divisible by num_layers_per_virtual_pipeline_stage="
-                         f"{per_virtual}")
-    return per_stage // per_virtual
+# The virtual-stage rule lives with the layout (validated before any group exists).
+SCHEDULES = PIPELINE_SCHEDULES
 
 
 def local_stage_ids(pp_rank: int, pp_size: int, virtual: int) -> list[int]:

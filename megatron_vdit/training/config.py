@@ -1,236 +1,248 @@
-"""Training config: one flat dataclass, loaded from YAML, overridden by Megatron-LM flags.
+"""The job config: one frozen dataclass of seven frozen sections, one CLI flag per field.
 
-Every field is a CLI flag with dashes (`micro_batch_size` -> `--micro-batch-size`), so
-Megatron-LM users keep their muscle memory; YAML files use the field names. Validation
-(`validate`) runs before any process group, model or data is built, and names the
-offending values.
+Every field is a Megatron-LM style flag (`micro_batch_size` -> `--micro-batch-size`); field
+names are unique across sections, so a YAML file may list them flat (the historical form,
+`lr: 1e-3`) or nested by section (`optimizer: {lr: 1e-3}`), or mix both. Flags override
+the file. Field types come from the dataclass annotations (`typing.get_type_hints`);
+help text, units and choices from each field's metadata, so adding a field is one line:
+
+    ema_decay: Optional[float] = opt(None, "EMA of the weights; off when unset")
+
+The config is what the user asked for and is never changed after loading: values that
+depend on it and the world size (shape from a preset, batch in samples, iterations,
+data-parallel size) live in `training.resolved.Resolved`.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
-from typing import Optional
+import typing
+from typing import Any, Optional
 
 import yaml
 
 from ..diffusion.objectives import BETA_SCHEDULES, OBJECTIVES
-from ..models.accounting import PRESETS, preset_shape
+from ..models.accounting import PRESETS
 from ..parallel.layout import CP_COMM_TYPES
 
 LR_DECAY_STYLES = ("constant", "cosine", "wsd")
 WANDB_MODES = ("offline", "online", "disabled")
+RECOMPUTE_GRANULARITIES = ("selective", "full")
+DATA_VERIFY = ("checksum", "size")
+PROG = "megatron_vdit.train"
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    # Model shape: a preset, or explicit numbers (explicit numbers win).
-    model_size: Optional[str] = None
-    num_layers: Optional[int] = None
-    hidden_size: Optional[int] = None
-    num_attention_heads: Optional[int] = None
-    in_channels: int = 4
-    latent_frames: int = 3
-    latent_height: int = 8
-    latent_width: int = 8
-    patch_size: tuple = (1, 2, 2)
-    text_hidden_size: int = 64
-    max_text_tokens: int = 32
-    # Objective.
-    objective: str = "ddpm"
-    beta_schedule: str = "linear"
-    # Data: "default" (procedural mp4 -> tiny VAE/UMT5 precompute -> shards, cached in
-    # default_data_dir), "synthetic" (the same procedural clips mapped to latents in
-    # memory, no VAE: fast, for tests), or a directory made by tools/precompute_latents.py.
-    data: str = "synthetic"
-    default_data_dir: str = "runs/default_data"
-    default_data_train_clips: int = 256
-    default_data_val_clips: int = 64
-    # Batch and duration. global_batch_size is in samples; global_batch_tokens sets it
-    # from tokens (must be a whole number of samples).
-    micro_batch_size: int = 4
-    global_batch_size: Optional[int] = None
-    global_batch_tokens: Optional[int] = None
-    train_iters: Optional[int] = None
-    train_tokens: Optional[int] = None
-    # Optimiser and schedule.
-    lr: float = 1e-3
-    min_lr: float = 0.0
-    lr_decay_style: str = "constant"
-    lr_warmup_samples: int = 0
-    lr_wsd_decay_fraction: float = 0.2
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
-    seed: int = 1234
-    """Initialisation and training noise. The data and the validation set do not
-    depend on it (see data_seed, eval_seed), so runs with different seeds are comparable."""
-    data_seed: int = 0
-    eval_seed: int = 0
-    bf16: bool = False
-    # Validation, logging, checkpoints.
-    eval_interval: int = 50
-    eval_samples: int = 64
-    eval_micro_batch_size: int = 16
-    log_interval: int = 10
-    run_dir: str = "runs/default"
-    save: Optional[str] = None
-    load: Optional[str] = None
-    save_interval: Optional[int] = None
-    save_keep: int = 2
-    wandb_mode: str = "offline"
-    wandb_project: str = "megatron_vdit"
-    # Parallel layout (Megatron-LM names); data parallel size is what remains.
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    num_layers_per_virtual_pipeline_stage: Optional[int] = None
-    context_parallel_size: int = 1
-    cp_comm_type: str = "p2p"
-    ulysses_size: Optional[int] = None
-    """Ulysses degree of a2a+p2p CP (default: the largest that divides heads and CP)."""
-    sequence_parallel: bool = False
-    recompute_granularity: Optional[str] = None
-    # Set by `resolve` from the world size; not a flag.
-    data_parallel_size: int = 1
+def opt(default, help: str, *, unit: str | None = None, choices: tuple | None = None,
+        resume: bool = False, result: bool = True):
+    """A config field with its flag's help. `resume`: a resumed run must keep the value
+    (else it silently becomes another run); `result`: the value can change what a run
+    computes (False for logging and bookkeeping: a finished run rerun with a different
+    value is the same run)."""
+    return dataclasses.field(default=default, metadata=dict(
+        help=help, unit=unit, choices=choices, resume=resume, result=result))
 
-    # -- derived -----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    model_size: Optional[str] = opt(None, "shape preset (layers, hidden, heads); explicit "
+                                    "--num-layers/--hidden-size/--num-attention-heads win",
+                                    choices=tuple(PRESETS))
+    num_layers: Optional[int] = opt(None, "transformer blocks", resume=True)
+    hidden_size: Optional[int] = opt(None, "model width", unit="channels", resume=True)
+    num_attention_heads: Optional[int] = opt(None, "attention heads", resume=True)
+    in_channels: int = opt(4, "latent channels of the VAE", resume=True)
+    latent_frames: int = opt(3, "latent frames per sample", resume=True)
+    latent_height: int = opt(8, "latent height per sample", unit="latent pixels", resume=True)
+    latent_width: int = opt(8, "latent width per sample", unit="latent pixels", resume=True)
+    patch_size: tuple[int, int, int] = opt((1, 2, 2), "patch size T H W", unit="latent pixels",
+                                           resume=True)
+    text_hidden_size: int = opt(64, "width of the text embeddings", resume=True)
+    max_text_tokens: int = opt(32, "padded caption length", unit="tokens", resume=True)
+    objective: str = opt("ddpm", "diffusion objective: noise prediction, v-prediction or "
+                         "rectified flow", choices=OBJECTIVES, resume=True)
+    beta_schedule: str = opt("linear", "DDPM/v noise schedule", choices=BETA_SCHEDULES,
+                             resume=True)
+    bf16: bool = opt(False, "bf16 compute with fp32 master weights and gradient reduction")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    data: str = opt("default", "'default' (embedded procedural clips through the tiny VAE, "
+                    "cached in --default-data-dir), 'synthetic' (random-like latents in "
+                    "memory, no VAE: for tests), or a directory made by "
+                    "tools/precompute_latents.py", resume=True)
+    default_data_dir: str = opt("runs/default_data", "cache directory of --data default",
+                                result=False)
+    default_data_train_clips: int = opt(256, "train clips of --data default", unit="clips")
+    default_data_val_clips: int = opt(64, "validation clips of --data default", unit="clips")
+    data_seed: int = opt(0, "data order; independent of --seed so runs stay comparable",
+                         resume=True)
+    data_verify: str = opt("checksum", "check of every shard against the manifest before "
+                           "training: sha256 and size, or size only (cheaper on huge data)",
+                           choices=DATA_VERIFY, result=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    lr: float = opt(1e-3, "peak learning rate (AdamW)", resume=True)
+    min_lr: float = opt(0.0, "learning rate at the end of cosine/wsd decay", resume=True)
+    weight_decay: float = opt(0.0, "AdamW weight decay", resume=True)
+    adam_beta1: float = opt(0.9, "AdamW beta1")
+    adam_beta2: float = opt(0.999, "AdamW beta2")
+    adam_eps: float = opt(1e-8, "AdamW epsilon")
+    clip_grad: float = opt(1.0, "global gradient-norm clip; 0 disables")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    micro_batch_size: int = opt(4, "per-rank micro-batch", unit="samples", result=False)
+    global_batch_size: Optional[int] = opt(None, "samples per optimizer step (default: "
+                                           "micro-batch x data-parallel size)",
+                                           unit="samples", resume=True)
+    global_batch_tokens: Optional[int] = opt(None, "sets --global-batch-size in tokens (a "
+                                             "whole number of samples)", unit="tokens",
+                                             resume=True)
+    train_iters: Optional[int] = opt(None, "optimizer steps (or give --train-tokens)",
+                                     unit="iterations")
+    train_tokens: Optional[int] = opt(None, "training length, a whole number of global "
+                                      "batches", unit="tokens")
+    lr_decay_style: str = opt("constant", "LR after warmup", choices=LR_DECAY_STYLES,
+                              resume=True)
+    lr_warmup_samples: int = opt(0, "linear LR warmup", unit="samples", resume=True)
+    lr_wsd_decay_fraction: float = opt(0.2, "wsd: fraction of the run spent decaying",
+                                       unit="fraction of samples")
+    seed: int = opt(1234, "initialisation and training noise", resume=True)
+    eval_interval: int = opt(50, "validate every N iterations", unit="iterations")
+    eval_samples: int = opt(64, "fixed held-out set size", unit="samples", resume=True)
+    eval_micro_batch_size: int = opt(16, "validation batch per rank", unit="samples",
+                                     result=False)
+    eval_seed: int = opt(0, "noise of the deterministic validation examples", resume=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+    """Each degree lives here only; data-parallel size is what remains of the world. None
+    changes what a run computes (the layouts are equivalent), so `result=False`."""
+
+    tensor_model_parallel_size: int = opt(1, "tensor-parallel degree (within a node)", result=False)
+    pipeline_model_parallel_size: int = opt(1, "pipeline stages", result=False)
+    num_layers_per_virtual_pipeline_stage: Optional[int] = opt(
+        None, "layers per model chunk: sets the interleaved 1F1B schedule", unit="layers", result=False)
+    context_parallel_size: int = opt(1, "context-parallel degree (splits video tokens)", result=False)
+    cp_comm_type: str = opt("p2p", "CP flavour: ring (p2p), Ulysses (a2a) or Ulysses inside "
+                            "ring (a2a+p2p)", choices=CP_COMM_TYPES, result=False)
+    ulysses_size: Optional[int] = opt(None, "Ulysses degree of a2a+p2p (default: the largest "
+                                      "that divides heads and CP)", result=False)
+    sequence_parallel: bool = opt(False, "shard activations over TP between blocks",
+                                   result=False)
+    recompute_granularity: Optional[str] = opt(None, "activation recomputation (default: "
+                                               "none)", choices=RECOMPUTE_GRANULARITIES,
+                                               result=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    save: Optional[str] = opt(None, "checkpoint directory (default: RUN_DIR/checkpoints)",
+                              result=False)
+    load: Optional[str] = opt(None, "resume from the latest checkpoint here; empty or absent "
+                              "starts fresh with a warning", result=False)
+    save_interval: Optional[int] = opt(None, "checkpoint every N iterations (also resumes "
+                                       "from --save)", unit="iterations", result=False)
+    save_keep: int = opt(2, "checkpoints kept", result=False)
+    exit_on_missing_checkpoint: bool = opt(False, "make an empty or absent --load an error",
+                                           result=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+    run_dir: str = opt("runs/default", "output directory (run.json, metrics.jsonl, loss.png)",
+                       result=False)
+    overwrite: bool = opt(False, "replace a finished run in --run-dir that used another "
+                          "config", result=False)
+    log_interval: int = opt(10, "log train loss every N iterations", unit="iterations",
+                            result=False)
+    wandb_mode: str = opt("offline", "wandb logging", choices=WANDB_MODES, result=False)
+    wandb_project: str = opt("megatron_vdit", "wandb project", result=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """{field name: value}: the flat YAML form (loads back to an equal config)."""
+        return {spec.name: getattr(getattr(self, spec.section), spec.name) for spec in FIELDS.values()}
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> "JobConfig":
+        unknown = sorted(set(values) - set(FIELDS))
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}")
+        sections = {name: {} for name in SECTIONS}
+        for name, value in values.items():
+            sections[FIELDS[name].section][name] = value
+        return cls(**{name: SECTIONS[name](**kw) for name, kw in sections.items()})
+
+    def replace(self, **flat) -> "JobConfig":
+        """A copy with some fields changed, by flat name (`cfg.replace(lr=2e-3)`)."""
+        return JobConfig.from_flat({**self.flat(), **flat})
+
+
+SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(JobConfig)[f.name]
+                             for f in dataclasses.fields(JobConfig)}
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldSpec:
+    """One config field: where it lives, its real type and its flag's help."""
+
+    section: str
+    name: str
+    kind: type
+    """int, float, str, bool or tuple (of ints)."""
+    optional: bool
+    default: Any
+    help: str
+    unit: str | None
+    choices: tuple | None
+    resume: bool
+    result: bool
+
     @property
-    def tokens_per_sample(self) -> int:
-        pt, ph, pw = self.patch_size
-        return (self.latent_frames // pt) * (self.latent_height // ph) * (self.latent_width // pw)
-
-    @property
-    def batch_samples(self) -> int:
-        return self.global_batch_size
-
-    @property
-    def batch_tokens(self) -> int:
-        return self.global_batch_size * self.tokens_per_sample
-
-    def resolve(self, data_parallel_size: int = 1) -> "TrainConfig":
-        """Fill derived fields (shape from preset, batch, iterations) and validate."""
-        if self.model_size is not None:
-            layers, hidden, heads = preset_shape(self.model_size)
-            self.num_layers = layers if self.num_layers is None else self.num_layers
-            self.hidden_size = hidden if self.hidden_size is None else self.hidden_size
-            self.num_attention_heads = heads if self.num_attention_heads is None else self.num_attention_heads
-        for name in ("num_layers", "hidden_size", "num_attention_heads"):
-            if getattr(self, name) is None:
-                raise ValueError(f"--{name.replace('_', '-')} is not set and no --model-size "
-                                 f"preset gives it (presets: {', '.join(PRESETS)})")
-        check_ranges(self)
-        self.data_parallel_size = data_parallel_size
-        self._resolve_batch(data_parallel_size)
-        self._resolve_duration()
-        validate(self)
-        return self
-
-    def _resolve_batch(self, dp: int) -> None:
-        n_ctx = self.tokens_per_sample
-        if self.global_batch_tokens is not None:
-            if n_ctx <= 0 or self.global_batch_tokens % n_ctx:
-                raise ValueError(f"--global-batch-tokens={self.global_batch_tokens} is not a whole "
-                                 f"number of samples of {n_ctx} tokens")
-            samples = self.global_batch_tokens // n_ctx
-            if self.global_batch_size not in (None, samples):
-                raise ValueError(f"--global-batch-size={self.global_batch_size} disagrees with "
-                                 f"--global-batch-tokens={self.global_batch_tokens} ({samples} samples)")
-            self.global_batch_size = samples
-        if self.global_batch_size is None:
-            self.global_batch_size = self.micro_batch_size * dp
-        per_step = self.micro_batch_size * dp
-        if self.micro_batch_size < 1 or self.global_batch_size % per_step:
-            raise ValueError(f"--global-batch-size={self.global_batch_size} is not a multiple of "
-                             f"--micro-batch-size={self.micro_batch_size} x data-parallel size {dp}")
-        pp = self.pipeline_model_parallel_size
-        if self.eval_samples % (dp * pp) or self.eval_micro_batch_size % pp:
-            raise ValueError(f"--eval-samples={self.eval_samples} must be a multiple of data-parallel "
-                             f"size x pipeline size = {dp * pp} and --eval-micro-batch-size="
-                             f"{self.eval_micro_batch_size} a multiple of pipeline size {pp}, so "
-                             "every rank evaluates equal, pipeline-divisible batches")
-        if pp > 1 and self.global_batch_size // per_step < pp:
-            raise ValueError(f"pipeline parallel size {pp} needs at least {pp} micro-batches per "
-                             f"step, got {self.global_batch_size // per_step} (--global-batch-size="
-                             f"{self.global_batch_size}, --micro-batch-size={self.micro_batch_size}, "
-                             f"data-parallel size {dp})")
-
-    def _resolve_duration(self) -> None:
-        batch_tokens = self.batch_tokens
-        if self.train_tokens is not None:
-            if self.train_tokens < batch_tokens:
-                raise ValueError(f"--train-tokens={self.train_tokens} is smaller than one global "
-                                 f"batch ({batch_tokens} tokens)")
-            if self.train_tokens % batch_tokens:
-                lo = self.train_tokens // batch_tokens * batch_tokens
-                raise ValueError(f"--train-tokens={self.train_tokens} is not a whole number of "
-                                 f"global batches of {batch_tokens} tokens; use {lo} or "
-                                 f"{lo + batch_tokens}")
-            iters = self.train_tokens // batch_tokens
-            if self.train_iters not in (None, iters):
-                raise ValueError(f"--train-iters={self.train_iters} disagrees with --train-tokens="
-                                 f"{self.train_tokens} ({iters} iterations of {batch_tokens} tokens)")
-            self.train_iters = iters
-        if self.train_iters is None or self.train_iters < 1:
-            raise ValueError(f"set --train-iters or --train-tokens (got train_iters={self.train_iters})")
-        self.train_tokens = self.train_iters * batch_tokens
-
-    @property
-    def num_microbatches(self) -> int:
-        return self.global_batch_size // (self.micro_batch_size * self.data_parallel_size)
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
 
 
-_POSITIVE_INTS = ("num_layers", "hidden_size", "num_attention_heads", "in_channels",
-                  "latent_frames", "latent_height", "latent_width", "text_hidden_size",
-                  "max_text_tokens", "micro_batch_size", "global_batch_size",
-                  "global_batch_tokens", "train_iters", "train_tokens", "eval_interval",
-                  "eval_samples", "eval_micro_batch_size", "log_interval", "save_interval",
-                  "save_keep", "tensor_model_parallel_size", "pipeline_model_parallel_size",
-                  "context_parallel_size", "num_layers_per_virtual_pipeline_stage",
-                  "default_data_train_clips", "default_data_val_clips", "ulysses_size")
-_NON_NEGATIVE_FLOATS = ("min_lr", "lr_warmup_samples", "weight_decay", "clip_grad", "adam_eps")
+def _field_specs() -> dict[str, FieldSpec]:
+    specs = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            kind, args = hints[field.name], ()
+            optional = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
+            if optional:
+                (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
+            if typing.get_origin(kind) is tuple:
+                kind, args = tuple, typing.get_args(kind)
+                assert all(a is int for a in args), f"{field.name}: only int tuples are supported"
+            assert kind in (int, float, str, bool, tuple), f"{field.name}: unsupported type {kind}"
+            assert field.name not in specs, f"config field {field.name!r} in two sections"
+            specs[field.name] = FieldSpec(section, field.name, kind, optional, field.default,
+                                          **field.metadata)
+    return specs
 
 
-def check_ranges(cfg: TrainConfig) -> None:
-    """Positivity and finiteness of every number, before anything divides by one."""
-    for name in _POSITIVE_INTS:
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')}={value} must be >= 1")
-    for name in _NON_NEGATIVE_FLOATS:
-        value = getattr(cfg, name)
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"--{name.replace('_', '-')}={value} must be finite and >= 0")
-    if len(cfg.patch_size) != 3 or min(cfg.patch_size) < 1:
-        raise ValueError(f"--patch-size needs 3 positive numbers (t h w), got {cfg.patch_size}")
-    for name in ("adam_beta1", "adam_beta2"):
-        if not 0 <= getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}={getattr(cfg, name)} must be in [0, 1)")
+FIELDS: dict[str, FieldSpec] = _field_specs()
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Choices and ranges; model-shape checks run in `validate_model_config`."""
-    choices = (("objective", OBJECTIVES), ("beta_schedule", BETA_SCHEDULES),
-               ("lr_decay_style", LR_DECAY_STYLES), ("wandb_mode", WANDB_MODES),
-               ("cp_comm_type", CP_COMM_TYPES))
-    for name, allowed in choices:
-        if getattr(cfg, name) not in allowed:
-            raise ValueError(f"--{name.replace('_', '-')}={getattr(cfg, name)!r}; expected one of {allowed}")
-    if cfg.recompute_granularity not in (None, "selective", "full"):
-        raise ValueError(f"--recompute-granularity={cfg.recompute_granularity!r}; expected "
-                         "selective or full")
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)) or cfg.min_lr > cfg.lr:
-        raise ValueError(f"need 0 <= --min-lr ({cfg.min_lr}) <= --lr ({cfg.lr}) and --lr > 0")
-    total_samples = cfg.train_iters * cfg.global_batch_size
-    if cfg.lr_warmup_samples >= total_samples:
-        raise ValueError(f"--lr-warmup-samples={cfg.lr_warmup_samples} covers the whole run "
-                         f"({total_samples} samples): the run would never reach --lr={cfg.lr}")
-    if not 0 < cfg.lr_wsd_decay_fraction <= 1:
-        raise ValueError(f"--lr-wsd-decay-fraction={cfg.lr_wsd_decay_fraction} must be in (0, 1]")
-
-
-def _parse_bool(text: str) -> bool:
+# -- values from text (flags) and from YAML ----------------------------------------------
+def parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
     if text.lower() in ("0", "false", "no", "off"):
@@ -238,81 +250,167 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
 
 
+def _exact_int(value) -> int:
+    """Reject silent truncation (2.5 -> 2) and bools posing as ints."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    return int(value)
+
+
+def _type_name(spec: FieldSpec) -> str:
+    return "list of 3 ints" if spec.kind is tuple else spec.kind.__name__
+
+
+def coerce(spec: FieldSpec, value):
+    """A YAML value as the field's type, or a ValueError naming the key."""
+    if value is None:
+        if spec.optional:
+            return None
+        raise ValueError(f"key {spec.name!r} may not be null")
+    try:
+        if spec.kind is tuple:
+            if not isinstance(value, (list, tuple)) or len(value) != 3:
+                raise TypeError
+            return tuple(_exact_int(v) for v in value)
+        if spec.kind is bool:
+            return value if isinstance(value, bool) else parse_bool(str(value))
+        if spec.kind is int:
+            return _exact_int(value)
+        if spec.kind is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)  # YAML 1.1 reads 1e-3 as a string; float() parses it
+        if isinstance(value, (dict, list)):
+            raise TypeError
+        return str(value)
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        raise ValueError(f"key {spec.name!r}: {value!r} is not a valid {_type_name(spec)}") from None
+
+
+# -- the parser --------------------------------------------------------------------------
+class ConfigError(ValueError):
+    """Bad input found while reading flags or the --config file (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block: the contract for bad input
+        raise ConfigError(message)
+
+
+def _help(spec: FieldSpec) -> str:
+    text = spec.help
+    if spec.unit:
+        text += f" [{spec.unit}]"
+    if spec.choices:
+        text += f"; choices: {', '.join(map(str, spec.choices))}"
+    default = " ".join(map(str, spec.default)) if spec.kind is tuple else spec.default
+    if "(default:" not in text:  # some fields explain their default themselves
+        text += f" (default: {'unset' if default is None else default})"
+    if spec.kind is bool:
+        text += "; bare flag = true"
+    return text.replace("%", "%%")
+
+
+_METAVARS = {int: "N", float: "X", str: "STR"}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m megatron_vdit.train",
+    parser = _Parser(
+        prog=PROG, usage="%(prog)s [--config PATH] [--dry-run] [FLAG VALUE ...]",
         description="Train a video Cross-DiT. Flags follow Megatron-LM's names; a YAML "
-                    "--config sets defaults that flags override.")
-    parser.add_argument("--config", help="YAML file whose keys are TrainConfig field names")
-    for field in dataclasses.fields(TrainConfig):
-        if field.name == "data_parallel_size":
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        default = argparse.SUPPRESS
-        if field.type in (bool, "bool"):
-            parser.add_argument(flag, nargs="?", const=True, type=_parse_bool, default=default)
-        elif field.name == "patch_size":
-            parser.add_argument(flag, nargs=3, type=int, default=default, metavar=("T", "H", "W"))
+                    "--config (flat field names, or nested by section) sets values that "
+                    "flags override.")
+    parser.add_argument("--config", metavar="PATH",
+                        help="YAML file of config fields, flat or nested by section")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build and validate config and layout, print the memory "
+                             "estimate, then exit without training")
+    parser.add_argument("--world-size", type=int, default=None, metavar="N",
+                        help="with --dry-run: the world size to validate for (default: "
+                             "$WORLD_SIZE, else TP x PP x CP)")
+    groups = {name: parser.add_argument_group(f"{name} section") for name in SECTIONS}
+    for spec in FIELDS.values():
+        group, kw = groups[spec.section], dict(default=argparse.SUPPRESS, help=_help(spec))
+        metavar = ("{" + ",".join(map(str, spec.choices)) + "}"
+                   if spec.choices and len(spec.choices) <= 6 else _METAVARS.get(spec.kind))
+        if spec.kind is bool:
+            group.add_argument(spec.flag, nargs="?", const=True, type=parse_bool,
+                               metavar="BOOL", **kw)
+        elif spec.kind is tuple:
+            group.add_argument(spec.flag, nargs=3, type=int, metavar=("T", "H", "W"), **kw)
         else:
-            kind = {"int": int, "float": float}.get(str(field.type).replace("Optional[", "")
-                                                    .rstrip("]"), str)
-            parser.add_argument(flag, type=kind, default=default)
+            group.add_argument(spec.flag, type=spec.kind, metavar=metavar, **kw)
     return parser
 
 
-def _coerce(field: dataclasses.Field, value):
-    """A YAML value as the field's type, or a ValueError naming the key."""
-    kind = str(field.type).replace("Optional[", "").rstrip("]")
-    if value is None:
-        if "Optional" in str(field.type):
-            return None
-        raise ValueError(f"config key {field.name!r} may not be null")
-    try:
-        if field.name == "patch_size":
-            if not isinstance(value, (list, tuple)):
-                raise TypeError
-            if len(value) != 3:
-                raise ValueError
-            return tuple(int(_exact(v, int)) for v in value)
-        if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            return _parse_bool(str(value))
-        if kind == "int":
-            return int(_exact(value, int))
-        if kind == "float":
-            return float(value)  # YAML reads 1e-3 as a string; float() parses it
-        return str(value)
-    except (TypeError, ValueError, argparse.ArgumentTypeError):
-        kind = "list of 3 ints" if field.name == "patch_size" else kind
-        raise ValueError(f"config key {field.name!r}: {value!r} is not a valid {kind}") from None
+@dataclasses.dataclass(frozen=True)
+class CliArgs:
+    """What the command line asks for: the job, and what to do with it."""
+
+    job: JobConfig
+    dry_run: bool = False
+    world_size: int | None = None
 
 
-def _exact(value, kind):
-    """Reject silent truncation (2.5 -> 2) and bools posing as ints."""
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ValueError
-    if isinstance(value, str):
-        return kind(value)
-    return value
-
-
-def load_config(argv: list[str] | None = None) -> TrainConfig:
-    """YAML (if --config) then CLI flags; unknown YAML keys are an error, not ignored."""
+def parse_args(argv: list[str] | None = None) -> CliArgs:
+    """YAML (if --config) then flags; raises ConfigError (a ValueError) naming the offender."""
     args = vars(build_parser().parse_args(argv))
-    values = {}
     config_path = args.pop("config", None)
-    if config_path:
-        with open(config_path) as f:
-            raw = yaml.safe_load(f) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{config_path}: expected a mapping of config keys")
-        fields = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name != "data_parallel_size"}
-        unknown = sorted(set(raw) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown} in {config_path}")
-        values = {k: _coerce(fields[k], v) for k, v in raw.items()}
-    values.update(args)
-    if "patch_size" in values:
-        values["patch_size"] = tuple(values["patch_size"])
-    return TrainConfig(**values)
+    dry_run, world_size = args.pop("dry_run"), args.pop("world_size")
+    values = read_config_file(config_path) if config_path else {}
+    values.update({k: tuple(v) if FIELDS[k].kind is tuple else v for k, v in args.items()})
+    return CliArgs(JobConfig.from_flat(values), dry_run, world_size)
+
+
+def load_config(argv: list[str] | None = None) -> JobConfig:
+    return parse_args(argv).job
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Flat {field: value} from a YAML file (flat, nested by section, or both)."""
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except OSError as err:
+        raise ConfigError(f"--config {path}: {err.strerror or err}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"--config {path}{where}: YAML syntax error: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of config keys, got "
+                          f"{type(raw).__name__}")
+    values: dict[str, Any] = {}
+    for key_node, value_node in root.value:
+        key, line = key_node.value, key_node.start_mark.line + 1
+        value = raw.get(key)
+        if key in SECTIONS and isinstance(value, dict):  # nested; flat `data: DIR` is a field
+            for sub_key, sub_value in value_node.value:
+                _put(values, path, sub_key.value, sub_key.start_mark.line + 1, value[sub_key.value],
+                     section=key)
+        else:
+            _put(values, path, key, line, value)
+    return values
+
+
+def _put(values: dict, path: str, key: str, line: int, value, section: str | None = None) -> None:
+    where = f"--config {path} line {line}"
+    spec = FIELDS.get(key)
+    if spec is None or (section is not None and spec.section != section):
+        known = sorted(FIELDS) if section is None else [
+            s.name for s in FIELDS.values() if s.section == section]
+        place = f"section {section!r}" if section else "the config"
+        raise ConfigError(f"{where}: unknown key {key!r} in {place} (known: {', '.join(known)}"
+                          f"{'' if section else '; sections: ' + ', '.join(SECTIONS)})")
+    if key in values:
+        raise ConfigError(f"{where}: key {key!r} given twice")
+    try:
+        values[key] = coerce(spec, value)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None

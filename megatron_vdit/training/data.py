@@ -7,9 +7,13 @@ samples whose index is congruent to its rank, so the set is covered exactly once
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
-from .config import TrainConfig
+from ..data.shard_format import DataError
+from .config import JobConfig
+from .resolved import Resolved
 
 
 class _Source:
@@ -29,13 +33,14 @@ class _Source:
 class SyntheticSource(_Source):
     """Global batch k holds train samples [k*B, (k+1)*B); this rank takes its DP slice."""
 
-    def __init__(self, cfg: TrainConfig, dp_rank: int, dp_size: int):
+    def __init__(self, job: JobConfig, r: Resolved, dp_rank: int, dp_size: int):
         from ..data.synthetic import SyntheticLatents
 
-        self.data = SyntheticLatents(cfg.in_channels, cfg.latent_frames, cfg.latent_height,
-                                     cfg.latent_width, cfg.text_hidden_size, cfg.max_text_tokens,
-                                     seed=cfg.data_seed)
-        self.global_batch = cfg.global_batch_size
+        m = job.model
+        self.data = SyntheticLatents(m.in_channels, m.latent_frames, m.latent_height,
+                                     m.latent_width, m.text_hidden_size, m.max_text_tokens,
+                                     seed=job.data.data_seed)
+        self.global_batch = r.global_batch_size
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.next_batch = 0
 
@@ -63,12 +68,12 @@ class ShardSource(_Source):
     same samples.
     """
 
-    def __init__(self, cfg: TrainConfig, dp_rank: int, dp_size: int):
+    def __init__(self, root: str, job: JobConfig, r: Resolved, dp_rank: int, dp_size: int):
         from ..data.loader import ShardLoader
 
-        self.root, self.dp_rank, self.dp_size = cfg.data, dp_rank, dp_size
-        self.train = ShardLoader(cfg.data, "train", cfg.global_batch_size // dp_size,
-                                 dp_rank=dp_rank, dp_size=dp_size, seed=cfg.data_seed)
+        self.root, self.dp_rank, self.dp_size = root, dp_rank, dp_size
+        self.train = ShardLoader(root, "train", r.global_batch_size // dp_size,
+                                 dp_rank=dp_rank, dp_size=dp_size, seed=job.data.data_seed)
         self._iter = iter(self.train)
         self._val = None
 
@@ -106,79 +111,105 @@ class ShardSource(_Source):
         self._iter = iter(self.train)
 
 
-def build_source(cfg: TrainConfig, dp_rank: int, dp_size: int):
-    if cfg.data == "synthetic":
-        return SyntheticSource(cfg, dp_rank, dp_size)
-    return ShardSource(cfg, dp_rank, dp_size)
+def build_source(job: JobConfig, r: Resolved, data_root: str | None, dp_rank: int,
+                 dp_size: int):
+    """The synthetic source when `data_root` is None, else shards under it."""
+    if data_root is None:
+        return SyntheticSource(job, r, dp_rank, dp_size)
+    return ShardSource(data_root, job, r, dp_rank, dp_size)
 
 
-def default_data_root(cfg: TrainConfig) -> str:
+def default_data_root(job: JobConfig) -> str:
     """Where the embedded default's shards for this latent shape live (one cache per shape)."""
-    import os
-    frames, height, width = default_pixel_shape(cfg)
-    name = (f"f{frames}_h{height}_w{width}_x{cfg.max_text_tokens}_"
-            f"n{cfg.default_data_train_clips}-{cfg.default_data_val_clips}_s{cfg.data_seed}")
-    return os.path.join(cfg.default_data_dir, name)
+    d, m = job.data, job.model
+    frames, height, width = default_pixel_shape(job)
+    name = (f"f{frames}_h{height}_w{width}_x{m.max_text_tokens}_"
+            f"n{d.default_data_train_clips}-{d.default_data_val_clips}_s{d.data_seed}")
+    return os.path.join(d.default_data_dir, name)
 
 
-def default_pixel_shape(cfg: TrainConfig) -> tuple[int, int, int]:
+def default_pixel_shape(job: JobConfig) -> tuple[int, int, int]:
     """Pixel clip (frames, height, width) whose tiny-VAE latent has the config's shape."""
-    return 4 * (cfg.latent_frames - 1) + 1, 8 * cfg.latent_height, 8 * cfg.latent_width
+    m = job.model
+    return 4 * (m.latent_frames - 1) + 1, 8 * m.latent_height, 8 * m.latent_width
 
 
-def prepare_data(cfg: TrainConfig, data_parallel_size: int) -> None:
-    """Resolve `--data` to shards and check their shapes against the model config.
+def data_identity(job: JobConfig) -> str:
+    """What `--data` names, as stored in records: 'synthetic' or the shard directory
+    (known before the default shards are built)."""
+    return default_data_root(job) if job.data.data == "default" else job.data.data
 
-    Runs before any model is built: a mismatch is a ValueError naming both shapes.
-    """
-    import os
-    if cfg.data == "synthetic":
-        return
-    if cfg.data == "default":
-        if cfg.in_channels != 4 or cfg.text_hidden_size != 64:
+
+def check_data_paths(job: JobConfig) -> None:
+    """Cheap path checks of --data / --default-data-dir (no data is read or built)."""
+    d = job.data
+    if d.data == "default":
+        if os.path.exists(d.default_data_dir) and not os.path.isdir(d.default_data_dir):
+            raise ValueError(f"--default-data-dir {d.default_data_dir} is a file, not a directory")
+        m = job.model
+        if m.in_channels != 4 or m.text_hidden_size != 64:
             raise ValueError(f"--data default makes tiny-VAE latents with 4 channels and 64-wide "
-                             f"text embeddings; got --in-channels={cfg.in_channels} "
-                             f"--text-hidden-size={cfg.text_hidden_size}")
+                             f"text embeddings; got --in-channels={m.in_channels} "
+                             f"--text-hidden-size={m.text_hidden_size}")
+    elif d.data != "synthetic" and not os.path.isdir(d.data):
+        what = "is a file" if os.path.exists(d.data) else "does not exist"
+        raise ValueError(f"--data {d.data} {what}: pass 'default', 'synthetic' or a directory "
+                         "made by tools/precompute_latents.py")
+
+
+def prepare_data(job: JobConfig, r: Resolved, rank: int = 0, world_size: int = 1) -> str | None:
+    """Resolve `--data` to a shard directory (None: synthetic) and check it against the
+    model config and its manifest: shapes, split sizes, every shard's size and checksum
+    (shared out over `world_size` ranks). Runs before any model is built; a mismatch is
+    a ValueError naming the file and both values."""
+    check_data_paths(job)
+    if job.data.data == "synthetic":
+        return None
+    root = job.data.data
+    if root == "default":
         from ..data.loader import ensure_default_shards
-        frames, height, width = default_pixel_shape(cfg)
-        cfg.data = ensure_default_shards(default_data_root(cfg), cfg.default_data_train_clips,
-                                         cfg.default_data_val_clips, frames, height, width,
-                                         seed=cfg.data_seed, text_tokens=cfg.max_text_tokens)
-    manifest_path = os.path.join(cfg.data, "manifest.json")
-    if not os.path.exists(manifest_path):
-        raise ValueError(f"--data {cfg.data}: no manifest.json there; pass 'default', "
-                         "'synthetic' or a directory made by tools/precompute_latents.py")
-    import json
-    with open(manifest_path) as f:
-        manifest = json.load(f)
+        d, m = job.data, job.model
+        frames, height, width = default_pixel_shape(job)
+        root = ensure_default_shards(default_data_root(job), d.default_data_train_clips,
+                                     d.default_data_val_clips, frames, height, width,
+                                     seed=d.data_seed, text_tokens=m.max_text_tokens)
+    from ..data.loader import read_manifest, verify_shards
+    manifest = read_manifest(root)
+    manifest_path = os.path.join(root, "manifest.json")
     try:
         latent_shape, text_shape = manifest["latent"]["shape"], manifest["text_emb"]["shape"]
         splits = manifest["splits"]
         val_samples = splits["val"]["num_samples"]
         train_shards = sum(1 for s in splits["train"]["shards"] if s["num_samples"] > 0)
     except (KeyError, TypeError) as err:
-        raise ValueError(f"{manifest_path} lacks {err}: not a precompute manifest") from None
-    check_data_shapes(cfg, {"latent": torch.empty([1] + latent_shape),
-                            "text_emb": torch.empty([1] + text_shape)})
-    if val_samples < cfg.eval_samples:
-        raise ValueError(f"--eval-samples={cfg.eval_samples} but the val split of {cfg.data} "
+        raise DataError(f"{manifest_path} lacks {err}: not a precompute manifest") from None
+    check_data_shapes(job, {"latent": torch.empty([1] + latent_shape),
+                            "text_emb": torch.empty([1] + text_shape)}, where=manifest_path)
+    s = job.schedule
+    if val_samples < s.eval_samples:
+        raise ValueError(f"--eval-samples={s.eval_samples} but the val split of {root} "
                          f"holds {val_samples} samples")
-    if train_shards < data_parallel_size:
-        raise ValueError(f"the train split of {cfg.data} has {train_shards} non-empty shards but "
-                         f"data-parallel size {data_parallel_size} needs one per rank; rerun the "
-                         "precompute with smaller shards")
+    if train_shards < r.data_parallel_size:
+        raise ValueError(f"the train split of {root} has {train_shards} non-empty shards but "
+                         f"data-parallel size {r.data_parallel_size} needs one per rank; rerun "
+                         "the precompute with smaller shards")
+    verify_shards(root, manifest, checksum=job.data.data_verify == "checksum",
+                  part=(rank, world_size), progress=rank == 0)
+    return root
 
 
-def check_data_shapes(cfg: TrainConfig, batch: dict) -> None:
-    """Fail on the first batch if the data does not match the model config."""
-    want = (cfg.in_channels, cfg.latent_frames, cfg.latent_height, cfg.latent_width)
+def check_data_shapes(job: JobConfig, batch: dict, where: str = "data") -> None:
+    """Fail (before the model exists, and on the first batch) if the data does not match
+    the model config."""
+    m = job.model
+    want = (m.in_channels, m.latent_frames, m.latent_height, m.latent_width)
     got = tuple(batch["latent"].shape[1:])
     if got != want:
-        raise ValueError(f"data latents have shape [C, F, H, W] = {list(got)} but the model "
+        raise ValueError(f"{where}: latents have shape [C, F, H, W] = {list(got)} but the model "
                          f"expects {list(want)} (--in-channels --latent-frames --latent-height "
                          f"--latent-width)")
     text = tuple(batch["text_emb"].shape[1:])
-    if text != (cfg.max_text_tokens, cfg.text_hidden_size):
-        raise ValueError(f"data text embeddings have shape [X, T] = {list(text)} but the model "
-                         f"expects {[cfg.max_text_tokens, cfg.text_hidden_size]} "
+    if text != (m.max_text_tokens, m.text_hidden_size):
+        raise ValueError(f"{where}: text embeddings have shape [X, T] = {list(text)} but the "
+                         f"model expects {[m.max_text_tokens, m.text_hidden_size]} "
                          f"(--max-text-tokens --text-hidden-size)")

@@ -7,7 +7,6 @@ carry their units (`*_tokens`, `*_samples`, `params_*`, `flops`), see
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -61,7 +60,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def truncate_metrics(run_dir: Path, after_iteration: int) -> None:
-    """On resume, drop lines logged after the checkpoint so the log has no duplicates."""
+    """On resume, drop lines logged after the checkpoint so the log has no duplicates
+    (a resume into a new run dir starts an empty log)."""
     path = Path(run_dir) / METRICS
     kept = [r for r in read_metrics(run_dir) if r.get("iteration", 0) <= after_iteration]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -96,39 +96,41 @@ def plot_losses(run_dir: Path) -> Path | None:
     return out
 
 
-def build_run_record(cfg, *, run_id: str, params_nonembed: int, params_total: int,
-                     flops: float, model_flops: float, train_loss: float, val_loss: float,
-                     val_loss_curve: list[dict], iterations: int, wall_time_s: float,
-                     status: str) -> dict:
-    """The record `scaling_laws` consumes; units are in the field names."""
+def build_run_record(job, r, identity: dict, *, run_id: str, params_nonembed: int,
+                     params_total: int, flops: float, model_flops: float, train_loss: float,
+                     val_loss: float, val_loss_curve: list[dict], iterations: int,
+                     wall_time_s: float, status: str) -> dict:
+    """The record `scaling_laws` consumes; units are in the field names. `job` is the
+    `JobConfig`, `r` its `Resolved`, `identity` the resolved flat config (stored as
+    "config")."""
     finite = lambda x: x if x is not None and math.isfinite(x) else None  # noqa: E731
     return {
         "run_id": run_id,
         "status": status,
         "params_nonembed": params_nonembed,
         "params_total": params_total,
-        "params_paper": paper_params_nonembed(cfg.num_layers, cfg.hidden_size),
-        "hidden_size": cfg.hidden_size,
-        "num_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_attention_heads,
-        "tokens_per_sample": cfg.tokens_per_sample,
-        "train_tokens": iterations * cfg.batch_tokens,
-        "train_tokens_target": cfg.train_tokens,
-        "train_samples": iterations * cfg.batch_samples,
+        "params_paper": paper_params_nonembed(r.num_layers, r.hidden_size),
+        "hidden_size": r.hidden_size,
+        "num_layers": r.num_layers,
+        "num_attention_heads": r.num_attention_heads,
+        "tokens_per_sample": r.tokens_per_sample,
+        "train_tokens": iterations * r.batch_tokens,
+        "train_tokens_target": r.train_tokens,
+        "train_samples": iterations * r.batch_samples,
         "iterations": iterations,
-        "batch_tokens": cfg.batch_tokens,
-        "batch_samples": cfg.batch_samples,
-        "lr": cfg.lr,
-        "lr_schedule": cfg.lr_decay_style,
-        "lr_warmup_samples": cfg.lr_warmup_samples,
-        "objective": cfg.objective,
+        "batch_tokens": r.batch_tokens,
+        "batch_samples": r.batch_samples,
+        "lr": job.optimizer.lr,
+        "lr_schedule": job.schedule.lr_decay_style,
+        "lr_warmup_samples": job.schedule.lr_warmup_samples,
+        "objective": job.model.objective,
         "train_loss": finite(train_loss),
         "val_loss": finite(val_loss),
         "val_loss_curve": val_loss_curve,
         "flops": flops,
         "flops_model": model_flops,
         "wall_time_s": wall_time_s,
-        "config": dataclasses.asdict(cfg),
+        "config": identity,
     }
 
 

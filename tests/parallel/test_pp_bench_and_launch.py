@@ -2,7 +2,6 @@
 use flags the training CLI knows."""
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import math
@@ -75,8 +74,8 @@ def _flags(script: Path) -> set[str]:
 
 
 def test_launch_scripts_parse_and_use_known_flags():
-    from megatron_vdit.training.config import TrainConfig
-    train_known = {f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)} | {"config"}
+    from megatron_vdit.training.config import FIELDS
+    train_known = {spec.flag[2:] for spec in FIELDS.values()} | {"config"}
     spec = importlib.util.spec_from_file_location("bench_gpu_step", ROOT / "bench" / "bench_gpu_step.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -2,6 +2,7 @@
 import pytest
 
 from megatron_vdit.training.config import load_config
+from megatron_vdit.training.resolved import resolve as resolve_job
 
 BASE = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "2",
         "--latent-frames", "2", "--latent-height", "8", "--latent-width", "8",
@@ -9,7 +10,11 @@ BASE = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "2"
 
 
 def resolve(argv):
-    return load_config(BASE + argv).resolve(1)
+    """At the smallest world the layout needs (data-parallel size 1)."""
+    job = load_config(BASE + argv)
+    p = job.parallel
+    world = p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.context_parallel_size
+    return resolve_job(job, world)
 
 
 def test_yaml_values_are_typed(tmp_path):
@@ -17,10 +22,11 @@ def test_yaml_values_are_typed(tmp_path):
     path.write_text("lr: 1e-3\nmicro_batch_size: '4'\npatch_size: [1, 2, 2]\nbf16: 'no'\n"
                     "save_interval: null\n")
     cfg = load_config(["--config", str(path)])
-    assert cfg.lr == 1e-3 and cfg.micro_batch_size == 4 and cfg.patch_size == (1, 2, 2)
-    assert cfg.bf16 is False and cfg.save_interval is None
+    assert cfg.optimizer.lr == 1e-3 and cfg.schedule.micro_batch_size == 4
+    assert cfg.model.patch_size == (1, 2, 2)
+    assert cfg.model.bf16 is False and cfg.checkpoint.save_interval is None
     # Flags override YAML.
-    assert load_config(["--config", str(path), "--lr", "2e-3"]).lr == 2e-3
+    assert load_config(["--config", str(path), "--lr", "2e-3"]).optimizer.lr == 2e-3
 
 
 @pytest.mark.parametrize("yaml_text,message", [
@@ -30,7 +36,7 @@ def test_yaml_values_are_typed(tmp_path):
     ("bf16: maybe\n", "'bf16': 'maybe' is not a valid bool"),
     ("lr: fast\n", "'lr': 'fast' is not a valid float"),
     ("micro_batch_size: null\n", "'micro_batch_size' may not be null"),
-    ("learning_rate: 1\n", "unknown config keys ['learning_rate']"),
+    ("learning_rate: 1\n", "line 1: unknown key 'learning_rate'"),
     ("- 1\n- 2\n", "expected a mapping"),
 ])
 def test_bad_yaml(tmp_path, yaml_text, message):
@@ -38,6 +44,7 @@ def test_bad_yaml(tmp_path, yaml_text, message):
     path.write_text(yaml_text)
     with pytest.raises(ValueError) as err:
         load_config(["--config", str(path)])
+    assert str(path) in str(err.value)
     assert message in str(err.value)
 
 
@@ -66,3 +73,4 @@ def test_batch_in_tokens_and_exact_duration():
     cfg = resolve(["--global-batch-tokens", "256", "--train-iters", "7"])
     assert cfg.global_batch_size == 8 and cfg.batch_tokens == 256
     assert cfg.train_tokens == 7 * 256 and cfg.num_microbatches == 2
+    assert cfg.data_parallel_size == 1

@@ -7,18 +7,18 @@ import torch
 
 from megatron_vdit import train as train_cli
 from megatron_vdit.training import checkpoint as ckpt
-from megatron_vdit.training.config import TrainConfig, load_config
+from megatron_vdit.training.config import JobConfig, load_config
 from megatron_vdit.training.loop import Trainer, train
 from megatron_vdit.training.records import read_metrics
 
-TINY = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "2",
+TINY = ["--data", "synthetic", "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "2",
         "--latent-frames", "2", "--latent-height", "8", "--latent-width", "8",
         "--text-hidden-size", "32", "--max-text-tokens", "12", "--micro-batch-size", "4",
         "--global-batch-size", "8", "--eval-samples", "16", "--eval-interval", "5",
         "--log-interval", "5", "--wandb-mode", "disabled", "--lr", "2e-3"]
 
 
-def tiny(tmp_path, *extra) -> TrainConfig:
+def tiny(tmp_path, *extra) -> JobConfig:
     return load_config(TINY + ["--run-dir", str(tmp_path / "run")] + list(extra))
 
 
@@ -54,8 +54,8 @@ def test_validation_is_deterministic(tmp_path):
         trainer.train_step()
     first = trainer.validate()
     assert trainer.validate() == first
-    trainer.cfg.eval_micro_batch_size = 5  # a different batching gives the same number
-    assert trainer.validate() == pytest.approx(first, rel=1e-6)
+    # A different batching gives the same number.
+    assert trainer.validate(micro_batch_size=5) == pytest.approx(first, rel=1e-6)
 
 
 def test_resume_gives_identical_losses(tmp_path):

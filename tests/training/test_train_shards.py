@@ -3,7 +3,7 @@ import pytest
 
 from megatron_vdit.training.config import load_config
 from megatron_vdit.training.data import ShardSource
-from megatron_vdit.training.loop import train
+from megatron_vdit.training.loop import prepare, train
 from megatron_vdit.training.records import read_metrics
 
 # Tiny-VAE latents [4, 2, 4, 4] (5 frames of 32x32), 32 byte tokens of captions.
@@ -38,11 +38,10 @@ def test_train_and_resume_on_shards(tmp_path, data_dir):
 
 
 def test_shard_validation_splits_evenly_over_dp(tmp_path, data_dir):
-    cfg = cfg_for(tmp_path, data_dir, "--train-iters", "2")
-    train(cfg)  # builds the shards, resolves cfg.data to their directory
-    cfg.global_batch_size = 4
-    ranks = [ShardSource(cfg, r, 2) for r in (0, 1)]
-    one = ShardSource(cfg, 0, 1)
+    job = cfg_for(tmp_path, data_dir, "--train-iters", "2")
+    p = prepare(job)  # builds the shards and names their directory
+    ranks = [ShardSource(p.data_root, job, p.resolved, r, 2) for r in (0, 1)]
+    one = ShardSource(p.data_root, job, p.resolved, 0, 1)
     seen = {r: [(i, b["latent"]) for i, b in ranks[r].val_batches(8, 3)] for r in (0, 1)}
     assert [len(v) for v in seen.values()] == [2, 2], "equal batch counts on every rank"
     everything = {i[0]: b["latent"][0] for i, b in one.val_batches(8, 1)}

@@ -10,7 +10,7 @@ import pytest
 from megatron_vdit.training.config import load_config
 from megatron_vdit.training.loop import train
 
-ARGS = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "2",
+ARGS = ["--data", "synthetic", "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "2",
         "--latent-frames", "2", "--latent-height", "8", "--latent-width", "8",
         "--text-hidden-size", "32", "--max-text-tokens", "12", "--micro-batch-size", "2",
         "--global-batch-size", "8", "--eval-samples", "16", "--eval-interval", "2",
@@ -47,8 +47,8 @@ def test_dp2_pp2_matches_single_process(tmp_path):
 
 
 def test_pipeline_needs_enough_microbatches(tmp_path, capsys):
-    from megatron_vdit.training.config import TrainConfig
+    from megatron_vdit.training.resolved import resolve
     cfg = load_config(ARGS + ["--pipeline-model-parallel-size", "2", "--micro-batch-size", "8",
                               "--run-dir", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="needs at least 2 micro-batches per step, got 1"):
-        cfg.resolve(data_parallel_size=1)
+        resolve(cfg, world_size=1)
