@@ -47,9 +47,9 @@ class ParallelLayout:
                  * degrees.get("context_parallel_size", 1))
         if model < 1 or world_size % model:
             raise ValueError(f"world size {world_size} is not divisible by TP x PP x CP = "
-                             f"{degrees.get('tensor_model_parallel_size', 1)} x "
-                             f"{degrees.get('pipeline_model_parallel_size', 1)} x "
-                             f"{degrees.get('context_parallel_size', 1)} = {model}")
+                             f"{model} (TP{degrees.get('tensor_model_parallel_size', 1)} x "
+                             f"PP{degrees.get('pipeline_model_parallel_size', 1)} x "
+                             f"CP{degrees.get('context_parallel_size', 1)})")
         return cls(data_parallel_size=world_size // model, **degrees)
 
     def validate(self, world_size: int, num_layers: int, num_attention_heads: int,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import typing
 from typing import Any, Optional
 
@@ -403,11 +404,14 @@ def _put(values: dict, path: str, key: str, line: int, value, section: str | Non
     where = f"--config {path} line {line}"
     spec = FIELDS.get(key)
     if spec is None or (section is not None and spec.section != section):
-        known = sorted(FIELDS) if section is None else [
-            s.name for s in FIELDS.values() if s.section == section]
-        place = f"section {section!r}" if section else "the config"
-        raise ConfigError(f"{where}: unknown key {key!r} in {place} (known: {', '.join(known)}"
-                          f"{'' if section else '; sections: ' + ', '.join(SECTIONS)})")
+        place = f" in section {section!r}" if section else ""
+        if spec is not None:
+            hint = f"it belongs in section {spec.section!r}"
+        else:
+            close = difflib.get_close_matches(key, list(FIELDS), n=3)
+            hint = ((f"did you mean {' or '.join(map(repr, close))}? " if close else "")
+                    + "keys are the flags' names with underscores (see --help)")
+        raise ConfigError(f"{where}: unknown key {key!r}{place}; {hint}")
     if key in values:
         raise ConfigError(f"{where}: key {key!r} given twice")
     try:

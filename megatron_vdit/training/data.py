@@ -205,11 +205,11 @@ def check_data_shapes(job: JobConfig, batch: dict, where: str = "data") -> None:
     want = (m.in_channels, m.latent_frames, m.latent_height, m.latent_width)
     got = tuple(batch["latent"].shape[1:])
     if got != want:
-        raise ValueError(f"{where}: latents have shape [C, F, H, W] = {list(got)} but the model "
+        raise DataError(f"{where}: latents have shape [C, F, H, W] = {list(got)} but the model "
                          f"expects {list(want)} (--in-channels --latent-frames --latent-height "
                          f"--latent-width)")
     text = tuple(batch["text_emb"].shape[1:])
     if text != (m.max_text_tokens, m.text_hidden_size):
-        raise ValueError(f"{where}: text embeddings have shape [X, T] = {list(text)} but the "
+        raise DataError(f"{where}: text embeddings have shape [X, T] = {list(text)} but the "
                          f"model expects {[m.max_text_tokens, m.text_hidden_size]} "
                          f"(--max-text-tokens --text-hidden-size)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 
 import torch
 
@@ -67,6 +68,7 @@ def resolve(job: JobConfig, world_size: int) -> Resolved:
     """Validate `job` for `world_size` ranks and derive what it implies (ValueError naming
     the flag otherwise)."""
     check_ranges(job)
+    check_choices(job)
     layers, hidden, heads = _shape(job)
     p = job.parallel
     layout = ParallelLayout.from_world_size(
@@ -80,7 +82,7 @@ def resolve(job: JobConfig, world_size: int) -> Resolved:
     iters, tokens = _duration(job, batch * n_ctx)
     resolved = Resolved(layers, hidden, heads, batch, iters, tokens, layout, n_ctx,
                         job.schedule.micro_batch_size)
-    check_choices_and_schedule(job, resolved)
+    check_schedule(job, resolved)
     mc = model_config(job, resolved)
     layout.validate(world_size, mc.num_layers, mc.num_attention_heads, mc.tokens_per_sample)
     return resolved
@@ -88,17 +90,23 @@ def resolve(job: JobConfig, world_size: int) -> Resolved:
 
 def model_config(job: JobConfig, r: Resolved) -> VDiTConfig:
     """The model's config; parallel degrees stay in `r.layout` (one place each)."""
+    with warnings.catch_warnings():  # megatron-core's deprecation noise on every config
+        warnings.filterwarnings("ignore", message="full scope is deprecated")
+        mc = _vdit_config(job, r)
+    validate_model_config(mc)
+    return mc
+
+
+def _vdit_config(job: JobConfig, r: Resolved) -> VDiTConfig:
     m = job.model
     pt, ph, pw = m.patch_size
-    mc = VDiTConfig(
+    return VDiTConfig(
         num_layers=r.num_layers, hidden_size=r.hidden_size,
         num_attention_heads=r.num_attention_heads, in_channels=m.in_channels,
         latent_frames=m.latent_frames, latent_height=m.latent_height,
         latent_width=m.latent_width, patch_size_t=pt, patch_size_h=ph, patch_size_w=pw,
         text_hidden_size=m.text_hidden_size, max_text_tokens=m.max_text_tokens,
         use_cpu_initialization=True, params_dtype=torch.float32, bf16=m.bf16)
-    validate_model_config(mc)
-    return mc
 
 
 def _shape(job: JobConfig) -> tuple[int, int, int]:
@@ -194,12 +202,15 @@ def check_ranges(job: JobConfig) -> None:
 _MAY_BE_ZERO_OR_NEGATIVE = ("seed", "data_seed", "eval_seed", "lr_warmup_samples")
 
 
-def check_choices_and_schedule(job: JobConfig, r: Resolved) -> None:
-    """Choices and the LR schedule; model-shape checks run in `validate_model_config`."""
+def check_choices(job: JobConfig) -> None:
     for name, value in job.flat().items():
         choices = FIELDS[name].choices
         if choices and value is not None and value not in choices:
             raise ValueError(f"{FIELDS[name].flag}={value!r}; expected one of {choices}")
+
+
+def check_schedule(job: JobConfig, r: Resolved) -> None:
+    """The LR schedule; model-shape checks run in `validate_model_config`."""
     o, s = job.optimizer, job.schedule
     if not o.lr > 0:
         raise ValueError(f"--lr={o.lr} must be > 0")

@@ -51,4 +51,4 @@ def test_pipeline_needs_enough_microbatches(tmp_path, capsys):
     cfg = load_config(ARGS + ["--pipeline-model-parallel-size", "2", "--micro-batch-size", "8",
                               "--run-dir", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="needs at least 2 micro-batches per step, got 1"):
-        resolve(cfg, world_size=1)
+        resolve(cfg, world_size=2)  # PP2 x DP1
