@@ -125,11 +125,14 @@ class ParallelConfig:
     """Each degree lives here only; data-parallel size is what remains of the world. None
     changes what a run computes (the layouts are equivalent), so `result=False`."""
 
-    tensor_model_parallel_size: int = opt(1, "tensor-parallel degree (within a node)", result=False)
+    tensor_model_parallel_size: int = opt(1, "tensor-parallel degree (within a node)",
+                                          result=False)
     pipeline_model_parallel_size: int = opt(1, "pipeline stages", result=False)
     num_layers_per_virtual_pipeline_stage: Optional[int] = opt(
-        None, "layers per model chunk: sets the interleaved 1F1B schedule", unit="layers", result=False)
-    context_parallel_size: int = opt(1, "context-parallel degree (splits video tokens)", result=False)
+        None, "layers per model chunk: sets the interleaved 1F1B schedule", unit="layers",
+        result=False)
+    context_parallel_size: int = opt(1, "context-parallel degree (splits video tokens)",
+                                     result=False)
     cp_comm_type: str = opt("p2p", "CP flavour: ring (p2p), Ulysses (a2a) or Ulysses inside "
                             "ring (a2a+p2p)", choices=CP_COMM_TYPES, result=False)
     ulysses_size: Optional[int] = opt(None, "Ulysses degree of a2a+p2p (default: the largest "
@@ -178,7 +181,7 @@ class JobConfig:
 
     def flat(self) -> dict[str, Any]:
         """{field name: value}: the flat YAML form (loads back to an equal config)."""
-        return {spec.name: getattr(getattr(self, spec.section), spec.name) for spec in FIELDS.values()}
+        return {name: getattr(getattr(self, spec.section), name) for name, spec in FIELDS.items()}
 
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> "JobConfig":
@@ -226,7 +229,8 @@ def _field_specs() -> dict[str, FieldSpec]:
         hints = typing.get_type_hints(cls)
         for field in dataclasses.fields(cls):
             kind, args = hints[field.name], ()
-            optional = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
+            optional = (typing.get_origin(kind) is typing.Union
+                        and type(None) in typing.get_args(kind))
             if optional:
                 (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
             if typing.get_origin(kind) is tuple:
@@ -285,7 +289,8 @@ def coerce(spec: FieldSpec, value):
             raise TypeError
         return str(value)
     except (TypeError, ValueError, argparse.ArgumentTypeError):
-        raise ValueError(f"key {spec.name!r}: {value!r} is not a valid {_type_name(spec)}") from None
+        raise ValueError(f"key {spec.name!r}: {value!r} is not a valid "
+                         f"{_type_name(spec)}") from None
 
 
 # -- the parser --------------------------------------------------------------------------
@@ -358,6 +363,9 @@ def parse_args(argv: list[str] | None = None) -> CliArgs:
     args = vars(build_parser().parse_args(argv))
     config_path = args.pop("config", None)
     dry_run, world_size = args.pop("dry_run"), args.pop("world_size")
+    if world_size is not None and not dry_run:
+        raise ConfigError("--world-size applies to --dry-run only; a real launch takes its "
+                          "world size from torchrun")
     values = read_config_file(config_path) if config_path else {}
     values.update({k: tuple(v) if FIELDS[k].kind is tuple else v for k, v in args.items()})
     return CliArgs(JobConfig.from_flat(values), dry_run, world_size)

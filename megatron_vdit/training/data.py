@@ -173,7 +173,16 @@ def prepare_data(job: JobConfig, r: Resolved, rank: int = 0, world_size: int = 1
         root = ensure_default_shards(default_data_root(job), d.default_data_train_clips,
                                      d.default_data_val_clips, frames, height, width,
                                      seed=d.data_seed, text_tokens=m.max_text_tokens)
-    from ..data.loader import read_manifest, verify_shards
+    manifest = check_manifest(job, r, root)
+    from ..data.loader import verify_shards
+    verify_shards(root, manifest, checksum=job.data.data_verify == "checksum",
+                  part=(rank, world_size), progress=rank == 0)
+    return root
+
+
+def check_manifest(job: JobConfig, r: Resolved, root: str) -> dict:
+    """The manifest of a shard directory, checked against the config (no shard is read)."""
+    from ..data.loader import read_manifest
     manifest = read_manifest(root)
     manifest_path = os.path.join(root, "manifest.json")
     try:
@@ -193,9 +202,7 @@ def prepare_data(job: JobConfig, r: Resolved, rank: int = 0, world_size: int = 1
         raise ValueError(f"the train split of {root} has {train_shards} non-empty shards but "
                          f"data-parallel size {r.data_parallel_size} needs one per rank; rerun "
                          "the precompute with smaller shards")
-    verify_shards(root, manifest, checksum=job.data.data_verify == "checksum",
-                  part=(rank, world_size), progress=rank == 0)
-    return root
+    return manifest
 
 
 def check_data_shapes(job: JobConfig, batch: dict, where: str = "data") -> None:

@@ -2,7 +2,7 @@
 
 No process group, model or data loader is built: the checks are those a real launch runs
 before any of them (config values, layout at the world size, model shape, paths, the
-data's manifest and shard sizes), so a config that passes here fails a real launch only
+data's manifest, where the run would start), so a config that passes here fails a real launch only
 on what needs the machines (memory, communication).
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ import os
 from ..models import accounting
 from ..parallel.memory import RESERVE_GIB, estimate_memory_gib
 from .config import JobConfig
-from .data import check_data_paths, data_identity
+from .data import check_data_paths, check_manifest, data_identity
 from .resolved import model_config, resolve, resolved_flat
-from .rundir import check_output_paths
+from .rundir import find_start
 
 
 def dry_run_world_size(job: JobConfig, world_size: int | None) -> int:
@@ -34,8 +34,9 @@ def dry_run(job: JobConfig, world_size: int | None = None) -> str:
     world = dry_run_world_size(job, world_size)
     r = resolve(job, world)
     mc = model_config(job, r)
-    check_output_paths(job)
     check_data_paths(job)
+    if job.data.data not in ("default", "synthetic"):
+        check_manifest(job, r, job.data.data)
     layout = r.layout
     shape = accounting.ModelShape.from_config(mc)
     params_total = accounting.params_total(shape)
@@ -46,6 +47,9 @@ def dry_run(job: JobConfig, world_size: int | None = None) -> str:
         dp=layout.data_parallel_size, micro_batch_size=r.micro_batch_size,
         recompute=job.parallel.recompute_granularity)
     flat = resolved_flat(job, r, data_identity(job))
+    start = find_start(job, flat, warn=lambda _: None)
+    begins = ("nothing to do (the run dir holds this run, finished)" if start.finished_record
+              else f"resume from {start.checkpoint}" if start.checkpoint else "a fresh run")
     lines = [
         f"config ok (dry run, world size {world}): nothing was trained",
         f"model: {r.num_layers} layers x {r.hidden_size} hidden, {r.num_attention_heads} heads; "
@@ -59,6 +63,6 @@ def dry_run(job: JobConfig, world_size: int | None = None) -> str:
         f"memory estimate per GPU (parallel/memory.py): model states {states_gib:.2f} GiB + "
         f"activations {acts_gib:.2f} GiB = {states_gib + acts_gib:.2f} GiB, plus a "
         f"{RESERVE_GIB:g} GiB reserve",
-        f"data: {flat['data']}; run dir: {job.logging.run_dir}",
+        f"data: {flat['data']}; run dir: {job.logging.run_dir}; would start: {begins}",
     ]
     return "\n".join(lines)

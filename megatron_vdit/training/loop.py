@@ -62,6 +62,8 @@ def prepare(job: JobConfig) -> Prepared:
 class Trainer:
     def __init__(self, job: JobConfig | Prepared):
         p = job if isinstance(job, Prepared) else prepare(job)
+        if p.start.finished_record is not None:  # `train` and the CLI return it instead
+            raise ValueError(f"{p.job.logging.run_dir} already holds this run, finished")
         self.job, self.r, self.mc, self.identity = p.job, p.resolved, p.model, p.identity
         self.start = p.start
         self.layout = self.r.layout
@@ -91,7 +93,8 @@ class Trainer:
         self.params_total = accounting.params_total(shape)
         self.flops_per_token = accounting.paper_flops_per_token(
             self.params_nonembed, self.r.tokens_per_sample, self.r.hidden_size)
-        self.model_flops_per_sample = accounting.model_flops_per_sample(shape, self.r.tokens_per_sample)
+        self.model_flops_per_sample = accounting.model_flops_per_sample(
+            shape, self.r.tokens_per_sample)
         self.iteration, self.val_curve, self.last_train_loss = 0, [], float("nan")
         self.saved_iteration, self.wall_time_before, self.start_time = None, 0.0, time.time()
         self.skipped_steps = 0
@@ -168,7 +171,8 @@ class Trainer:
             if self.replica_leader:
                 write_json_atomic(tmp / f"data_dp{self.dp_rank:05d}.json", self.source.state_dict())
             if self.is_logger:
-                meta = {"iteration": self.iteration, "data_parallel_size": self.layout.data_parallel_size,
+                meta = {"iteration": self.iteration,
+                        "data_parallel_size": self.layout.data_parallel_size,
                         "wall_time_s": self.wall_time_before + time.time() - self.start_time,
                         "val_curve": self.val_curve, "last_train_loss": self.last_train_loss,
                         "config": self.identity}
@@ -185,7 +189,8 @@ class Trainer:
         # The synthetic source's position is global; a shard loader's is per DP replica.
         data_state = path / f"data_dp{0 if synthetic else self.dp_rank:05d}.json"
         if not synthetic and meta["data_parallel_size"] != self.layout.data_parallel_size:
-            raise ValueError(f"{path} was saved with data-parallel size {meta['data_parallel_size']}; "
+            raise ValueError(f"{path} was saved with data-parallel size "
+                             f"{meta['data_parallel_size']}; "
                              f"resuming shard data at data-parallel size "
                              f"{self.layout.data_parallel_size} would replay or skip samples")
         self.engine.load(path, self.optimizer)
@@ -228,11 +233,9 @@ class Trainer:
                           enabled=self.is_logger)
 
     def run(self) -> dict:
-        if self.start.finished_record is not None:
-            if self.is_logger:
-                print(f"{self.run_dir} already holds this run, finished; nothing to do")
-            return self.start.finished_record
         s, r = self.job.schedule, self.r
+        log_interval = self.job.logging.log_interval
+        save_interval = self.job.checkpoint.save_interval
         log = self._open_log()
         self.start_time, start_iter, status = time.time(), self.iteration, "completed"
         if self.iteration == 0:
@@ -249,12 +252,12 @@ class Trainer:
                 log.log({"iteration": self.iteration, "tokens": self.iteration * r.batch_tokens,
                          "train_loss": loss, "status": status})
                 break
-            if self.iteration % self.job.logging.log_interval == 0 or self.iteration == r.train_iters:
+            if self.iteration % log_interval == 0 or self.iteration == r.train_iters:
                 self._log_step(log, bar, loss, grad_norm, lr, window)
                 window = [time.time(), 0]
             if self.iteration % s.eval_interval == 0 and self.iteration < r.train_iters:
                 self._record_val(log)
-            if self.job.checkpoint.save_interval and self.iteration % self.job.checkpoint.save_interval == 0:
+            if save_interval and self.iteration % save_interval == 0:
                 self.save()
         bar.close()
         return self._finish(log, status, start_iter)
@@ -279,7 +282,8 @@ class Trainer:
             iterations=self.iteration, wall_time_s=self.wall_time_before + session, status=status)
         trained = (self.iteration - start_iter) * r.batch_tokens
         record["throughput"] = {"tokens_per_s": trained / session,
-                                "gflops_per_s_paper": trained * self.flops_per_token / session / 1e9}
+                                "gflops_per_s_paper":
+                                    trained * self.flops_per_token / session / 1e9}
         if self.is_logger:
             write_json_atomic(self.run_dir / RUN_RECORD, record)
             plot_losses(self.run_dir)
@@ -288,4 +292,6 @@ class Trainer:
 
 
 def train(job: JobConfig) -> dict:
-    return Trainer(job).run()
+    """Train `job`; the record of a run dir that already holds this run, finished."""
+    p = prepare(job)
+    return p.start.finished_record or Trainer(p).run()
