@@ -16,7 +16,7 @@ import pathlib
 
 import numpy as np
 
-from scaling_laws import loss_law
+from scaling_laws import hyperopt, loss_law
 from scaling_laws.compute import BILLION, UNITS, ComputeModel
 
 SCHEMA = "megatron_vdit.scaling_law/v1"
@@ -100,9 +100,8 @@ def save_law(law: dict, path) -> None:
 
 def hp_value(part: dict, n_params, t_tokens):
     """``alpha * T^beta * N^gamma`` with N, T converted from raw counts to billions."""
-    t_b = np.asarray(t_tokens, float) / BILLION
-    n_b = np.asarray(n_params, float) / BILLION
-    return part["alpha"] * t_b ** part["beta"] * n_b ** part["gamma"]
+    return hyperopt.predict_hp(part, np.asarray(n_params, float) / BILLION,
+                               np.asarray(t_tokens, float) / BILLION)
 
 
 def _rows(law: dict, key: str, names) -> np.ndarray | None:
