@@ -183,17 +183,22 @@ def _level_count(weights_RM: np.ndarray, values_M: np.ndarray) -> np.ndarray:
 SURFACE_TERMS = {
     # Columns of the design in (dx, dy), the centred log eta and log B.
     "quadratic": ("1", "x", "y", "xx", "xy", "yy"),
-    # + x^3, y^3, x^2 y: lets the valley be steeper on one side (a high-lr wall) and the
-    # lr valley bend with the batch, which a quadratic turns into a vertex bias.
-    "cubic": ("1", "x", "y", "xx", "xy", "yy", "xxx", "yyy", "xxy"),
+    # Every term of degree <= 3: lets the valley be steeper on one side (a high-lr wall)
+    # and the lr valley bend with the batch, which a quadratic turns into a vertex bias.
+    "cubic": ("1", "x", "y", "xx", "xy", "yy", "xxx", "yyy", "xxy", "xyy"),
+    # No surface: the mean (log eta, log B) of the runs within 0.25% of the best run, as
+    # DeepSeek LLM and Step Law take it; compared in docs/scaling_laws.md.
+    "near_set": ("1",),
 }
+NEAR_SET_REL = 0.0025
 _VERTEX_GRID = (61, 41)  # (eta, B) points of the vertex search in each cell's box
 
 
 def _design(dx, dy, form: str) -> np.ndarray:
     """(..., P) design columns of ``form`` at ``dx``, ``dy`` (any matching shapes)."""
     cols = {"1": np.ones_like(dx), "x": dx, "y": dy, "xx": dx * dx, "xy": dx * dy,
-            "yy": dy * dy, "xxx": dx ** 3, "yyy": dy ** 3, "xxy": dx * dx * dy}
+            "yy": dy * dy, "xxx": dx ** 3, "yyy": dy ** 3, "xxy": dx * dx * dy,
+            "xyy": dx * dy * dy}
     return np.stack([cols[t] for t in SURFACE_TERMS[form]], axis=-1)
 
 
@@ -205,12 +210,14 @@ def _grad_hess(coef_RP, form: str, px, py):
     """Gradient (R,2) and Hessian (R,2,2) of the surface at (px, py) per row."""
     c = dict(zip(SURFACE_TERMS[form], np.moveaxis(coef_RP, -1, 0)))
     zero = np.zeros_like(px)
-    c3x, c3y, c21 = (c.get(k, zero) for k in ("xxx", "yyy", "xxy"))
-    gx = c["x"] + 2 * c["xx"] * px + c["xy"] * py + 3 * c3x * px ** 2 + 2 * c21 * px * py
-    gy = c["y"] + c["xy"] * px + 2 * c["yy"] * py + 3 * c3y * py ** 2 + c21 * px ** 2
+    c3x, c3y, c21, c12 = (c.get(k, zero) for k in ("xxx", "yyy", "xxy", "xyy"))
+    gx = (c["x"] + 2 * c["xx"] * px + c["xy"] * py + 3 * c3x * px ** 2 + 2 * c21 * px * py
+          + c12 * py ** 2)
+    gy = (c["y"] + c["xy"] * px + 2 * c["yy"] * py + 3 * c3y * py ** 2 + c21 * px ** 2
+          + 2 * c12 * px * py)
     hxx = 2 * c["xx"] + 6 * c3x * px + 2 * c21 * py
-    hxy = c["xy"] + 2 * c21 * px
-    hyy = 2 * c["yy"] + 6 * c3y * py
+    hxy = c["xy"] + 2 * c21 * px + 2 * c12 * py
+    hyy = 2 * c["yy"] + 6 * c3y * py + 2 * c12 * px
     hess = np.stack([np.stack([hxx, hxy], -1), np.stack([hxy, hyy], -1)], -2)
     return np.stack([gx, gy], -1), hess
 
@@ -259,6 +266,8 @@ def fit_surface(cell: Cell, weights_R_runs: np.ndarray, form: str = "quadratic",
     (R,2,2) there, ``valid`` (identifiable, convex, minimum inside the sampled box).
     Invalid resamples hold NaN.
     """
+    if form == "near_set":
+        return _near_set_optimum(cell, weights_R_runs)
     m = cell.in_window if in_window is None else in_window
     x, y, z = cell.log_lr[m], cell.log_batch[m], np.exp(cell.log_loss[m])
     x0, y0 = x.mean(), y.mean()
@@ -287,6 +296,23 @@ def fit_surface(cell: Cell, weights_R_runs: np.ndarray, form: str = "quadratic",
             "log_loss": np.log(np.where(valid_R, min_R, 1.0)) + nan, "hessian": hess_R22,
             "valid": valid_R, "convex": convex_R, "inside": inside_R, "form": form,
             "num_params": num_params, "num_in_surface": int(m.sum())}
+
+
+def _near_set_optimum(cell: Cell, weights_R_runs: np.ndarray) -> dict:
+    """The near-optimal-set estimator, in :func:`fit_surface`'s return format."""
+    w_RM = weights_R_runs[:, cell.run_index]
+    drawn_RM = w_RM > 0
+    best_R = np.where(drawn_RM, cell.log_loss, np.inf).min(axis=1)
+    near_RM = drawn_RM & (cell.log_loss <= best_R[:, None] + np.log1p(NEAR_SET_REL))
+    wn_RM = w_RM * near_RM
+    total_R = wn_RM.sum(axis=1)
+    valid_R = total_R > 0
+    mean = lambda v: (wn_RM @ v) / np.where(valid_R, total_R, 1.0)  # noqa: E731
+    nan = np.where(valid_R, 0.0, np.nan)
+    return {"log_lr": mean(cell.log_lr) + nan, "log_batch": mean(cell.log_batch) + nan,
+            "log_loss": best_R + nan, "hessian": np.tile(np.eye(2), (len(w_RM), 1, 1)),
+            "valid": valid_R, "convex": valid_R, "inside": valid_R, "form": "near_set",
+            "num_params": 1, "num_in_surface": int(len(cell.run_index))}
 
 
 def predict_hp(law, n_billion, t_billion):
