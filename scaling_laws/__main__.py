@@ -12,6 +12,7 @@ import sys
 import time
 
 from scaling_laws import lawfile, pipeline, planner, records, report
+from scaling_laws.compute import ACCOUNTINGS
 from scaling_laws.fit import FitOptions
 
 
@@ -24,7 +25,8 @@ def _fit(args) -> int:
     print(f"{runs.num_runs} usable runs, {len(runs.point_loss)} loss points; excluded: "
           f"{excluded or 'none'}", file=sys.stderr)
     opts = FitOptions(num_resamples=args.resamples, seed=args.seed, window=args.window,
-                      fixed_lr=args.fixed_lr, fixed_batch_tokens=args.fixed_batch_tokens)
+                      fixed_lr=args.fixed_lr, fixed_batch_tokens=args.fixed_batch_tokens,
+                      compute=args.compute)
     law, core = pipeline.fit_law(runs, opts, sources=args.runs,
                                  extrapolate=not args.no_extrapolation, return_core=True)
     lawfile.save_law(law, args.out)
@@ -80,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--fixed-lr", type=float, default=None, help="fixed-HP baseline eta")
     fit.add_argument("--fixed-batch-tokens", type=float, default=None,
                      help="fixed-HP baseline batch (tokens)")
+    fit.add_argument("--compute", choices=sorted(ACCOUNTINGS), default="video",
+                     help="training FLOPs per token: 'video' = 3/4 N (7 + n_ctx/d) (default), "
+                          "'6n' = 6 N (C = 6ND, the language-model convention)")
     fit.set_defaults(func=_fit)
     rep = sub.add_parser("report", help="print a law file")
     rep.add_argument("law", help="law.json or 'paper'")

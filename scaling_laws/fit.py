@@ -33,6 +33,7 @@ class FitOptions:
     # Windows the bootstrap rows cycle through (empty: ``window`` only), so intervals
     # carry the sensitivity of the optimum to the window as well as to the runs.
     bootstrap_windows: tuple = ()
+    compute: str = "video"        # compute.ACCOUNTINGS: C_token = 3/4 N (7 + n_ctx/d), or 6N
     min_tokens_ratio: float = 1.25
     budgets_flops: tuple | None = None
     fixed_lr: float | None = None            # setting of the fixed-HP baseline
@@ -135,6 +136,8 @@ def core_fit(runs: RunSet, opts: FitOptions) -> dict:
     cells, skipped = hyperopt.build_cells(runs, opts.window, opts.min_tokens_ratio,
                                           hyperopt.num_surface_params(opts.surface))
     _check_cells(cells, skipped, runs)
+    for cell in cells:
+        cell.accounting = opts.compute
     weights_R = bootstrap_weights(runs, opts.num_resamples, opts.seed)
     surfaces = [cell_surfaces(c, weights_R, opts) for c in cells]
     stack = {k: np.stack([s[k] for s in surfaces], axis=1) for k in ("log_lr", "log_batch",
@@ -152,7 +155,8 @@ def core_fit(runs: RunSet, opts: FitOptions) -> dict:
     eta = hyperopt.fit_power_law(stack["log_lr"], t_C, n_C)
     batch = hyperopt.fit_power_law(stack["log_batch"], t_C, n_C)
     loss_RP = _fit_loss_rows(n_C, t_C, stack["log_loss"])
-    compute = ComputeModel.fit(runs.params_nonembed, runs.hidden_size, runs.tokens_per_sample)
+    compute = ComputeModel.fit(runs.params_nonembed, runs.hidden_size, runs.tokens_per_sample,
+                               opts.compute)
     budgets = np.asarray(opts.budgets_flops if opts.budgets_flops is not None else
                          allocation.default_budgets(min(c.flops for c in cells),
                                                     max(c.flops for c in cells)))

@@ -22,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from scaling_laws.compute import to_billions
+from scaling_laws.compute import to_billions, training_flops
 from scaling_laws.records import RunSet
 
 MIN_LEVELS = 3             # distinct values per axis a quadratic needs
@@ -43,6 +43,7 @@ class Cell:
     log_loss: np.ndarray
     in_window: np.ndarray   # bool: used by the surface
     interpolated: int = 0
+    accounting: str = "video"  # compute.ACCOUNTINGS: how ``flops`` counts
 
     @property
     def n_billion(self) -> float:
@@ -54,9 +55,8 @@ class Cell:
 
     @property
     def flops(self) -> float:
-        from scaling_laws.compute import training_flops
         return float(training_flops(self.params_nonembed, self.tokens_per_sample,
-                                    self.hidden_size, self.tokens))
+                                    self.hidden_size, self.tokens, self.accounting))
 
 
 SIZE_RTOL = 1e-3  # parameter counts within 0.1% are one model size (rounding in records)

@@ -8,6 +8,8 @@ the ``paper`` preset, which publishes none).
 """
 from __future__ import annotations
 
+import dataclasses
+
 from scaling_laws import lawfile, loss_law
 from scaling_laws.compute import BILLION, ComputeModel
 
@@ -17,12 +19,10 @@ def _compute_model(law: dict, tokens_per_sample, hidden_size_for_params):
     if tokens_per_sample is not None:
         if not tokens_per_sample > 0:
             raise ValueError(f"tokens_per_sample must be positive, got {tokens_per_sample}")
-        compute = ComputeModel(float(tokens_per_sample), compute.hidden_coef,
-                               compute.hidden_exponent)
+        compute = dataclasses.replace(compute, tokens_per_sample=float(tokens_per_sample))
     if hidden_size_for_params is None:
         return compute, compute.flops_per_token
-    return compute, lambda n: 0.75 * n * (7.0 + compute.tokens_per_sample
-                                          / hidden_size_for_params(n))
+    return compute, lambda n: compute.flops_per_token(n, hidden_size_for_params(n))
 
 
 def _loss_cost(law, n_small, t_small, n_opt, t_opt):
