@@ -36,6 +36,10 @@ def _fit(args) -> int:
         for path in plots.write_all(law, core, args.plots):
             print(f"wrote {path}", file=sys.stderr)
     print(f"wrote {args.out} ({time.time() - t0:.1f}s)", file=sys.stderr)
+    if not law["usable"]:  # written for inspection, but no one should plan from it
+        print("error: the fitted law is not usable (marked so in the law file):\n  - "
+              + "\n  - ".join(law["unusable_reasons"]), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -53,10 +57,14 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-params", type=float, default=None,
                         help="cap on non-embedding params (e.g. an inference budget)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--warmup-steps", type=int, default=planner.DEFAULT_WARMUP_STEPS,
+                        help="refuse plans with fewer optimizer steps than this warm-up "
+                             f"(default {planner.DEFAULT_WARMUP_STEPS})")
 
 
 def _plan(args) -> int:
-    result = planner.plan(args.law, args.budget, args.tokens_per_sample, args.max_params)
+    result = planner.plan(args.law, args.budget, args.tokens_per_sample, args.max_params,
+                          warmup_steps=args.warmup_steps)
     print(json.dumps(lawfile.to_jsonable(result), indent=1) if args.json
           else planner.format_plan(result))
     return 0

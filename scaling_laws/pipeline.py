@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from scaling_laws import (allocation, baselines, extrapolation, fit, hyperopt, lawfile,
-                          loss_law, measured)
+                          gates, loss_law, measured)
 from scaling_laws.compute import UNITS, ComputeModel
 from scaling_laws.records import RunSet
 
@@ -128,8 +128,14 @@ def fit_law(runs: RunSet, opts: fit.FitOptions | None = None, sources=(), extrap
         "sources": [str(s) for s in sources], "runs_used": runs.run_id.tolist(),
         "runs_excluded": runs.excluded, "num_resamples": opts.num_resamples, "seed": opts.seed,
         "resampling": "runs with replacement within each model size",
-        "surface_window": opts.window, "sizes_params": sorted(
+        "surface_window": opts.window, "surface": opts.surface,
+        "bootstrap_windows": list(opts.bootstrap_windows), "compute": opts.compute,
+        "cell_flops_range": [float(min(c.flops for c in core["cells"])),
+                             float(max(c.flops for c in core["cells"]))],
+        "sizes_params": sorted(
             {float(c.params_nonembed) for c in core["cells"]})})
+    reasons = gates.judge(law)
+    law["usable"], law["unusable_reasons"] = not reasons, reasons
     law["caveats"] = [f"Fitted on N = {min(core['n_C']):.3g}B..{max(core['n_C']):.3g}B and "
                       f"T = {min(core['t_C']):.3g}B..{max(core['t_C']):.3g}B tokens; "
                       "predictions outside that range are extrapolations."]
