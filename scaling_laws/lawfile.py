@@ -55,7 +55,8 @@ def paper_law() -> dict:
         "diagnostics": {"published_loss_unverified": {
             "T_c": 0.0373, "alpha_T": 0.2917, "N_c": 0.0082, "alpha_N": 0.3188,
             "L_inf": 0.4856}},
-        "provenance": {"source": "Yin et al., arXiv 2411.17470 (CVPR 2025), via PAPER.md"},
+        "provenance": {"source": "Yin et al., \"Towards Precise Scaling Laws for Video "
+                                 "Diffusion Transformers\", CVPR 2025, arXiv 2411.17470"},
         "caveats": list(PAPER_CAVEATS),
     }
 
