@@ -1,20 +1,20 @@
 """Optimal hyperparameters per (N, T) cell and the power laws eta_opt(N,T), B_opt(N,T).
 
 A *cell* is one model size N at one token count T. Its runs sample a grid in
-(x = log eta, y = log B); the optimum is the vertex of a quadratic surface
-``L = c0 + c1 x + c2 y + c3 x^2 + c4 x y + c5 y^2`` fitted to the loss by least squares,
-not the argmin of the grid, so a noisy best run does not move the optimum a whole grid
-step. (The loss itself, not its log, is fitted: a multiplicative penalty
-``L*(1 + q(x, y))`` is then exactly quadratic and its vertex unbiased.) Points whose loss exceeds the
-cell's best by more than ``window`` are left out of the surface (quadratics hold near
-the optimum only); the window widens until the surface is identifiable.
+(x = log eta, y = log B); the optimum is the minimum of a polynomial surface in (x, y)
+fitted to the loss by least squares (:data:`SURFACE_TERMS`; the default, a full cubic,
+lets the valley be asymmetric), not the argmin of the grid, so a noisy best run does not
+move the optimum a whole grid step. (The loss itself, not its log, is fitted: a
+multiplicative penalty ``L*(1 + q(x, y))`` is then exactly polynomial when q is.)
+Points whose loss exceeds the cell's best by more than ``window`` are left out of the
+surface; the window widens until the surface is identifiable.
 
 Everything here is vectorised over bootstrap resamples: ``weights`` is a
 ``(num_resamples, num_runs)`` array of how often each run was drawn (all ones for the
 plain fit), and weighted least squares turns duplicates into weights.
 
 Legend for array suffixes: ``_R`` resamples, ``_C`` cells, ``_M`` members of one cell,
-``_P`` surface parameters (6: 1, dx, dy, dx^2, dx dy, dy^2).
+``_P`` surface parameters, ``_G`` points of the vertex search grid.
 """
 from __future__ import annotations
 
