@@ -31,7 +31,8 @@ class FitOptions:
     window: float = 0.20          # surface uses points within 20% of the cell's best loss
     surface: str = "cubic"        # hyperopt.SURFACE_TERMS: the cell surface's form
     # Windows the bootstrap rows cycle through (empty: ``window`` only), so intervals
-    # carry the sensitivity of the optimum to the window as well as to the runs.
+    # carry the sensitivity of the optimum to the window as well as to the runs. Off by
+    # default: on the recovery design it lowered coverage (docs/scaling_laws.md).
     bootstrap_windows: tuple = ()
     compute: str = "video"        # compute.ACCOUNTINGS: C_token = 3/4 N (7 + n_ctx/d), or 6N
     min_tokens_ratio: float = 1.25

@@ -35,8 +35,8 @@ ESTIMATORS = {
     "quadratic-20%": dict(surface="quadratic", window=0.20),
     "quadratic-2%": dict(surface="quadratic", window=0.02),
     "near-set-0.25%": dict(surface="near_set"),
-    "cubic": dict(surface="cubic", window=0.20),
-    # The bootstrap rows alternate between a 5% and a 20% window (the choice's spread).
+    "cubic": dict(surface="cubic", window=0.20, bootstrap_windows=()),  # the default
+    # Bootstrap rows alternate between a 5% and a 20% window.
     "cubic+windows": dict(surface="cubic", window=0.20, bootstrap_windows=(0.05, 0.20)),
 }
 HP_EXPONENTS = (("eta", "beta", 1), ("eta", "gamma", 2), ("batch", "beta", 1),
