@@ -12,6 +12,7 @@ import sys
 import time
 
 from scaling_laws import lawfile, pipeline, planner, records, report
+from scaling_laws.compute import ACCOUNTINGS
 from scaling_laws.fit import FitOptions
 
 
@@ -24,7 +25,8 @@ def _fit(args) -> int:
     print(f"{runs.num_runs} usable runs, {len(runs.point_loss)} loss points; excluded: "
           f"{excluded or 'none'}", file=sys.stderr)
     opts = FitOptions(num_resamples=args.resamples, seed=args.seed, window=args.window,
-                      fixed_lr=args.fixed_lr, fixed_batch_tokens=args.fixed_batch_tokens)
+                      fixed_lr=args.fixed_lr, fixed_batch_tokens=args.fixed_batch_tokens,
+                      compute=args.compute)
     law, core = pipeline.fit_law(runs, opts, sources=args.runs,
                                  extrapolate=not args.no_extrapolation, return_core=True)
     lawfile.save_law(law, args.out)
@@ -34,6 +36,10 @@ def _fit(args) -> int:
         for path in plots.write_all(law, core, args.plots):
             print(f"wrote {path}", file=sys.stderr)
     print(f"wrote {args.out} ({time.time() - t0:.1f}s)", file=sys.stderr)
+    if not law["usable"]:  # written for inspection, but no one should plan from it
+        print("error: the fitted law is not usable (marked so in the law file):\n  - "
+              + "\n  - ".join(law["unusable_reasons"]), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -51,10 +57,14 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-params", type=float, default=None,
                         help="cap on non-embedding params (e.g. an inference budget)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--warmup-steps", type=int, default=planner.DEFAULT_WARMUP_STEPS,
+                        help="refuse plans with fewer optimizer steps than this warm-up "
+                             f"(default {planner.DEFAULT_WARMUP_STEPS})")
 
 
 def _plan(args) -> int:
-    result = planner.plan(args.law, args.budget, args.tokens_per_sample, args.max_params)
+    result = planner.plan(args.law, args.budget, args.tokens_per_sample, args.max_params,
+                          warmup_steps=args.warmup_steps)
     print(json.dumps(lawfile.to_jsonable(result), indent=1) if args.json
           else planner.format_plan(result))
     return 0
@@ -80,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--fixed-lr", type=float, default=None, help="fixed-HP baseline eta")
     fit.add_argument("--fixed-batch-tokens", type=float, default=None,
                      help="fixed-HP baseline batch (tokens)")
+    fit.add_argument("--compute", choices=sorted(ACCOUNTINGS), default="video",
+                     help="training FLOPs per token: 'video' = 3/4 N (7 + n_ctx/d) (default), "
+                          "'6n' = 6 N (C = 6ND, the language-model convention)")
     fit.set_defaults(func=_fit)
     rep = sub.add_parser("report", help="print a law file")
     rep.add_argument("law", help="law.json or 'paper'")

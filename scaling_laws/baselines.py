@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scaling_laws import allocation, loss_law
+from scaling_laws import allocation, hyperopt, loss_law
 from scaling_laws.compute import BILLION
 
 REFERENCE_FLOPS = 1e22
@@ -47,7 +47,7 @@ def fixed_setting(runs, cells, lr=None, batch_tokens=None) -> dict:
             shared = keys[counts == counts.max()]
             lr, batch_tokens = shared[np.argmin(np.abs(np.log(shared) - median).sum(1))]
     for size in sizes:
-        rows = np.flatnonzero(np.abs(runs.params_nonembed / size - 1) < 1e-3)
+        rows = np.flatnonzero(hyperopt.same_size(runs.params_nonembed, size))
         dist = np.hypot(np.log(runs.lr[rows] / lr), np.log(runs.batch_tokens[rows] / batch_tokens))
         by_size[size] = int(rows[np.argmin(dist)])
     return {"lr": float(lr), "batch_tokens": float(batch_tokens), "rows": by_size}

@@ -29,6 +29,12 @@ class FitOptions:
     num_resamples: int = 1000
     seed: int = 0
     window: float = 0.20          # surface uses points within 20% of the cell's best loss
+    surface: str = "cubic"        # hyperopt.SURFACE_TERMS: the cell surface's form
+    # Windows the bootstrap rows cycle through (empty: ``window`` only), so intervals
+    # carry the sensitivity of the optimum to the window as well as to the runs. Off by
+    # default: on the recovery design it lowered coverage (docs/scaling_laws.md).
+    bootstrap_windows: tuple = ()
+    compute: str = "video"        # compute.ACCOUNTINGS: C_token = 3/4 N (7 + n_ctx/d), or 6N
     min_tokens_ratio: float = 1.25
     budgets_flops: tuple | None = None
     fixed_lr: float | None = None            # setting of the fixed-HP baseline
@@ -38,7 +44,7 @@ class FitOptions:
 def bootstrap_weights(runs: RunSet, num_resamples: int, seed: int) -> np.ndarray:
     """(1 + num_resamples, num_runs) draw counts; row 0 is all ones (the plain fit)."""
     rng = np.random.default_rng(seed)
-    labels = hyperopt._group_sizes(runs.params_nonembed)
+    labels = hyperopt.size_labels(runs.params_nonembed)
     weights = np.zeros((num_resamples + 1, runs.num_runs))
     weights[0] = 1.0
     for label in np.unique(labels):
@@ -49,16 +55,32 @@ def bootstrap_weights(runs: RunSet, num_resamples: int, seed: int) -> np.ndarray
     return weights
 
 
-def _df_correct(surface: dict, cell) -> dict:
-    """Widen resampled cell optima about the plain fit by ``sqrt(m / (m - 6))``.
+def cell_surfaces(cell, weights_R: np.ndarray, opts: FitOptions) -> dict:
+    """The cell's surface for every row: row 0 at ``opts.window``, resample rows cycling
+    through ``opts.bootstrap_windows`` (each about its own plain fit)."""
+    surface = _df_correct(hyperopt.fit_surface(cell, weights_R, opts.surface))
+    windows = opts.bootstrap_windows
+    num_params = hyperopt.num_surface_params(opts.surface)
+    for i, window in enumerate(windows):
+        rows = np.arange(1 + i, len(weights_R), len(windows))
+        mask = hyperopt.window_mask(cell, window, num_params)
+        alt = _df_correct(hyperopt.fit_surface(cell, weights_R[np.r_[0, rows]], opts.surface,
+                                               in_window=mask))
+        for key in ("log_lr", "log_batch", "log_loss", "valid", "convex", "inside"):
+            surface[key][rows] = alt[key][1:]
+    return surface
 
-    Resampling m runs to refit a 6-parameter surface underestimates the variance of
-    its vertex by about (m - 6) / m (the pairs bootstrap has no degrees-of-freedom
+
+def _df_correct(surface: dict) -> dict:
+    """Widen resampled cell optima about the plain fit by ``sqrt(m / (m - p))``.
+
+    Resampling m runs to refit a p-parameter surface underestimates the variance of
+    its vertex by about (m - p) / m (the pairs bootstrap has no degrees-of-freedom
     correction; cf. HC1 standard errors). Everything downstream is fitted from the cell
     optima, so correcting them here carries through to every interval.
     """
-    m = len(np.unique(cell.run_index[cell.in_window]))
-    scale = np.sqrt(m / max(m - hyperopt.MIN_SETTINGS, 1))
+    m, p = surface["num_in_surface"], surface["num_params"]
+    scale = np.sqrt(m / max(m - p, 1))
     for key in ("log_lr", "log_batch", "log_loss"):
         rows = surface[key]
         rows[1:] = rows[0] + scale * (rows[1:] - rows[0])
@@ -112,10 +134,13 @@ def loss_fn_rows(loss_RP: np.ndarray):
 
 def core_fit(runs: RunSet, opts: FitOptions) -> dict:
     """All fitted quantities as arrays over rows (plain fit + resamples)."""
-    cells, skipped = hyperopt.build_cells(runs, opts.window, opts.min_tokens_ratio)
+    cells, skipped = hyperopt.build_cells(runs, opts.window, opts.min_tokens_ratio,
+                                          hyperopt.num_surface_params(opts.surface))
     _check_cells(cells, skipped, runs)
+    for cell in cells:
+        cell.accounting = opts.compute
     weights_R = bootstrap_weights(runs, opts.num_resamples, opts.seed)
-    surfaces = [_df_correct(hyperopt.fit_surface(c, weights_R), c) for c in cells]
+    surfaces = [cell_surfaces(c, weights_R, opts) for c in cells]
     stack = {k: np.stack([s[k] for s in surfaces], axis=1) for k in ("log_lr", "log_batch",
                                                                      "log_loss", "valid")}
     if stack["valid"][0].sum() == 0:
@@ -131,7 +156,8 @@ def core_fit(runs: RunSet, opts: FitOptions) -> dict:
     eta = hyperopt.fit_power_law(stack["log_lr"], t_C, n_C)
     batch = hyperopt.fit_power_law(stack["log_batch"], t_C, n_C)
     loss_RP = _fit_loss_rows(n_C, t_C, stack["log_loss"])
-    compute = ComputeModel.fit(runs.params_nonembed, runs.hidden_size, runs.tokens_per_sample)
+    compute = ComputeModel.fit(runs.params_nonembed, runs.hidden_size, runs.tokens_per_sample,
+                               opts.compute)
     budgets = np.asarray(opts.budgets_flops if opts.budgets_flops is not None else
                          allocation.default_budgets(min(c.flops for c in cells),
                                                     max(c.flops for c in cells)))

@@ -1,20 +1,20 @@
 """Optimal hyperparameters per (N, T) cell and the power laws eta_opt(N,T), B_opt(N,T).
 
 A *cell* is one model size N at one token count T. Its runs sample a grid in
-(x = log eta, y = log B); the optimum is the vertex of a quadratic surface
-``L = c0 + c1 x + c2 y + c3 x^2 + c4 x y + c5 y^2`` fitted to the loss by least squares,
-not the argmin of the grid, so a noisy best run does not move the optimum a whole grid
-step. (The loss itself, not its log, is fitted: a multiplicative penalty
-``L*(1 + q(x, y))`` is then exactly quadratic and its vertex unbiased.) Points whose loss exceeds the
-cell's best by more than ``window`` are left out of the surface (quadratics hold near
-the optimum only); the window widens until the surface is identifiable.
+(x = log eta, y = log B); the optimum is the minimum of a polynomial surface in (x, y)
+fitted to the loss by least squares (:data:`SURFACE_TERMS`; the default, a full cubic,
+lets the valley be asymmetric), not the argmin of the grid, so a noisy best run does not
+move the optimum a whole grid step. (The loss itself, not its log, is fitted: a
+multiplicative penalty ``L*(1 + q(x, y))`` is then exactly polynomial when q is.)
+Points whose loss exceeds the cell's best by more than ``window`` are left out of the
+surface; the window widens until the surface is identifiable.
 
 Everything here is vectorised over bootstrap resamples: ``weights`` is a
 ``(num_resamples, num_runs)`` array of how often each run was drawn (all ones for the
 plain fit), and weighted least squares turns duplicates into weights.
 
 Legend for array suffixes: ``_R`` resamples, ``_C`` cells, ``_M`` members of one cell,
-``_P`` surface parameters (6: 1, dx, dy, dx^2, dx dy, dy^2).
+``_P`` surface parameters, ``_G`` points of the vertex search grid.
 """
 from __future__ import annotations
 
@@ -22,10 +22,9 @@ import dataclasses
 
 import numpy as np
 
-from scaling_laws.compute import to_billions
+from scaling_laws.compute import to_billions, training_flops
 from scaling_laws.records import RunSet
 
-NEAR_OPTIMAL_REL = 0.0025  # "within 0.25% of the best" (DeepSeek, Step Law)
 MIN_LEVELS = 3             # distinct values per axis a quadratic needs
 MIN_SETTINGS = 6           # parameters of the quadratic surface
 
@@ -44,6 +43,7 @@ class Cell:
     log_loss: np.ndarray
     in_window: np.ndarray   # bool: used by the surface
     interpolated: int = 0
+    accounting: str = "video"  # compute.ACCOUNTINGS: how ``flops`` counts
 
     @property
     def n_billion(self) -> float:
@@ -55,18 +55,25 @@ class Cell:
 
     @property
     def flops(self) -> float:
-        from scaling_laws.compute import training_flops
         return float(training_flops(self.params_nonembed, self.tokens_per_sample,
-                                    self.hidden_size, self.tokens))
+                                    self.hidden_size, self.tokens, self.accounting))
 
 
-def _group_sizes(params: np.ndarray) -> np.ndarray:
-    """Label runs by model size, merging counts within 0.1% (rounding in records)."""
+SIZE_RTOL = 1e-3  # parameter counts within 0.1% are one model size (rounding in records)
+
+
+def same_size(params, size) -> np.ndarray:
+    """Whether parameter counts ``params`` are the model size ``size`` (broadcasts)."""
+    return np.abs(np.asarray(params, float) / size - 1) < SIZE_RTOL
+
+
+def size_labels(params: np.ndarray) -> np.ndarray:
+    """Label runs by model size, merging counts within :data:`SIZE_RTOL`."""
     order = np.argsort(params)
     labels = np.empty(len(params), int)
     label, last = -1, None
     for i in order:
-        if last is None or params[i] > last * 1.001:
+        if last is None or params[i] > last * (1 + SIZE_RTOL):
             label += 1
             last = params[i]
         labels[i] = label
@@ -91,20 +98,27 @@ def _identifiable(log_lr, log_batch) -> bool:
             and len(np.unique(log_batch.round(6))) >= MIN_LEVELS)
 
 
-def _choose_window(log_loss, log_lr, log_batch, window: float) -> np.ndarray:
+def window_mask(cell: "Cell", window: float, num_params: int = MIN_SETTINGS) -> np.ndarray:
+    """The cell's runs a ``num_params`` surface uses at relative loss ``window``."""
+    return _choose_window(cell.log_loss, cell.log_lr, cell.log_batch, window, num_params)
+
+
+def _choose_window(log_loss, log_lr, log_batch, window: float,
+                   num_params: int = MIN_SETTINGS) -> np.ndarray:
     """Runs within ``window`` of the best, widened until the surface keeps >= 2 residual
-    degrees of freedom (6 points would be interpolated exactly, noise and all)."""
+    degrees of freedom (P points would be interpolated exactly, noise and all)."""
     best = log_loss.min()
     w = window
     while True:
         keep = log_loss <= best + np.log1p(w)
-        enough = keep.sum() >= MIN_SETTINGS + 2 or keep.all()
+        enough = keep.sum() >= num_params + 2 or keep.all()
         if (_identifiable(log_lr[keep], log_batch[keep]) and enough) or keep.all():
             return keep
         w *= 2
 
 
-def build_cells(runs: RunSet, window: float = 0.20, min_tokens_ratio: float = 1.25):
+def build_cells(runs: RunSet, window: float = 0.20, min_tokens_ratio: float = 1.25,
+                num_params: int = MIN_SETTINGS):
     """Group loss points into (N, T) cells. Returns ``(cells, skipped)``.
 
     Token targets per size are the distinct token counts of its points (3 significant
@@ -112,7 +126,7 @@ def build_cells(runs: RunSet, window: float = 0.20, min_tokens_ratio: float = 1.
     contributes at a target by an exact point or by interpolating its curve (never
     extrapolating). ``skipped`` lists (N, T, reason) for targets with too few settings.
     """
-    size_label = _group_sizes(runs.params_nonembed)
+    size_label = size_labels(runs.params_nonembed)
     cells, skipped = [], []
     for label in np.unique(size_label):
         members = np.flatnonzero(size_label == label)
@@ -122,7 +136,7 @@ def build_cells(runs: RunSet, window: float = 0.20, min_tokens_ratio: float = 1.
         for target in candidates[::-1]:
             if kept_targets and kept_targets[-1] / target < min_tokens_ratio:
                 continue
-            cell, reason = _make_cell(runs, members, target, window)
+            cell, reason = _make_cell(runs, members, target, window, num_params)
             if cell is None:
                 skipped.append((float(np.median(runs.params_nonembed[members])), target, reason))
                 continue
@@ -131,7 +145,8 @@ def build_cells(runs: RunSet, window: float = 0.20, min_tokens_ratio: float = 1.
     return cells, skipped
 
 
-def _make_cell(runs: RunSet, members: np.ndarray, target: float, window: float):
+def _make_cell(runs: RunSet, members: np.ndarray, target: float, window: float,
+               num_params: int):
     rows, losses, interpolated = [], [], 0
     for r in members:
         sel = runs.point_run == r
@@ -151,7 +166,7 @@ def _make_cell(runs: RunSet, members: np.ndarray, target: float, window: float):
                       f"eta and {len(np.unique(log_batch.round(6)))} B values: a surface "
                       f"needs >= {MIN_SETTINGS} settings and >= {MIN_LEVELS} values per axis")
     log_loss = np.log(np.array(losses))
-    keep = _choose_window(log_loss, log_lr, log_batch, window)
+    keep = _choose_window(log_loss, log_lr, log_batch, window, num_params)
     cell = Cell(float(np.median(runs.params_nonembed[rows])), float(target),
                 float(np.median(runs.hidden_size[rows])),
                 float(np.median(runs.tokens_per_sample[rows])), rows, log_lr, log_batch,
@@ -165,56 +180,152 @@ def _level_count(weights_RM: np.ndarray, values_M: np.ndarray) -> np.ndarray:
     return ((weights_RM @ onehot) > 0).sum(axis=1)
 
 
-def fit_surface(cell: Cell, weights_R_runs: np.ndarray) -> dict:
-    """Weighted quadratic fit of the loss in (log eta, log B) for every resample.
+SURFACE_TERMS = {
+    # Columns of the design in (dx, dy), the centred log eta and log B.
+    "quadratic": ("1", "x", "y", "xx", "xy", "yy"),
+    # Every term of degree <= 3: lets the valley be steeper on one side (a high-lr wall)
+    # and the lr valley bend with the batch, which a quadratic turns into a vertex bias.
+    "cubic": ("1", "x", "y", "xx", "xy", "yy", "xxx", "yyy", "xxy", "xyy"),
+    # No surface: the mean (log eta, log B) of the runs within 0.25% of the best run, as
+    # DeepSeek LLM and Step Law take it; compared in docs/scaling_laws.md.
+    "near_set": ("1",),
+}
+NEAR_SET_REL = 0.0025
+_VERTEX_GRID = (61, 41)  # (eta, B) points of the vertex search in each cell's box
 
-    Returns arrays over resamples: ``log_lr``, ``log_batch`` (vertex), ``log_loss``
-    (surface minimum), ``hessian`` (R,2,2), ``valid`` (identifiable, convex, vertex
-    inside the sampled box). Invalid resamples hold NaN.
+
+def _design(dx, dy, form: str) -> np.ndarray:
+    """(..., P) design columns of ``form`` at ``dx``, ``dy`` (any matching shapes)."""
+    cols = {"1": np.ones_like(dx), "x": dx, "y": dy, "xx": dx * dx, "xy": dx * dy,
+            "yy": dy * dy, "xxx": dx ** 3, "yyy": dy ** 3, "xxy": dx * dx * dy,
+            "xyy": dx * dy * dy}
+    return np.stack([cols[t] for t in SURFACE_TERMS[form]], axis=-1)
+
+
+def num_surface_params(form: str) -> int:
+    return len(SURFACE_TERMS[form])
+
+
+def _grad_hess(coef_RP, form: str, px, py):
+    """Gradient (R,2) and Hessian (R,2,2) of the surface at (px, py) per row."""
+    c = dict(zip(SURFACE_TERMS[form], np.moveaxis(coef_RP, -1, 0)))
+    zero = np.zeros_like(px)
+    c3x, c3y, c21, c12 = (c.get(k, zero) for k in ("xxx", "yyy", "xxy", "xyy"))
+    gx = (c["x"] + 2 * c["xx"] * px + c["xy"] * py + 3 * c3x * px ** 2 + 2 * c21 * px * py
+          + c12 * py ** 2)
+    gy = (c["y"] + c["xy"] * px + 2 * c["yy"] * py + 3 * c3y * py ** 2 + c21 * px ** 2
+          + 2 * c12 * px * py)
+    hxx = 2 * c["xx"] + 6 * c3x * px + 2 * c21 * py
+    hxy = c["xy"] + 2 * c21 * px + 2 * c12 * py
+    hyy = 2 * c["yy"] + 6 * c3y * py + 2 * c12 * px
+    hess = np.stack([np.stack([hxx, hxy], -1), np.stack([hxy, hyy], -1)], -2)
+    return np.stack([gx, gy], -1), hess
+
+
+def _vertex(coef_RP, form: str, box):
+    """Minimum of each row's surface in the box ``(x_lo, x_hi, y_lo, y_hi)``.
+
+    Quadratic: the closed-form vertex. Cubic: the argmin over a grid of the box, then
+    Newton steps. Returns (vertex (R,2), hessian there (R,2,2), convex (R,), inside (R,)).
     """
-    m = cell.in_window
+    x_lo, x_hi, y_lo, y_hi = box
+    if form == "quadratic":
+        grad, hess = _grad_hess(coef_RP, form, 0.0 * coef_RP[:, 0], 0.0 * coef_RP[:, 0])
+        det = hess[:, 0, 0] * hess[:, 1, 1] - hess[:, 0, 1] ** 2
+        convex = (det > 0) & (hess[:, 0, 0] > 0)
+        safe = np.where(convex[:, None, None], hess, np.eye(2))
+        vertex = -np.linalg.solve(safe, grad[..., None])[..., 0]
+    else:
+        gx, gy = np.meshgrid(np.linspace(x_lo, x_hi, _VERTEX_GRID[0]),
+                             np.linspace(y_lo, y_hi, _VERTEX_GRID[1]))
+        values_RG = coef_RP @ _design(gx.ravel(), gy.ravel(), form).T
+        best = np.argmin(values_RG, axis=1)
+        vertex = np.stack([gx.ravel()[best], gy.ravel()[best]], 1)
+        for _ in range(4):
+            grad, hess = _grad_hess(coef_RP, form, vertex[:, 0], vertex[:, 1])
+            det = hess[:, 0, 0] * hess[:, 1, 1] - hess[:, 0, 1] ** 2
+            ok = (det > 0) & (hess[:, 0, 0] > 0)
+            step = -np.linalg.solve(np.where(ok[:, None, None], hess, np.eye(2)),
+                                    grad[..., None])[..., 0]
+            vertex = vertex + np.where(ok[:, None], step, 0.0)
+        _, hess = _grad_hess(coef_RP, form, vertex[:, 0], vertex[:, 1])
+        det = hess[:, 0, 0] * hess[:, 1, 1] - hess[:, 0, 1] ** 2
+        convex = (det > 0) & (hess[:, 0, 0] > 0)
+    inside = ((vertex[:, 0] >= x_lo) & (vertex[:, 0] <= x_hi)
+              & (vertex[:, 1] >= y_lo) & (vertex[:, 1] <= y_hi))
+    return vertex, hess, convex, inside
+
+
+def fit_surface(cell: Cell, weights_R_runs: np.ndarray, form: str = "quadratic",
+                in_window: np.ndarray | None = None) -> dict:
+    """Weighted least-squares surface of the loss in (log eta, log B) for every resample.
+
+    ``form`` picks the columns (:data:`SURFACE_TERMS`); ``in_window`` the runs used
+    (default ``cell.in_window``). Returns arrays over resamples: ``log_lr``,
+    ``log_batch`` (the minimum's location), ``log_loss`` (surface minimum), ``hessian``
+    (R,2,2) there, ``valid`` (identifiable, convex, minimum inside the sampled box).
+    Invalid resamples hold NaN.
+    """
+    if form == "near_set":
+        return _near_set_optimum(cell, weights_R_runs)
+    m = cell.in_window if in_window is None else in_window
     x, y, z = cell.log_lr[m], cell.log_batch[m], np.exp(cell.log_loss[m])
     x0, y0 = x.mean(), y.mean()
     dx, dy = x - x0, y - y0
-    design_MP = np.stack([np.ones_like(dx), dx, dy, dx * dx, dx * dy, dy * dy], axis=1)
+    design_MP = _design(dx, dy, form)
+    num_params = design_MP.shape[1]
     w_RM = weights_R_runs[:, cell.run_index[m]]
     settings = np.unique(np.stack([x, y], 1).round(6), axis=0, return_inverse=True)[1].ravel()
     ok_R = ((_level_count(w_RM, x) >= MIN_LEVELS) & (_level_count(w_RM, y) >= MIN_LEVELS)
-            & (_level_count(w_RM, settings.astype(float)) >= MIN_SETTINGS))
+            & (_level_count(w_RM, settings.astype(float)) >= num_params))
     gram_RPP = np.einsum("rm,mi,mj->rij", w_RM, design_MP, design_MP)
     rhs_RP = np.einsum("rm,mi,m->ri", w_RM, design_MP, z)
     # Enough levels is necessary, not sufficient (settings can still be collinear).
     eig_RP = np.linalg.eigvalsh(gram_RPP)
-    ok_R &= eig_RP[:, 0] > 1e-9 * np.maximum(eig_RP[:, -1], 1e-300)
-    gram_RPP[~ok_R] = np.eye(6)
+    ok_R &= eig_RP[:, 0] > (1e-9 if form == "quadratic" else 1e-12) * np.maximum(
+        eig_RP[:, -1], 1e-300)
+    gram_RPP[~ok_R] = np.eye(num_params)
     coef_RP = np.linalg.solve(gram_RPP, rhs_RP[..., None])[..., 0]
-    hess_R22 = np.stack([np.stack([2 * coef_RP[:, 3], coef_RP[:, 4]], -1),
-                         np.stack([coef_RP[:, 4], 2 * coef_RP[:, 5]], -1)], -2)
-    det_R = hess_R22[:, 0, 0] * hess_R22[:, 1, 1] - hess_R22[:, 0, 1] ** 2
-    convex_R = (det_R > 0) & (hess_R22[:, 0, 0] > 0)
-    safe_R22 = np.where(convex_R[:, None, None], hess_R22, np.eye(2))
-    grad_R2 = coef_RP[:, 1:3]
-    vertex_R2 = -np.linalg.solve(safe_R22, grad_R2[..., None])[..., 0]
-    inside_R = ((vertex_R2[:, 0] >= dx.min()) & (vertex_R2[:, 0] <= dx.max())
-                & (vertex_R2[:, 1] >= dy.min()) & (vertex_R2[:, 1] <= dy.max()))
+    vertex_R2, hess_R22, convex_R, inside_R = _vertex(
+        coef_RP, form, (dx.min(), dx.max(), dy.min(), dy.max()))
     valid_R = ok_R & convex_R & inside_R
-    min_R = coef_RP[:, 0] + 0.5 * np.einsum("ri,ri->r", grad_R2, vertex_R2)
+    min_R = np.einsum("rp,rp->r", coef_RP, _design(vertex_R2[:, 0], vertex_R2[:, 1], form))
     valid_R &= min_R > 0
     nan = np.where(valid_R, 0.0, np.nan)
     return {"log_lr": vertex_R2[:, 0] + x0 + nan, "log_batch": vertex_R2[:, 1] + y0 + nan,
-            "log_loss": np.log(np.where(valid_R, min_R, 1.0)) + nan, "hessian": hess_R22, "valid": valid_R,
-            "convex": convex_R, "inside": inside_R}
+            "log_loss": np.log(np.where(valid_R, min_R, 1.0)) + nan, "hessian": hess_R22,
+            "valid": valid_R, "convex": convex_R, "inside": inside_R, "form": form,
+            "num_params": num_params, "num_in_surface": int(m.sum())}
 
 
-def near_optimal_region(surface: dict, index: int = 0, rel: float = NEAR_OPTIMAL_REL) -> dict:
-    """Bounding box of {loss <= (1 + rel) * fitted minimum} in eta and B (absolute units)."""
-    if not surface["valid"][index]:
-        return {}
-    cov = np.linalg.inv(surface["hessian"][index])
-    half = np.sqrt(2 * rel * np.exp(surface["log_loss"][index]) * np.diag(cov))
-    x, y = surface["log_lr"][index], surface["log_batch"][index]
-    return {"lr": [float(np.exp(x - half[0])), float(np.exp(x + half[0]))],
-            "batch_tokens": [float(np.exp(y - half[1])), float(np.exp(y + half[1]))]}
+def _near_set_optimum(cell: Cell, weights_R_runs: np.ndarray) -> dict:
+    """The near-optimal-set estimator, in :func:`fit_surface`'s return format."""
+    w_RM = weights_R_runs[:, cell.run_index]
+    drawn_RM = w_RM > 0
+    best_R = np.where(drawn_RM, cell.log_loss, np.inf).min(axis=1)
+    near_RM = drawn_RM & (cell.log_loss <= best_R[:, None] + np.log1p(NEAR_SET_REL))
+    wn_RM = w_RM * near_RM
+    total_R = wn_RM.sum(axis=1)
+    valid_R = total_R > 0
+    mean = lambda v: (wn_RM @ v) / np.where(valid_R, total_R, 1.0)  # noqa: E731
+    nan = np.where(valid_R, 0.0, np.nan)
+    return {"log_lr": mean(cell.log_lr) + nan, "log_batch": mean(cell.log_batch) + nan,
+            "log_loss": best_R + nan, "hessian": np.tile(np.eye(2), (len(w_RM), 1, 1)),
+            "valid": valid_R, "convex": valid_R, "inside": valid_R, "form": "near_set",
+            "num_params": 1, "num_in_surface": int(len(cell.run_index))}
+
+
+def predict_hp(law, n_billion, t_billion):
+    """``alpha * T^beta * N^gamma`` (N, T in billions): the one evaluation of an HP law.
+
+    ``law`` is a dict ``{alpha, beta, gamma}`` (scalars or arrays) or an array whose
+    last axis is (alpha, beta, gamma), e.g. bootstrap rows (R, 3).
+    """
+    if isinstance(law, dict):
+        alpha, beta, gamma = (np.asarray(law[k], float) for k in ("alpha", "beta", "gamma"))
+    else:
+        alpha, beta, gamma = np.moveaxis(np.asarray(law, float), -1, 0)
+    return alpha * np.power(t_billion, beta) * np.power(n_billion, gamma)
 
 
 def fit_power_law(log_target_RC: np.ndarray, t_billion_C: np.ndarray, n_billion_C: np.ndarray):

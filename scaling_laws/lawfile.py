@@ -16,7 +16,7 @@ import pathlib
 
 import numpy as np
 
-from scaling_laws import loss_law
+from scaling_laws import hyperopt, loss_law
 from scaling_laws.compute import BILLION, UNITS, ComputeModel
 
 SCHEMA = "megatron_vdit.scaling_law/v1"
@@ -55,7 +55,8 @@ def paper_law() -> dict:
         "diagnostics": {"published_loss_unverified": {
             "T_c": 0.0373, "alpha_T": 0.2917, "N_c": 0.0082, "alpha_N": 0.3188,
             "L_inf": 0.4856}},
-        "provenance": {"source": "Yin et al., arXiv 2411.17470 (CVPR 2025), via PAPER.md"},
+        "provenance": {"source": "Yin et al., \"Towards Precise Scaling Laws for Video "
+                                 "Diffusion Transformers\", CVPR 2025, arXiv 2411.17470"},
         "caveats": list(PAPER_CAVEATS),
     }
 
@@ -100,9 +101,8 @@ def save_law(law: dict, path) -> None:
 
 def hp_value(part: dict, n_params, t_tokens):
     """``alpha * T^beta * N^gamma`` with N, T converted from raw counts to billions."""
-    t_b = np.asarray(t_tokens, float) / BILLION
-    n_b = np.asarray(n_params, float) / BILLION
-    return part["alpha"] * t_b ** part["beta"] * n_b ** part["gamma"]
+    return hyperopt.predict_hp(part, np.asarray(n_params, float) / BILLION,
+                               np.asarray(t_tokens, float) / BILLION)
 
 
 def _rows(law: dict, key: str, names) -> np.ndarray | None:

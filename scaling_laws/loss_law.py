@@ -24,7 +24,7 @@ from scaling_laws.robust_fit import huber as _huber, huber_lm
 HUBER_DELTA = 1e-3
 LOSS_KEYS = ("T_c", "alpha_T", "N_c", "alpha_N", "L_inf")
 KAPLAN_KEYS = ("N_c", "alpha_N", "D_c", "alpha_D")
-_EXPONENT_BOUNDS = (1e-3, 5.0)
+EXPONENT_BOUNDS = (1e-3, 5.0)
 
 
 def _law_model(log_n_C, log_t_C):
@@ -43,8 +43,8 @@ def _law_model(log_n_C, log_t_C):
 
 def _law_projector(max_log_loss):
     def project(theta_RP):
-        theta_RP[:, 1] = np.clip(theta_RP[:, 1], *_EXPONENT_BOUNDS)
-        theta_RP[:, 3] = np.clip(theta_RP[:, 3], *_EXPONENT_BOUNDS)
+        theta_RP[:, 1] = np.clip(theta_RP[:, 1], *EXPONENT_BOUNDS)
+        theta_RP[:, 3] = np.clip(theta_RP[:, 3], *EXPONENT_BOUNDS)
         theta_RP[:, 4] = np.minimum(theta_RP[:, 4], max_log_loss)
         return theta_RP
     return project
@@ -118,7 +118,7 @@ def fit_loss_law(n_billion, t_billion, loss, init=None, delta=HUBER_DELTA) -> di
         raise ValueError("the loss law needs >= 2 model sizes and >= 2 token counts, got "
                          f"{len(np.unique(log_n.round(6)))} and {len(np.unique(log_t.round(6)))}")
     starts = _default_starts(log_n, log_t, log_loss) if init is None else [law_to_theta(init)]
-    bounds = [(None, None), _EXPONENT_BOUNDS, (None, None), _EXPONENT_BOUNDS,
+    bounds = [(None, None), EXPONENT_BOUNDS, (None, None), EXPONENT_BOUNDS,
               (None, float(log_loss.min()))]
     project = _law_projector(log_loss.min())
     starts = project(np.array(starts, float))

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from scaling_laws import allocation, baselines, extrapolation, fit, hyperopt, lawfile, loss_law
+from scaling_laws import (allocation, baselines, extrapolation, fit, hyperopt, lawfile,
+                          gates, loss_law, measured)
 from scaling_laws.compute import UNITS, ComputeModel
 from scaling_laws.records import RunSet
 
@@ -30,8 +31,9 @@ def _cells_table(core) -> list[dict]:
                "num_runs": int(len(cell.run_index)), "num_in_surface": int(cell.in_window.sum()),
                "num_interpolated": cell.interpolated, "status": status,
                "best_run_loss": float(np.exp(cell.log_loss.min())),
-               "num_runs_within_0.25pct_of_best": int(np.sum(
-                   cell.log_loss <= cell.log_loss.min() + np.log1p(hyperopt.NEAR_OPTIMAL_REL)))}
+               "num_runs_within_0.25pct_of_best": measured.near_optimal_set(cell)["num_runs"],
+               # Measured runs within 0.25% of the best, not a fitted surface's level set.
+               "near_optimal_region": measured.near_optimal_set(cell)}
         if valid:
             row.update({
                 "lr_opt": float(np.exp(surf["log_lr"][0])),
@@ -40,7 +42,6 @@ def _cells_table(core) -> list[dict]:
                 "batch_tokens_opt_ci95": fit.interval(np.exp(surf["log_batch"][1:])),
                 "loss_opt": float(np.exp(surf["log_loss"][0])),
                 "loss_opt_ci95": fit.interval(np.exp(surf["log_loss"][1:])),
-                "near_optimal_region": hyperopt.near_optimal_region(surf),
                 "bootstrap_valid_fraction": float(surf["valid"][1:].mean())
                 if len(surf["valid"]) > 1 else None})
         rows.append(row)
@@ -78,8 +79,7 @@ def _diagnostics(runs: RunSet, core) -> dict:
                 for key in ("eta", "batch", "loss", "n_opt")},
             "cells": _cells_table(core)}
     for key, name in (("eta", "log_lr"), ("batch", "log_batch")):
-        a, b, g = core[key][0]
-        resid = core["stack"][name][0, ok] - (np.log(a) + b * np.log(t_C) + g * np.log(n_C))
+        resid = core["stack"][name][0, ok] - np.log(hyperopt.predict_hp(core[key][0], n_C, t_C))
         diag[f"{key}_law_rms_log_resid"] = float(np.sqrt(np.mean(resid ** 2)))
     return diag
 
@@ -128,8 +128,14 @@ def fit_law(runs: RunSet, opts: fit.FitOptions | None = None, sources=(), extrap
         "sources": [str(s) for s in sources], "runs_used": runs.run_id.tolist(),
         "runs_excluded": runs.excluded, "num_resamples": opts.num_resamples, "seed": opts.seed,
         "resampling": "runs with replacement within each model size",
-        "surface_window": opts.window, "sizes_params": sorted(
+        "surface_window": opts.window, "surface": opts.surface,
+        "bootstrap_windows": list(opts.bootstrap_windows), "compute": opts.compute,
+        "cell_flops_range": [float(min(c.flops for c in core["cells"])),
+                             float(max(c.flops for c in core["cells"]))],
+        "sizes_params": sorted(
             {float(c.params_nonembed) for c in core["cells"]})})
+    reasons = gates.judge(law)
+    law["usable"], law["unusable_reasons"] = not reasons, reasons
     law["caveats"] = [f"Fitted on N = {min(core['n_C']):.3g}B..{max(core['n_C']):.3g}B and "
                       f"T = {min(core['t_C']):.3g}B..{max(core['t_C']):.3g}B tokens; "
                       "predictions outside that range are extrapolations."]

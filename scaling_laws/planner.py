@@ -8,7 +8,9 @@ the ``paper`` preset, which publishes none).
 """
 from __future__ import annotations
 
-from scaling_laws import lawfile, loss_law
+import dataclasses
+
+from scaling_laws import gates, lawfile, loss_law
 from scaling_laws.compute import BILLION, ComputeModel
 
 
@@ -17,12 +19,10 @@ def _compute_model(law: dict, tokens_per_sample, hidden_size_for_params):
     if tokens_per_sample is not None:
         if not tokens_per_sample > 0:
             raise ValueError(f"tokens_per_sample must be positive, got {tokens_per_sample}")
-        compute = ComputeModel(float(tokens_per_sample), compute.hidden_coef,
-                               compute.hidden_exponent)
+        compute = dataclasses.replace(compute, tokens_per_sample=float(tokens_per_sample))
     if hidden_size_for_params is None:
         return compute, compute.flops_per_token
-    return compute, lambda n: 0.75 * n * (7.0 + compute.tokens_per_sample
-                                          / hidden_size_for_params(n))
+    return compute, lambda n: compute.flops_per_token(n, hidden_size_for_params(n))
 
 
 def _loss_cost(law, n_small, t_small, n_opt, t_opt):
@@ -37,10 +37,47 @@ def _loss_cost(law, n_small, t_small, n_opt, t_opt):
     return out
 
 
+MAX_LAYERS = 500            # deeper than any trained transformer by far
+DEFAULT_WARMUP_STEPS = 200  # a plan with fewer optimizer steps never leaves warm-up
+
+
+def _refuse_unreasonable(out: dict, warmup_steps: int) -> None:
+    """ValueError for plans no one would train, saying what to change."""
+    layers = out["params_nonembed"] / (16 * out["hidden_size_used"] ** 2)
+    if layers > MAX_LAYERS:
+        raise ValueError(
+            f"the plan is a model of about {layers:,.0f} layers (N = {out['params_nonembed']:.3g} "
+            f"at hidden size {out['hidden_size_used']:.0f}, more than {MAX_LAYERS}); the law's "
+            "N_opt(C) is off, check its unusable reasons and extrapolation factor "
+            f"({out['extrapolation_params']:.3g}x the largest fitted size)")
+    if out["train_steps"] < warmup_steps:
+        raise ValueError(
+            f"the plan trains for {out['train_steps']:.0f} optimizer steps, fewer than a "
+            f"{warmup_steps}-step warm-up (batch {out['batch_samples']} samples, "
+            f"{out['train_samples']:.3g} samples in all); raise the budget, cap the size with "
+            "--max-params, or lower --warmup-steps if you mean it")
+
+
+def _extrapolation(law: dict, n: float, budget_flops: float) -> dict:
+    """How far the plan reaches beyond what the law was fitted on (1 = inside)."""
+    sizes = (law.get("provenance") or {}).get("sizes_params")
+    flops = (law.get("provenance") or {}).get("cell_flops_range")
+    out = {}
+    if sizes:
+        out["extrapolation_params"] = float(max(1.0, n / max(sizes)))
+    if flops:
+        out["extrapolation_flops"] = float(max(1.0, budget_flops / flops[1]))
+    return out
+
+
 def plan(law, budget_flops: float, tokens_per_sample=None, max_params=None,
-         hidden_size_for_params=None) -> dict:
-    """The recommended run for ``budget_flops``; all counts are raw (not billions)."""
+         hidden_size_for_params=None, warmup_steps: int = DEFAULT_WARMUP_STEPS) -> dict:
+    """The recommended run for ``budget_flops``; all counts are raw (not billions).
+
+    Refuses (ValueError) a law the fit marked unusable and plans no one would train.
+    """
     law = lawfile.load_law(law)
+    gates.require_usable(law)
     if not budget_flops > 0:
         raise ValueError(f"budget must be a positive number of FLOPs, got {budget_flops}")
     if max_params is not None and not max_params > 0:
@@ -72,7 +109,9 @@ def plan(law, budget_flops: float, tokens_per_sample=None, max_params=None,
             out.update(_loss_cost(law, n, tokens, n_opt, t_opt))
             out["loss_increase_rel"] = float(out["loss_increase"] / loss_law.predict_loss(
                 law["loss"], n_opt / BILLION, t_opt / BILLION))
+    out.update(_extrapolation(law, n, budget_flops))
     out["warnings"] = _warnings(law, n, tokens)
+    _refuse_unreasonable({"extrapolation_params": 1.0, **out}, warmup_steps)
     return out
 
 
@@ -102,6 +141,11 @@ def format_plan(result: dict, shape: dict | None = None, shape_note: str = "") -
              f"  batch                 {result['batch_tokens']:.4g} tokens = "
              f"{result['batch_samples']} samples{ci('batch_tokens', lambda x: f'{x:.4g}')}",
              f"  optimizer steps       {result['train_steps']:.4g}"]
+    if "extrapolation_params" in result:
+        lines.append(f"  extrapolation         {result['extrapolation_params']:.3g}x the largest "
+                     f"fitted size" + (f", {result['extrapolation_flops']:.3g}x the largest "
+                                       "fitted compute" if "extrapolation_flops" in result
+                                       else ""))
     if "loss" in result:
         lines.append(f"  predicted val loss    {result['loss']:.4f}"
                      f"{ci('loss', lambda x: f'{x:.4f}')}")

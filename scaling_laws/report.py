@@ -88,17 +88,18 @@ def _extrapolation(law) -> str:
              f"{c['loss_predicted']:.5f}", _ci(c["loss_predicted_ci95"], ".5f"),
              f"{c['loss_rel_error']:+.3%}", f"{c['lr_observed']:.3g}/{c['lr_predicted']:.3g}",
              f"{c['batch_tokens_observed']:.3g}/{c['batch_tokens_predicted']:.3g}",
-             f"{c['loss_cost_of_predicted_hp']:.2e}") for c in ext["cells"]]
+             _fmt(c["loss_cost_of_predicted_hp"], ".2e")) for c in ext["cells"]]
     head = (f"held out N = {s['held_out_params_nonembed'] / BILLION:.4g}B, fitted on "
             + ", ".join(f"{n / BILLION:.3g}B" for n in s["fitted_sizes_params"])
             + f"\nloss error at the largest T: {s['loss_rel_error_at_largest_tokens']:+.3%}; "
             f"mean |loss error| {s['mean_abs_loss_rel_error']:.3%}; mean |log eta error| "
             f"{s['mean_abs_lr_log_error']:.3f}; mean |log B error| "
-            f"{s['mean_abs_batch_log_error']:.3f}; loss cost of predicted HP "
-            f"{s['mean_loss_cost_of_predicted_hp']:.2e} (near-optimal in "
-            f"{s['fraction_cells_predicted_hp_near_optimal']:.0%} of cells)\n")
+            f"{s['mean_abs_batch_log_error']:.3f}; loss cost of predicted HP on the measured "
+            f"grid {_fmt(s['mean_loss_cost_of_predicted_hp'], '.2e')} (within 0.25% of the best "
+            f"run in {_fmt(s['fraction_cells_predicted_hp_near_optimal'], '.0%')} of "
+            f"{s.get('num_cells_cost_measured', '?')} cells judged)\n")
     body = table(["T [B]", "L* observed", "L predicted", "95% CI", "error", "eta obs/pred",
-                  "B obs/pred", "cost of HP"], rows)
+                  "B obs/pred", "measured cost of HP"], rows)
     base = "\n".join(f"  {k}: {v:.4g}" for k, v in (ext.get("baselines") or {}).items())
     return head + body + ("\nbaselines on the held-out size:\n" + base if base else "")
 
@@ -108,6 +109,9 @@ def format_law(law: dict) -> str:
     parts = [f"Scaling law '{law.get('name', '?')}' ({law.get('kind', '?')})", "",
              "Units: " + "; ".join(f"{k}: {v}" for k, v in law["units"].items()), "",
              _coefficients(law)]
+    if law.get("usable") is False:
+        parts[1:1] = ["", "NOT USABLE: the fit judged this law broken; do not plan from it:"] + [
+            f"  - {r}" for r in law.get("unusable_reasons") or []]
     diag = law.get("diagnostics") or {}
     if "loss_fit" in diag:
         lf = diag["loss_fit"]

@@ -19,6 +19,7 @@ import dataclasses
 import numpy as np
 
 from scaling_laws.compute import ComputeModel, flops_per_token, to_billions
+from scaling_laws.hyperopt import predict_hp
 from scaling_laws.loss_law import predict_loss
 
 # A loss law with the paper's exponents whose constants reproduce the paper's reported
@@ -50,6 +51,12 @@ class PlantedSweep:
     noise_point: float = 3e-4   # relative, per logged point
     diverge_lr_factor: float = 4.0  # runs with eta > this x eta_opt(N, T_final) diverge
     compute: ComputeModel = dataclasses.field(default_factory=ComputeModel)
+    # Realism (all off by default, so the symmetric recovery design is unchanged):
+    lr_asymmetry: float = 0.0       # a of the Linex valley in u: high-lr side e^(a u) steeper
+    batch_asymmetry: float = 0.0    # the same in v (large-batch side steeper for a > 0)
+    lr_batch_coupling: float = 0.0  # c: the lr valley runs along u = c v (eta_opt grows with B)
+    noise_df: float | None = None   # Student-t noise with this many degrees of freedom
+    size_grid_offsets: tuple | None = None  # per-size (eta, B) grid centre / optimum
 
     @classmethod
     def recovery(cls, **overrides) -> "PlantedSweep":
@@ -61,6 +68,24 @@ class PlantedSweep:
                       noise_run=2e-4, noise_point=1e-4)
         return cls(**{**design, **overrides})
 
+    @classmethod
+    def realistic(cls, **overrides) -> "PlantedSweep":
+        """A surface shaped like published LR x batch sweeps, not like the fitter's model.
+
+        A Linex valley ``2 (e^(a u) - 1 - a u) / a^2`` (about u^2 near the optimum, the
+        high-lr side e^(2u) times steeper, so ~4x steeper at 3x the optimal eta than at
+        a third of it), divergence beyond 3x the optimal eta, an lr valley that moves
+        with the batch (``u = log(eta / eta_opt) - 0.3 v``), Student-t noise (4 degrees
+        of freedom) of 0.3% per run, and grids centred off the optimum by a different
+        factor at every size (up to 1.6x in eta and 1.5x in B).
+        """
+        design = dict(k_lr=0.02, lr_asymmetry=2.0, k_batch=0.01, batch_asymmetry=0.7,
+                      k_cross=0.0, lr_batch_coupling=0.3, diverge_lr_factor=3.0,
+                      noise_run=3e-3, noise_point=3e-4, noise_df=4.0,
+                      size_grid_offsets=((1.6, 0.7), (0.8, 1.4), (1.3, 1.0), (0.7, 0.67),
+                                         (1.5, 1.5)))
+        return cls(**{**design, **overrides})
+
     def truth_n_opt(self, compute, budgets_flops) -> tuple[float, float]:
         """(k, a) of the planted loss law's N_opt(C) over ``budgets_flops``."""
         from scaling_laws.allocation import fit_allocation, optimal_params
@@ -70,20 +95,30 @@ class PlantedSweep:
         return float(k), float(a)
 
     def eta_opt(self, n_billion, t_billion):
-        law = self.eta_law
-        return law["alpha"] * np.power(t_billion, law["beta"]) * np.power(n_billion, law["gamma"])
+        return predict_hp(self.eta_law, n_billion, t_billion)
 
     def batch_opt(self, n_billion, t_billion):
-        law = self.batch_law
-        return law["alpha"] * np.power(t_billion, law["beta"]) * np.power(n_billion, law["gamma"])
+        return predict_hp(self.batch_law, n_billion, t_billion)
 
     def loss(self, n_billion, t_billion, lr, batch_tokens):
         """Noise-free planted loss."""
-        u = np.log(lr / self.eta_opt(n_billion, t_billion))
-        v = np.log(batch_tokens / self.batch_opt(n_billion, t_billion))
-        shape = 1 + self.k_lr * u ** 2 + self.k_batch * v ** 2 + self.k_cross * u * v \
-            + self.skew * u ** 3
+        u, v = self._uv(n_billion, t_billion, lr, batch_tokens)
+        shape = (1 + self.k_lr * _linex(u, self.lr_asymmetry)
+                 + self.k_batch * _linex(v, self.batch_asymmetry) + self.k_cross * u * v
+                 + self.skew * u ** 3)
         return predict_loss(self.loss_law, n_billion, t_billion) * shape
+
+    def _uv(self, n_billion, t_billion, lr, batch_tokens):
+        v = np.log(batch_tokens / self.batch_opt(n_billion, t_billion))
+        u = np.log(lr / self.eta_opt(n_billion, t_billion)) - self.lr_batch_coupling * v
+        return u, v
+
+    def _noise(self, rng, scale: float) -> float:
+        if self.noise_df is None:
+            return rng.normal(0.0, scale)
+        # Unit-variance Student-t: heavy tails at the same standard deviation.
+        df = self.noise_df
+        return scale * rng.standard_t(df) * np.sqrt((df - 2) / df)
 
     def shape(self, params: float) -> tuple[int, int, int]:
         """(num_layers, hidden_size, params_nonembed) near ``params``, 16 L d^2 exact."""
@@ -97,11 +132,13 @@ class PlantedSweep:
         t_final = max(self.curve_tokens)
         t_mid = float(np.exp(np.mean(np.log(self.curve_tokens))))
         out = []
-        for params in self.sizes_params:
+        for index, params in enumerate(self.sizes_params):
             layers, hidden, n_params = self.shape(params)
             n_b = float(to_billions(n_params))
-            lr_centre = self.eta_opt(n_b, to_billions(t_mid)) * self.grid_offset[0]
-            b_centre = self.batch_opt(n_b, to_billions(t_mid)) * self.grid_offset[1]
+            offset = (self.size_grid_offsets[index % len(self.size_grid_offsets)]
+                      if self.size_grid_offsets else self.grid_offset)
+            lr_centre = self.eta_opt(n_b, to_billions(t_mid)) * offset[0]
+            b_centre = self.batch_opt(n_b, to_billions(t_mid)) * offset[1]
             for i in self.lr_steps:
                 for j in self.batch_steps:
                     lr = float(lr_centre * 1.5 ** i)
@@ -112,13 +149,14 @@ class PlantedSweep:
     def _one_run(self, rng, n_params, layers, hidden, lr, samples, t_final) -> dict:
         n_b = float(to_billions(n_params))
         batch_tokens = samples * self.tokens_per_sample
-        run_noise = rng.normal(0.0, self.noise_run)
+        run_noise = self._noise(rng, self.noise_run)
         curve = []
         for t in sorted(self.curve_tokens):
             clean = self.loss(n_b, float(to_billions(t)), lr, batch_tokens)
-            noisy = clean * np.exp(run_noise + rng.normal(0.0, self.noise_point))
+            noisy = clean * np.exp(run_noise + self._noise(rng, self.noise_point))
             curve.append({"tokens": int(t), "val_loss": float(noisy)})
-        diverged = lr > self.diverge_lr_factor * self.eta_opt(n_b, to_billions(t_final))
+        u_final, _ = self._uv(n_b, float(to_billions(t_final)), lr, batch_tokens)
+        diverged = u_final > np.log(self.diverge_lr_factor)
         run_id = f"N{n_params:.3g}_lr{lr:.3g}_bs{samples}"
         return {
             "run_id": run_id, "params_nonembed": int(n_params),
@@ -130,3 +168,10 @@ class PlantedSweep:
             "val_loss_curve": [] if diverged else curve[:-1],
             "flops": float(flops_per_token(n_params, self.tokens_per_sample, hidden) * t_final),
         }
+
+
+def _linex(u, a: float):
+    """``2 (e^(a u) - 1 - a u) / a^2``: u^2 near 0, steeper on the side a points to."""
+    if a == 0:
+        return u ** 2
+    return 2.0 * (np.expm1(a * u) - a * u) / a ** 2

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
                   f"{s['mean_abs_loss_rel_error']:.3%}, mean |log eta err| "
                   f"{s['mean_abs_lr_log_error']:.3f}, mean |log B err| "
                   f"{s['mean_abs_batch_log_error']:.3f}, loss cost of predicted HP "
-                  f"{s['mean_loss_cost_of_predicted_hp']:.1e}")
+                  f"{s['mean_loss_cost_of_predicted_hp'] or float('nan'):.1e} (measured grid)")
             print("baselines on the held-out size: " + ", ".join(
                 f"{k} {v:.4f}" for k, v in ext["baselines"].items()))
     return 0

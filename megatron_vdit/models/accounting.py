@@ -2,7 +2,8 @@
 
 Pure Python (no torch) so the planner and scaling_laws can import it cheaply.
 
-Conventions (PAPER.md, "Compute accounting"):
+Conventions (Yin et al., "Towards Precise Scaling Laws for Video Diffusion Transformers",
+CVPR 2025, arXiv 2411.17470; docs/scaling_laws.md says what the project takes from it):
 - ``params_nonembed``: every parameter inside the transformer blocks. Its leading term
   is the paper's ``N = 16 * L * d^2`` (self-attention 4d^2, cross-attention 4d^2,
   MLP 8d^2); biases, q/k RMSNorm weights, the cross-attention norm and each block's
@@ -12,6 +13,8 @@ Conventions (PAPER.md, "Compute accounting"):
 - ``paper_flops_per_token = 3/4 * N * (7 + n_ctx / d)``: training FLOPs per video token,
   exactly the paper's formula (train = 3x forward, cross-attention K/V on text tokens
   left out, attention score/value products as ``n_ctx / d``).
+- ``lm_flops_per_token = 6 N``: the language-model convention, offered by
+  ``scaling_laws`` as ``--compute 6n``.
 - ``model_flops_per_sample``: training FLOPs of the built model for one sample, every
   matmul counted (text-token K/V, cross-attention scores, embeddings): use it for MFU.
 """
@@ -102,6 +105,11 @@ def params_total(shape: ModelShape) -> int:
 def paper_flops_per_token(params: float, tokens_per_sample: int, hidden_size: int) -> float:
     """C_token = 3/4 * N * (7 + n_ctx / d): training FLOPs per video token (paper)."""
     return 0.75 * params * (7.0 + tokens_per_sample / hidden_size)
+
+
+def lm_flops_per_token(params: float) -> float:
+    """C_token = 6 N: the language-model convention (C = 6 N D), for comparisons."""
+    return 6.0 * params
 
 
 def paper_training_flops(params: float, tokens_per_sample: int, hidden_size: int,

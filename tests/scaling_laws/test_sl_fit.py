@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from scaling_laws import allocation, hyperopt, loss_law
+from scaling_laws import allocation, hyperopt, loss_law, measured
 from scaling_laws.compute import ComputeModel
 from scaling_laws.fit import FitOptions, core_fit
 from scaling_laws.records import prepare
@@ -15,13 +15,14 @@ def _noise_free(**kw):
     return PlantedSweep(noise_run=0.0, noise_point=0.0, **kw)
 
 
-def test_surface_vertex_exact_on_planted_quadratic():
+@pytest.mark.parametrize("form", ["quadratic", "cubic"])
+def test_surface_vertex_exact_on_planted_quadratic(form):
     sweep = _noise_free()
     runs = prepare(sweep.records())
     cells, skipped = hyperopt.build_cells(runs, window=10.0)
     assert not skipped and len(cells) == 5 * 6
     for cell in cells:
-        surf = hyperopt.fit_surface(cell, np.ones((1, runs.num_runs)))
+        surf = hyperopt.fit_surface(cell, np.ones((1, runs.num_runs)), form)
         assert surf["valid"][0]
         assert np.exp(surf["log_lr"][0]) == pytest.approx(
             sweep.eta_opt(cell.n_billion, cell.t_billion), rel=1e-6)
@@ -29,10 +30,12 @@ def test_surface_vertex_exact_on_planted_quadratic():
             sweep.batch_opt(cell.n_billion, cell.t_billion), rel=1e-6)
         assert np.exp(surf["log_loss"][0]) == pytest.approx(
             loss_law.predict_loss(PLANTED_LOSS, cell.n_billion, cell.t_billion), rel=1e-9)
-        region = hyperopt.near_optimal_region(surf)
-        # k_lr u^2 = 0.0025 at the planted curvature (cross term ignored): |u| ~ 0.35.
-        assert region["lr"][0] < np.exp(surf["log_lr"][0]) < region["lr"][1]
-        assert 0.4 < np.log(region["lr"][1] / region["lr"][0]) < 1.2
+        region = measured.near_optimal_set(cell)
+        # Penalty 0.02 u^2 + 0.01 v^2 + 0.004 u v >= 0.0196 u^2, so a run within 0.25%
+        # of the optimum has |u| <= sqrt(0.0025 / 0.0196) = 0.357.
+        eta = sweep.eta_opt(cell.n_billion, cell.t_billion)
+        assert region["num_runs"] >= 1
+        assert eta * np.exp(-0.36) <= region["lr"][0] <= region["lr"][1] <= eta * np.exp(0.36)
 
 
 def test_interpolates_curves_logged_at_batch_dependent_tokens():
