@@ -10,9 +10,12 @@ computed and discarded by `gather_tokens`.
 
 Backends (`ParallelLayout.cp_comm_type`):
 - "p2p"  ring attention: KV blocks travel round the CP ring (`batch_isend_irecv`, the
-  next block's transfer overlapping the current block's compute); blockwise attention
-  with an online softmax merged by log-sum-exp; a custom autograd Function whose
-  backward passes KV round the ring again with the dK/dV accumulators travelling along.
+  next block's transfer overlapping the current block's compute); each block runs a
+  fused SDPA kernel that returns its log-sum-exp (flash / memory-efficient on CUDA, the
+  flash kernel for CPU on CPU; no [L, L] scores exist), blocks merged by log-sum-exp; a
+  custom autograd Function whose backward runs the kernels' backward per block with the
+  merged statistics, passing KV round the ring again with the dK/dV accumulators
+  travelling along. Memory per rank is linear in its tokens.
 - "a2a"  Ulysses: all-to-all from (all heads, S/CP tokens) to (H/CP heads, all tokens),
   local SDPA, all-to-all back.
 - "a2a+p2p" hybrid: Ulysses inside groups of `ulysses_degree` adjacent CP ranks, ring
@@ -90,51 +93,97 @@ def _acc_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _block_forward(q, k, v, scale):
-    """One block of attention: (out [B,H,L,E], lse [B,H,L])."""
-    s = torch.matmul(q, k.transpose(-1, -2)) * scale
-    lse = torch.logsumexp(s, dim=-1)
-    return torch.matmul(torch.exp(s - lse.unsqueeze(-1)), v), lse
+# --- one block on a fused kernel --------------------------------------------------------
+# Each ring block runs a fused SDPA kernel that returns its log-sum-exp, so no [L, L]
+# score block is ever materialised and the math runs in the activation dtype. Which
+# kernel depends on the device only: on CPU the flash kernel for CPU; on CUDA flash for
+# fp16/bf16 (head dim a multiple of 8, at most 256, sm80+), memory-efficient otherwise.
+# The backward of a block takes the *merged* output and log-sum-exp: with the global
+# softmax statistics the kernel's dQ, dK, dV are exactly this block's share of the
+# full-attention gradient (P = exp(S - lse), delta = rowsum(dO * O)).
+_aten = torch.ops.aten
 
 
-def _block_backward(q, k, v, d_out, lse, delta, scale):
-    """Gradients of one block given the *global* softmax statistics (lse, delta)."""
-    p = torch.exp(torch.matmul(q, k.transpose(-1, -2)) * scale - lse.unsqueeze(-1))
-    dv = torch.matmul(p.transpose(-1, -2), d_out)
-    ds = p * (torch.matmul(d_out, v.transpose(-1, -2)) - delta.unsqueeze(-1))
-    return torch.matmul(ds, k) * scale, torch.matmul(ds.transpose(-1, -2), q) * scale, dv
+def _cuda_kernel(q: torch.Tensor) -> str:
+    head_dim = q.shape[-1]
+    if (q.dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256
+            and torch.cuda.get_device_capability(q.device) >= (8, 0)):
+        return "flash"
+    return "efficient"
+
+
+def _kernel_forward(q, k, v, scale):
+    """(out [B,H,L,E] in q's dtype, lse [B,H,L], aux for `_kernel_backward`)."""
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    if q.device.type != "cuda":
+        out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False,
+                                                                   scale=scale)
+        return out, lse, ("cpu",)
+    if _cuda_kernel(q) == "flash":
+        out, lse, cum_q, cum_k, _, _, seed, offset, _ = _aten._scaled_dot_product_flash_attention(
+            q, k, v, 0.0, False, False, scale=scale)
+        return out, lse, ("flash", cum_q, cum_k, seed, offset)
+    out, lse, seed, offset = _aten._scaled_dot_product_efficient_attention(
+        q, k, v, None, True, 0.0, False, scale=scale)
+    # The efficient kernel may pad the lse rows (to a multiple of 32): keep L for merging.
+    return out, lse[..., :q.shape[2]], ("efficient", seed, offset, lse.shape[-1])
+
+
+def _kernel_backward(d_out, q, k, v, out, lse, aux, scale):
+    """(dq, dk, dv) of one block, in q's dtype, given the merged `out` and `lse`."""
+    d_out, q, k, v, out = (t.contiguous() for t in (d_out, q, k, v, out))
+    lse = lse.contiguous()
+    if aux[0] == "cpu":
+        return _aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            d_out, q, k, v, out, lse, 0.0, False, scale=scale)
+    if aux[0] == "flash":
+        _, cum_q, cum_k, seed, offset = aux
+        return _aten._scaled_dot_product_flash_attention_backward(
+            d_out, q, k, v, out, lse, cum_q, cum_k, q.shape[2], k.shape[2], 0.0, False,
+            seed, offset, scale=scale)
+    _, seed, offset, lse_len = aux
+    lse = F.pad(lse, (0, lse_len - lse.shape[-1]))
+    dq, dk, dv, _ = _aten._scaled_dot_product_efficient_attention_backward(
+        d_out, q, k, v, None, out, lse, seed, offset, 0.0, [True, True, True, False], False,
+        scale=scale)
+    return dq, dk, dv
 
 
 class _RingAttention(torch.autograd.Function):
-    """softmax(q k^T * scale) v with K/V split round `group`; q, k, v: [B, H, L, E]."""
+    """softmax(q k^T * scale) v with K/V split round `group`; q, k, v: [B, H, L, E].
+
+    Saves q, k, v, the output (activation dtype) and the log-sum-exp: O(L) per rank.
+    Blocks are merged by log-sum-exp in float32 (or the input dtype when wider).
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, group, num_tokens):
         rank, size = group.rank(), group.size()
         length, scale = k.shape[2], 1.0 / math.sqrt(q.shape[-1])
         acc = _acc_dtype(q)
-        qf = q.to(acc)
-        out = torch.zeros_like(qf)
+        out = torch.zeros(q.shape, dtype=acc, device=q.device)
         lse = torch.full(q.shape[:-1], -math.inf, dtype=acc, device=q.device)
-        kv = torch.stack((k, v))
+        kv, aux = torch.stack((k, v)), None
         for step in range(size):
             if step + 1 < size:
                 next_kv, works = _start_ring_shift(kv, group)
             block = (rank - step) % size
             n = _valid_keys(num_tokens, block, length)
             if n:
-                blk_out, blk_lse = _block_forward(qf, kv[0, :, :, :n].to(acc),
-                                                  kv[1, :, :, :n].to(acc), scale)
+                blk_out, blk_lse, aux = _kernel_forward(q, kv[0, :, :, :n], kv[1, :, :, :n],
+                                                        scale)
+                blk_lse = blk_lse.to(acc)
                 new_lse = torch.logaddexp(lse, blk_lse)
                 out = (out * torch.exp(lse - new_lse).unsqueeze(-1)
-                       + blk_out * torch.exp(blk_lse - new_lse).unsqueeze(-1))
+                       + blk_out.to(acc) * torch.exp(blk_lse - new_lse).unsqueeze(-1))
                 lse = new_lse
             if step + 1 < size:
                 _wait(works)
                 kv = next_kv
-        ctx.group, ctx.num_tokens = group, num_tokens
+        out = out.to(q.dtype)
+        ctx.group, ctx.num_tokens, ctx.aux = group, num_tokens, aux
         ctx.save_for_backward(q, k, v, out, lse)
-        return out.to(q.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, d_out):
@@ -143,9 +192,8 @@ class _RingAttention(torch.autograd.Function):
         rank, size = group.rank(), group.size()
         length, scale = k.shape[2], 1.0 / math.sqrt(q.shape[-1])
         acc = _acc_dtype(q)
-        qf, d_out = q.to(acc), d_out.to(acc)
-        delta = (d_out * out).sum(-1)  # rowsum(dO * O): the softmax backward's correction
-        dq = torch.zeros_like(qf)
+        d_out = d_out.to(q.dtype)
+        dq = torch.zeros(q.shape, dtype=acc, device=q.device)
         kv = torch.stack((k, v))
         dkv_works = None
         for step in range(size):
@@ -155,9 +203,8 @@ class _RingAttention(torch.autograd.Function):
             n = _valid_keys(num_tokens, block, length)
             dkv = torch.zeros(kv.shape, dtype=acc, device=kv.device)
             if n:
-                dq_b, dk_b, dv_b = _block_backward(qf, kv[0, :, :, :n].to(acc),
-                                                   kv[1, :, :, :n].to(acc), d_out, lse,
-                                                   delta, scale)
+                dq_b, dk_b, dv_b = _kernel_backward(d_out, q, kv[0, :, :, :n], kv[1, :, :, :n],
+                                                    out, lse, ctx.aux, scale)
                 dq += dq_b
                 dkv[0, :, :, :n], dkv[1, :, :, :n] = dk_b, dv_b
             if dkv_works is not None:
