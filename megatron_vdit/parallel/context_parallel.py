@@ -16,8 +16,8 @@ Backends (`ParallelLayout.cp_comm_type`):
   custom autograd Function whose backward runs the kernels' backward per block with the
   merged statistics, passing KV round the ring again with the dK/dV accumulators
   travelling along. Memory per rank is linear in its tokens.
-- "a2a"  Ulysses: all-to-all from (all heads, S/CP tokens) to (H/CP heads, all tokens),
-  local SDPA, all-to-all back.
+- "a2a"  Ulysses: one all-to-all for q, k and v together from (all heads, S/CP tokens)
+  to (H/CP heads, all tokens), local SDPA, all-to-all back.
 - "a2a+p2p" hybrid: Ulysses inside groups of `ulysses_degree` adjacent CP ranks, ring
   attention across those groups.
 - optional TransformerEngine backend (`TEContextParallelAttention`), GPU only.
@@ -37,11 +37,13 @@ from torch import nn
 # --- all-to-all (Ulysses) --------------------------------------------------------------
 def _all_to_all(x: torch.Tensor, group: dist.ProcessGroup, scatter_dim: int,
                 gather_dim: int) -> torch.Tensor:
+    """Split `scatter_dim` into group-size chunks, send chunk j to rank j, and concatenate
+    what arrives along `gather_dim` in rank order (one copy in, one copy out)."""
     n = group.size()
-    send = torch.stack(x.chunk(n, dim=scatter_dim)).contiguous()
+    send = x.unflatten(scatter_dim, (n, -1)).movedim(scatter_dim, 0).contiguous()
     recv = torch.empty_like(send)
     dist.all_to_all_single(recv, send, group=group)
-    return torch.cat(recv.unbind(0), dim=gather_dim)
+    return recv.movedim(0, gather_dim).flatten(gather_dim, gather_dim + 1)
 
 
 class _AllToAll(torch.autograd.Function):
@@ -59,6 +61,12 @@ class _AllToAll(torch.autograd.Function):
 def heads_to_tokens(x_BHLE: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     """[B, H, L, E] -> [B, H/n, n*L, E] (tokens of the group's ranks in rank order)."""
     return _AllToAll.apply(x_BHLE, group, 1, 2)
+
+
+def qkv_heads_to_tokens(q_BHLE, k_BHLE, v_BHLE, group: dist.ProcessGroup):
+    """`heads_to_tokens` of q, k and v in one all-to-all (one message per peer, not three)."""
+    qkv_3BHLE = _AllToAll.apply(torch.stack((q_BHLE, k_BHLE, v_BHLE)), group, 2, 3)
+    return qkv_3BHLE.unbind(0)
 
 
 def tokens_to_heads(x_BHLE: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
@@ -246,8 +254,8 @@ class ContextParallelAttention(nn.Module):
             raise ValueError("ContextParallelAttention is a self-attention backend: "
                              "it masks padding itself and takes no key mask")
         if self.ulysses_group is not None:
-            q_BHLE, k_BHLE, v_BHLE = (heads_to_tokens(t, self.ulysses_group)
-                                      for t in (q_BHLE, k_BHLE, v_BHLE))
+            q_BHLE, k_BHLE, v_BHLE = qkv_heads_to_tokens(q_BHLE, k_BHLE, v_BHLE,
+                                                         self.ulysses_group)
         if self.ring_group is not None and self.ring_group.size() > 1:
             out = ring_attention(q_BHLE, k_BHLE, v_BHLE, self.ring_group, self.num_tokens)
         else:
