@@ -40,11 +40,12 @@ class ParallelEngine:
     def __init__(self, config: VDiTConfig, layout: ParallelLayout, groups: ParallelGroups, *,
                  seed: int, zero_stage: int = 2, recompute: str | None = None,
                  schedule: str | None = None, param_dtype: torch.dtype | None = None,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, cp_backend: str = "native"):
         """`schedule`: "1f1b", "interleaved" or "gpipe"; default interleaved when the layout
         sets num_layers_per_virtual_pipeline_stage, else 1F1B. `param_dtype`: compute
         dtype (bf16 on GPU) with fp32 master weights and fp32 gradient reduction; None
-        keeps everything fp32. `zero_stage` 1, 2 or 3: what stays unsharded during a step
+        keeps everything fp32. `cp_backend`: "native" (ours) or "te" (TransformerEngine's
+        CP attention, GPU only). `zero_stage` 1, 2 or 3: what stays unsharded during a step
         (`data_parallel.apply_data_parallel`). With one pipeline stage the microbatches
         run in a plain loop, so ZeRO-2/3 reduce-scatter each microbatch's gradients as
         its backward finishes; under PP the schedule accumulates unsharded gradients
@@ -63,6 +64,7 @@ class ParallelEngine:
         self.config, self.layout, self.groups = config, layout, groups
         self.device = device or _default_device()
         self.param_dtype = param_dtype
+        self.cp_backend = cp_backend
         self.num_stages = pp * self.virtual
         self.stage_ids = pipeline.local_stage_ids(groups.rank_in("pp"), pp, self.virtual)
         chunks = self._split(self._build_model(seed))
@@ -75,7 +77,7 @@ class ParallelEngine:
         # On CPU: only this rank's stages go to the accelerator (after the split), so a
         # PP rank never holds the other stages' blocks in device memory.
         return parallelize.build_parallel_model(self.config, self.groups, seed=seed,
-                                                device="cpu")
+                                                cp_backend=self.cp_backend, device="cpu")
 
     def _split(self, model: nn.Module) -> list[nn.Module]:
         # Parameter copies made for each stage lose their attributes: re-attach roles.
