@@ -304,17 +304,14 @@ class TEContextParallelAttention(nn.Module):
     def __init__(self, config, *, num_tokens: int, padded_tokens: int, cp_group,
                  cp_comm_type: str, num_local_heads: int, **_unused):
         super().__init__()
-        try:
-            from transformer_engine.pytorch import DotProductAttention
-        except ImportError as exc:
-            raise ValueError("cp_backend='te' needs TransformerEngine, which is not "
-                             "importable here") from exc
+        problem = transformer_engine_problem()
+        if problem is not None:
+            raise ValueError(f"cp_backend='te': {problem}")
+        from transformer_engine.pytorch import DotProductAttention
         if num_tokens != padded_tokens:
             raise ValueError(f"cp_backend='te' cannot mask padding: tokens_per_sample="
                              f"{num_tokens} must be divisible by the {padded_tokens // num_tokens}"
                              f"-way split (padded to {padded_tokens})")
-        if not torch.cuda.is_available():
-            raise ValueError("cp_backend='te' needs CUDA")
         self.attn = DotProductAttention(
             num_local_heads, config.head_dim, attention_dropout=0.0, qkv_format="bshd",
             attn_mask_type="no_mask", cp_group=cp_group,
