@@ -9,12 +9,13 @@ Install:
 from setuptools import find_packages, setup
 
 # torch is a range, not a pin: NGC images ship their own build that must be kept.
-# 2.6 is the first release with public FSDP2 (`torch.distributed.fsdp.fully_shard`);
-# ".0a0" admits NGC's pre-release builds (NGC 25.01 ships 2.6.0a0), which a plain
-# ">=2.6" would reject and pip would then replace. The Makefile installs the CPU build
-# (2.13.0) first on machines without a GPU.
+# 2.9 is the floor (megatron_vdit/torch_floor.py says why and checks it at import):
+# FSDP2's set_gradient_divide_factor / set_force_sum_reduction_for_comms and the
+# pipeline schedules' eval() first shipped there. ".0a0" admits NGC's pre-release builds
+# (NGC 25.12 ships 2.10.0a0+b4e4ee81d3), which a plain ">=2.9" would reject and pip would
+# then replace. The Makefile installs the CPU build (2.13.0) first on machines without a GPU.
 INSTALL_REQUIRES = [
-    "torch>=2.6.0a0",
+    "torch>=2.9.0a0",
     "megatron-core==0.16.1",
     "numpy>=1.26",
     "scipy>=1.11",

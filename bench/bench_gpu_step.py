@@ -33,6 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 warnings.filterwarnings("ignore")
 from megatron_vdit.models import accounting  # noqa: E402
 from megatron_vdit.models.config import VDiTConfig  # noqa: E402
+from megatron_vdit.parallel.context_parallel import (default_cp_comm_type,  # noqa: E402
+                                                     transformer_engine_problem)
 from megatron_vdit.parallel.engine import ParallelEngine  # noqa: E402
 from megatron_vdit.parallel.layout import (ParallelLayout, build_parallel_groups,  # noqa: E402
                                            init_distributed)
@@ -53,13 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--fp32", action="store_true", help="no bf16 mixed precision")
     p.add_argument("--recompute-granularity", choices=["selective", "full"], default=None)
-    p.add_argument("--zero-stage", type=int, choices=[2, 3], default=2)
+    p.add_argument("--zero-stage", type=int, choices=[1, 2, 3], default=2,
+                   help="1: distributed optimizer (params + grads kept over microbatches); "
+                        "2: grads reduce-scattered per microbatch; 3: params freed after forward")
     p.add_argument("--schedule", choices=["1f1b", "interleaved", "gpipe"], default=None)
     p.add_argument("--tensor-model-parallel-size", type=int, default=1)
     p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     p.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None)
     p.add_argument("--context-parallel-size", type=int, default=1)
-    p.add_argument("--cp-comm-type", choices=["p2p", "a2a", "a2a+p2p"], default="p2p")
+    p.add_argument("--cp-comm-type", choices=["p2p", "a2a", "a2a+p2p"], default=None,
+                   help="default: Ulysses (a2a) when the heads per TP rank divide over CP, "
+                        "else the hybrid or the ring")
+    p.add_argument("--cp-backend", choices=["native", "te"], default="native",
+                   help="core attention under CP: ours (SDPA kernels) or TransformerEngine's")
     p.add_argument("--sequence-parallel", action="store_true")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the GPU peak")
     p.add_argument("--tiny", action="store_true", help="CPU-sized model and tokens (for tests)")
@@ -68,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = transformer_engine_problem() if args.cp_backend == "te" else None
+    if problem:
+        parser.error(f"--cp-backend te: {problem}")
+    return args
 
 
 def model_config(args, tokens: int) -> VDiTConfig:
@@ -124,12 +137,23 @@ def _peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB (RSS)
 
 
+def _sdpa_kernels(device: torch.device) -> str:
+    """Which fused SDPA kernels torch may pick here (ring blocks use the same ones)."""
+    if device.type != "cuda":
+        return "cpu flash"
+    enabled = [name for name, on in (("flash", torch.backends.cuda.flash_sdp_enabled()),
+                                     ("mem-efficient", torch.backends.cuda.mem_efficient_sdp_enabled()),
+                                     ("cudnn", torch.backends.cuda.cudnn_sdp_enabled())) if on]
+    return "/".join(enabled) or "math"
+
+
 def bench_one(args, layout: ParallelLayout, groups, tokens: int) -> dict:
     cfg = model_config(args, tokens)
     bf16 = not args.fp32 and torch.cuda.is_available()
     engine = ParallelEngine(cfg, layout, groups, seed=0, zero_stage=args.zero_stage,
                             recompute=args.recompute_granularity, schedule=args.schedule,
-                            param_dtype=torch.bfloat16 if bf16 else None)
+                            param_dtype=torch.bfloat16 if bf16 else None,
+                            cp_backend=args.cp_backend)
     device = engine.device
     opt = torch.optim.AdamW(engine.parameters(), lr=1e-4)  # foreach: DTensor-safe
     batch_size = args.micro_batch_size * args.num_microbatches
@@ -162,6 +186,8 @@ def bench_one(args, layout: ParallelLayout, groups, tokens: int) -> dict:
                    "vpp_layers": layout.num_layers_per_virtual_pipeline_stage},
         "schedule": engine.schedule_kind, "recompute": args.recompute_granularity,
         "zero_stage": args.zero_stage, "dtype": "bf16" if bf16 else "fp32",
+        "attention_backend": ("transformer_engine" if args.cp_backend == "te"
+                              else f"sdpa ({_sdpa_kernels(device)})"),
         "step_time_s": step_s, "step_times_s": times, "loss": loss,
         "model_flops_per_step": flops,
         "tokens_per_s": global_samples * cfg.tokens_per_sample / step_s,
@@ -184,10 +210,12 @@ def main(argv=None) -> list[dict]:
         world, tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
         context_parallel_size=args.context_parallel_size)
-    layout = dataclasses.replace(
-        layout, cp_comm_type=args.cp_comm_type, sequence_parallel=args.sequence_parallel,
-        num_layers_per_virtual_pipeline_stage=args.num_layers_per_virtual_pipeline_stage)
     cfg0 = model_config(args, max(args.tokens))
+    cp_comm_type = args.cp_comm_type or default_cp_comm_type(
+        cfg0.num_attention_heads, args.tensor_model_parallel_size, args.context_parallel_size)
+    layout = dataclasses.replace(
+        layout, cp_comm_type=cp_comm_type, sequence_parallel=args.sequence_parallel,
+        num_layers_per_virtual_pipeline_stage=args.num_layers_per_virtual_pipeline_stage)
     layout.validate(world, cfg0.num_layers, cfg0.num_attention_heads, cfg0.tokens_per_sample)
     groups = build_parallel_groups(layout, "cuda" if torch.cuda.is_available() else "cpu",
                                    num_attention_heads=cfg0.num_attention_heads)

@@ -18,3 +18,4 @@ if [[ "$(nvidia-smi -L | wc -l)" -ge 8 ]]; then
     --pipeline-model-parallel-size 2 --context-parallel-size 4 \
     --num-layers-per-virtual-pipeline-stage 7 --num-microbatches 4 --json-out "$OUT"
 fi
+"$PYTHON" bench/gpu_table.py "$OUT" docs/benchmarks.md   # the table in docs/benchmarks.md

@@ -28,7 +28,7 @@ srun --kill-on-bad-exit=1 "$PYTHON" -m torch.distributed.run \
   --model-size 7b --bf16 \
   --tensor-model-parallel-size 8 --sequence-parallel \
   --pipeline-model-parallel-size 2 \
-  --context-parallel-size 2 --cp-comm-type p2p \
+  --context-parallel-size 2 --cp-comm-type a2a \
   --recompute-granularity selective \
   --in-channels 16 --latent-frames 32 --latent-height 64 --latent-width 64 \
   --text-hidden-size 4096 --max-text-tokens 128 \

@@ -10,7 +10,7 @@ MASTER_ADDR=${MASTER_ADDR:?set MASTER_ADDR (hostname of the rendezvous node)}
 MASTER_PORT=${MASTER_PORT:-29500}
 NPROC_PER_NODE=${NPROC_PER_NODE:-8}
 TP=${TP:-1}; CP=${CP:-1}; PP=${PP:-1}
-CP_COMM=${CP_COMM:-p2p}
+CP_ARGS=(${CP_COMM:+--cp-comm-type "$CP_COMM"})   # unset: Ulysses when heads allow
 VPP_ARGS=()
 if [[ -n "${VPP_LAYERS:-}" ]]; then
   VPP_ARGS=(--num-layers-per-virtual-pipeline-stage "$VPP_LAYERS")
@@ -22,4 +22,4 @@ exec "$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --nproc-per-node="$NP
   --rdzv-id="${RDZV_ID:-vdit}" \
   -m megatron_vdit.train \
   --tensor-model-parallel-size "$TP" --context-parallel-size "$CP" \
-  --pipeline-model-parallel-size "$PP" --cp-comm-type "$CP_COMM" "${VPP_ARGS[@]}" "$@"
+  --pipeline-model-parallel-size "$PP" "${CP_ARGS[@]}" "${VPP_ARGS[@]}" "$@"

@@ -9,7 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NPROC=${NPROC:-8}
 TP=${TP:-1}; CP=${CP:-1}; PP=${PP:-1}
-CP_COMM=${CP_COMM:-p2p}          # p2p (ring), a2a (Ulysses), a2a+p2p (hybrid)
+# CP_COMM: p2p (ring), a2a (Ulysses), a2a+p2p (hybrid); unset: the trainer picks
+# Ulysses when the heads per TP rank divide over CP.
+CP_ARGS=(${CP_COMM:+--cp-comm-type "$CP_COMM"})
 VPP_ARGS=()
 if [[ -n "${VPP_LAYERS:-}" ]]; then   # interleaved 1F1B: layers per virtual stage
   VPP_ARGS=(--num-layers-per-virtual-pipeline-stage "$VPP_LAYERS")
@@ -19,5 +21,5 @@ PYTHON=${PYTHON:-.venv/bin/python}
 exec "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node="$NPROC" \
   -m megatron_vdit.train \
   --tensor-model-parallel-size "$TP" --context-parallel-size "$CP" \
-  --pipeline-model-parallel-size "$PP" --cp-comm-type "$CP_COMM" "${VPP_ARGS[@]}" \
+  --pipeline-model-parallel-size "$PP" "${CP_ARGS[@]}" "${VPP_ARGS[@]}" \
   --config "${CONFIG:-configs/tiny_default.yaml}" "$@"

@@ -1,0 +1,4 @@
+"""megatron_vdit: video diffusion transformers with Megatron-style 3D parallelism."""
+from .torch_floor import require_torch as _require_torch
+
+_require_torch()  # fail here, with the fix, rather than deep inside a parallel step

@@ -10,11 +10,14 @@ computed and discarded by `gather_tokens`.
 
 Backends (`ParallelLayout.cp_comm_type`):
 - "p2p"  ring attention: KV blocks travel round the CP ring (`batch_isend_irecv`, the
-  next block's transfer overlapping the current block's compute); blockwise attention
-  with an online softmax merged by log-sum-exp; a custom autograd Function whose
-  backward passes KV round the ring again with the dK/dV accumulators travelling along.
-- "a2a"  Ulysses: all-to-all from (all heads, S/CP tokens) to (H/CP heads, all tokens),
-  local SDPA, all-to-all back.
+  next block's transfer overlapping the current block's compute); each block runs a
+  fused SDPA kernel that returns its log-sum-exp (flash / memory-efficient on CUDA, the
+  flash kernel for CPU on CPU; no [L, L] scores exist), blocks merged by log-sum-exp; a
+  custom autograd Function whose backward runs the kernels' backward per block with the
+  merged statistics, passing KV round the ring again with the dK/dV accumulators
+  travelling along. Memory per rank is linear in its tokens.
+- "a2a"  Ulysses: one all-to-all for q, k and v together from (all heads, S/CP tokens)
+  to (H/CP heads, all tokens), local SDPA, all-to-all back.
 - "a2a+p2p" hybrid: Ulysses inside groups of `ulysses_degree` adjacent CP ranks, ring
   attention across those groups.
 - optional TransformerEngine backend (`TEContextParallelAttention`), GPU only.
@@ -34,11 +37,13 @@ from torch import nn
 # --- all-to-all (Ulysses) --------------------------------------------------------------
 def _all_to_all(x: torch.Tensor, group: dist.ProcessGroup, scatter_dim: int,
                 gather_dim: int) -> torch.Tensor:
+    """Split `scatter_dim` into group-size chunks, send chunk j to rank j, and concatenate
+    what arrives along `gather_dim` in rank order (one copy in, one copy out)."""
     n = group.size()
-    send = torch.stack(x.chunk(n, dim=scatter_dim)).contiguous()
+    send = x.unflatten(scatter_dim, (n, -1)).movedim(scatter_dim, 0).contiguous()
     recv = torch.empty_like(send)
     dist.all_to_all_single(recv, send, group=group)
-    return torch.cat(recv.unbind(0), dim=gather_dim)
+    return recv.movedim(0, gather_dim).flatten(gather_dim, gather_dim + 1)
 
 
 class _AllToAll(torch.autograd.Function):
@@ -56,6 +61,12 @@ class _AllToAll(torch.autograd.Function):
 def heads_to_tokens(x_BHLE: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     """[B, H, L, E] -> [B, H/n, n*L, E] (tokens of the group's ranks in rank order)."""
     return _AllToAll.apply(x_BHLE, group, 1, 2)
+
+
+def qkv_heads_to_tokens(q_BHLE, k_BHLE, v_BHLE, group: dist.ProcessGroup):
+    """`heads_to_tokens` of q, k and v in one all-to-all (one message per peer, not three)."""
+    qkv_3BHLE = _AllToAll.apply(torch.stack((q_BHLE, k_BHLE, v_BHLE)), group, 2, 3)
+    return qkv_3BHLE.unbind(0)
 
 
 def tokens_to_heads(x_BHLE: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
@@ -90,51 +101,97 @@ def _acc_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _block_forward(q, k, v, scale):
-    """One block of attention: (out [B,H,L,E], lse [B,H,L])."""
-    s = torch.matmul(q, k.transpose(-1, -2)) * scale
-    lse = torch.logsumexp(s, dim=-1)
-    return torch.matmul(torch.exp(s - lse.unsqueeze(-1)), v), lse
+# --- one block on a fused kernel --------------------------------------------------------
+# Each ring block runs a fused SDPA kernel that returns its log-sum-exp, so no [L, L]
+# score block is ever materialised and the math runs in the activation dtype. Which
+# kernel depends on the device only: on CPU the flash kernel for CPU; on CUDA flash for
+# fp16/bf16 (head dim a multiple of 8, at most 256, sm80+), memory-efficient otherwise.
+# The backward of a block takes the *merged* output and log-sum-exp: with the global
+# softmax statistics the kernel's dQ, dK, dV are exactly this block's share of the
+# full-attention gradient (P = exp(S - lse), delta = rowsum(dO * O)).
+_aten = torch.ops.aten
 
 
-def _block_backward(q, k, v, d_out, lse, delta, scale):
-    """Gradients of one block given the *global* softmax statistics (lse, delta)."""
-    p = torch.exp(torch.matmul(q, k.transpose(-1, -2)) * scale - lse.unsqueeze(-1))
-    dv = torch.matmul(p.transpose(-1, -2), d_out)
-    ds = p * (torch.matmul(d_out, v.transpose(-1, -2)) - delta.unsqueeze(-1))
-    return torch.matmul(ds, k) * scale, torch.matmul(ds.transpose(-1, -2), q) * scale, dv
+def _cuda_kernel(q: torch.Tensor) -> str:
+    head_dim = q.shape[-1]
+    if (q.dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256
+            and torch.cuda.get_device_capability(q.device) >= (8, 0)):
+        return "flash"
+    return "efficient"
+
+
+def _kernel_forward(q, k, v, scale):
+    """(out [B,H,L,E] in q's dtype, lse [B,H,L], aux for `_kernel_backward`)."""
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    if q.device.type != "cuda":
+        out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False,
+                                                                   scale=scale)
+        return out, lse, ("cpu",)
+    if _cuda_kernel(q) == "flash":
+        out, lse, cum_q, cum_k, _, _, seed, offset, _ = _aten._scaled_dot_product_flash_attention(
+            q, k, v, 0.0, False, False, scale=scale)
+        return out, lse, ("flash", cum_q, cum_k, seed, offset)
+    out, lse, seed, offset = _aten._scaled_dot_product_efficient_attention(
+        q, k, v, None, True, 0.0, False, scale=scale)
+    # The efficient kernel may pad the lse rows (to a multiple of 32): keep L for merging.
+    return out, lse[..., :q.shape[2]], ("efficient", seed, offset, lse.shape[-1])
+
+
+def _kernel_backward(d_out, q, k, v, out, lse, aux, scale):
+    """(dq, dk, dv) of one block, in q's dtype, given the merged `out` and `lse`."""
+    d_out, q, k, v, out = (t.contiguous() for t in (d_out, q, k, v, out))
+    lse = lse.contiguous()
+    if aux[0] == "cpu":
+        return _aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            d_out, q, k, v, out, lse, 0.0, False, scale=scale)
+    if aux[0] == "flash":
+        _, cum_q, cum_k, seed, offset = aux
+        return _aten._scaled_dot_product_flash_attention_backward(
+            d_out, q, k, v, out, lse, cum_q, cum_k, q.shape[2], k.shape[2], 0.0, False,
+            seed, offset, scale=scale)
+    _, seed, offset, lse_len = aux
+    lse = F.pad(lse, (0, lse_len - lse.shape[-1]))
+    dq, dk, dv, _ = _aten._scaled_dot_product_efficient_attention_backward(
+        d_out, q, k, v, None, out, lse, seed, offset, 0.0, [True, True, True, False], False,
+        scale=scale)
+    return dq, dk, dv
 
 
 class _RingAttention(torch.autograd.Function):
-    """softmax(q k^T * scale) v with K/V split round `group`; q, k, v: [B, H, L, E]."""
+    """softmax(q k^T * scale) v with K/V split round `group`; q, k, v: [B, H, L, E].
+
+    Saves q, k, v, the output (activation dtype) and the log-sum-exp: O(L) per rank.
+    Blocks are merged by log-sum-exp in float32 (or the input dtype when wider).
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, group, num_tokens):
         rank, size = group.rank(), group.size()
         length, scale = k.shape[2], 1.0 / math.sqrt(q.shape[-1])
         acc = _acc_dtype(q)
-        qf = q.to(acc)
-        out = torch.zeros_like(qf)
+        out = torch.zeros(q.shape, dtype=acc, device=q.device)
         lse = torch.full(q.shape[:-1], -math.inf, dtype=acc, device=q.device)
-        kv = torch.stack((k, v))
+        kv, aux = torch.stack((k, v)), None
         for step in range(size):
             if step + 1 < size:
                 next_kv, works = _start_ring_shift(kv, group)
             block = (rank - step) % size
             n = _valid_keys(num_tokens, block, length)
             if n:
-                blk_out, blk_lse = _block_forward(qf, kv[0, :, :, :n].to(acc),
-                                                  kv[1, :, :, :n].to(acc), scale)
+                blk_out, blk_lse, aux = _kernel_forward(q, kv[0, :, :, :n], kv[1, :, :, :n],
+                                                        scale)
+                blk_lse = blk_lse.to(acc)
                 new_lse = torch.logaddexp(lse, blk_lse)
                 out = (out * torch.exp(lse - new_lse).unsqueeze(-1)
-                       + blk_out * torch.exp(blk_lse - new_lse).unsqueeze(-1))
+                       + blk_out.to(acc) * torch.exp(blk_lse - new_lse).unsqueeze(-1))
                 lse = new_lse
             if step + 1 < size:
                 _wait(works)
                 kv = next_kv
-        ctx.group, ctx.num_tokens = group, num_tokens
+        out = out.to(q.dtype)
+        ctx.group, ctx.num_tokens, ctx.aux = group, num_tokens, aux
         ctx.save_for_backward(q, k, v, out, lse)
-        return out.to(q.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, d_out):
@@ -143,9 +200,8 @@ class _RingAttention(torch.autograd.Function):
         rank, size = group.rank(), group.size()
         length, scale = k.shape[2], 1.0 / math.sqrt(q.shape[-1])
         acc = _acc_dtype(q)
-        qf, d_out = q.to(acc), d_out.to(acc)
-        delta = (d_out * out).sum(-1)  # rowsum(dO * O): the softmax backward's correction
-        dq = torch.zeros_like(qf)
+        d_out = d_out.to(q.dtype)
+        dq = torch.zeros(q.shape, dtype=acc, device=q.device)
         kv = torch.stack((k, v))
         dkv_works = None
         for step in range(size):
@@ -155,9 +211,8 @@ class _RingAttention(torch.autograd.Function):
             n = _valid_keys(num_tokens, block, length)
             dkv = torch.zeros(kv.shape, dtype=acc, device=kv.device)
             if n:
-                dq_b, dk_b, dv_b = _block_backward(qf, kv[0, :, :, :n].to(acc),
-                                                   kv[1, :, :, :n].to(acc), d_out, lse,
-                                                   delta, scale)
+                dq_b, dk_b, dv_b = _kernel_backward(d_out, q, kv[0, :, :, :n], kv[1, :, :, :n],
+                                                    out, lse, ctx.aux, scale)
                 dq += dq_b
                 dkv[0, :, :, :n], dkv[1, :, :, :n] = dk_b, dv_b
             if dkv_works is not None:
@@ -176,6 +231,33 @@ class _RingAttention(torch.autograd.Function):
 def ring_attention(q_BHLE, k_BHLE, v_BHLE, group: dist.ProcessGroup, num_tokens: int):
     """Full attention over the ring's concatenated sequence, keys >= num_tokens dropped."""
     return _RingAttention.apply(q_BHLE, k_BHLE, v_BHLE, group, num_tokens)
+
+
+# --- choosing a flavour and a backend ---------------------------------------------------
+def default_cp_comm_type(num_attention_heads: int, tensor_model_parallel_size: int,
+                         context_parallel_size: int) -> str:
+    """The fastest CP flavour the head count allows.
+
+    Ulysses ("a2a") when the heads per TP rank divide over CP: two all-to-alls per
+    attention and one full-sequence fused kernel, where the ring runs CP smaller kernels
+    and CP - 1 KV exchanges. Otherwise the hybrid ("a2a+p2p") when some Ulysses degree
+    > 1 divides both, and the ring ("p2p") when none does.
+    """
+    local_heads = num_attention_heads // tensor_model_parallel_size
+    if local_heads % context_parallel_size == 0:
+        return "a2a"
+    return "a2a+p2p" if math.gcd(local_heads, context_parallel_size) > 1 else "p2p"
+
+
+def transformer_engine_problem() -> str | None:
+    """Why the TransformerEngine CP backend cannot run here (None when it can)."""
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except (ImportError, OSError) as exc:  # OSError: TE present but its CUDA libs are not
+        return f"TransformerEngine is not importable here ({exc})"
+    if not torch.cuda.is_available():
+        return "TransformerEngine needs CUDA, which is not available here"
+    return None
 
 
 # --- core-attention backends ------------------------------------------------------------
@@ -199,8 +281,8 @@ class ContextParallelAttention(nn.Module):
             raise ValueError("ContextParallelAttention is a self-attention backend: "
                              "it masks padding itself and takes no key mask")
         if self.ulysses_group is not None:
-            q_BHLE, k_BHLE, v_BHLE = (heads_to_tokens(t, self.ulysses_group)
-                                      for t in (q_BHLE, k_BHLE, v_BHLE))
+            q_BHLE, k_BHLE, v_BHLE = qkv_heads_to_tokens(q_BHLE, k_BHLE, v_BHLE,
+                                                         self.ulysses_group)
         if self.ring_group is not None and self.ring_group.size() > 1:
             out = ring_attention(q_BHLE, k_BHLE, v_BHLE, self.ring_group, self.num_tokens)
         else:
@@ -222,17 +304,14 @@ class TEContextParallelAttention(nn.Module):
     def __init__(self, config, *, num_tokens: int, padded_tokens: int, cp_group,
                  cp_comm_type: str, num_local_heads: int, **_unused):
         super().__init__()
-        try:
-            from transformer_engine.pytorch import DotProductAttention
-        except ImportError as exc:
-            raise ValueError("cp_backend='te' needs TransformerEngine, which is not "
-                             "importable here") from exc
+        problem = transformer_engine_problem()
+        if problem is not None:
+            raise ValueError(f"cp_backend='te': {problem}")
+        from transformer_engine.pytorch import DotProductAttention
         if num_tokens != padded_tokens:
             raise ValueError(f"cp_backend='te' cannot mask padding: tokens_per_sample="
                              f"{num_tokens} must be divisible by the {padded_tokens // num_tokens}"
                              f"-way split (padded to {padded_tokens})")
-        if not torch.cuda.is_available():
-            raise ValueError("cp_backend='te' needs CUDA")
         self.attn = DotProductAttention(
             num_local_heads, config.head_dim, attention_dropout=0.0, qkv_format="bshd",
             attn_mask_type="no_mask", cp_group=cp_group,

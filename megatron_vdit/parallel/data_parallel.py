@@ -25,24 +25,35 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from .layout import ParallelGroups
 from .tensor_parallel import allreduce_coalesced, local_grad, param_role, tag_params
 
+ZERO_STAGES = (1, 2, 3)
+
 
 def apply_data_parallel(model: nn.Module, groups: ParallelGroups, *, zero_stage: int = 2,
                         param_dtype: torch.dtype | None = None,
                         reduce_dtype: torch.dtype | None = None) -> nn.Module:
     """Shard parameters, gradients and optimizer state over `groups.mesh["dp_cp"]`.
 
-    zero_stage=2 keeps each block's parameters gathered from forward to backward
-    (`reshard_after_forward=False`: one all-gather per step; gradients and optimizer
-    state sharded); zero_stage=3 frees them after forward and all-gathers again in
-    backward. `param_dtype=torch.bfloat16` runs compute in bf16 with float32 master
-    weights; `reduce_dtype` is the gradient-reduction dtype (float32 recommended).
-    Each block is its own FSDP unit (its all-gather overlaps the previous block's
-    compute); the root holds embeddings, conditioning and the final layer. Call after
-    `apply_recompute`, before building the optimizer. A no-op when DP x CP == 1 and no
-    mixed precision is asked for. Blocks a pipeline stage deleted are simply absent.
+    The fp32 master weights and the AdamW moments are sharded at every stage; the stage
+    decides what lives unsharded during a step (P = the stage's parameters, n = DP x CP,
+    compute dtype c bytes, e.g. 2 for bf16; see docs/parallelism.md for the table):
+    - 1 (Megatron's distributed optimizer): parameters all-gathered once per step and
+      kept for every microbatch; gradients accumulate unsharded in fp32 over the
+      microbatches and are reduce-scattered once (`set_microbatch_sync` drives this).
+      Unsharded: c*P + 4*P. Fewest collectives.
+    - 2: parameters kept gathered from a microbatch's forward to its backward, freed
+      after it (`reshard_after_forward=False`); gradients reduce-scattered every
+      microbatch into sharded fp32 accumulators. Unsharded: c*P (one microbatch).
+    - 3: every block's parameters freed after its forward and all-gathered again for its
+      backward. Unsharded: about two blocks' worth (the one computing, the prefetched).
+    `param_dtype=torch.bfloat16` runs compute in bf16 with float32 master weights;
+    `reduce_dtype` is the gradient-reduction dtype (float32 recommended). Each block is
+    its own FSDP unit (its all-gather overlaps the previous block's compute); the root
+    holds embeddings, conditioning and the final layer. Call after `apply_recompute`,
+    before building the optimizer. A no-op when DP x CP == 1 and no mixed precision is
+    asked for. Blocks a pipeline stage deleted are simply absent.
     """
-    if zero_stage not in (2, 3):
-        raise ValueError(f"zero_stage={zero_stage}; expected 2 or 3")
+    if zero_stage not in ZERO_STAGES:
+        raise ValueError(f"zero_stage={zero_stage}; expected one of {ZERO_STAGES}")
     mesh = groups.mesh["dp_cp"]
     if mesh.size() == 1 and param_dtype is None and reduce_dtype is None:
         return model
@@ -67,6 +78,23 @@ def apply_data_parallel(model: nn.Module, groups: ParallelGroups, *, zero_stage:
             module.set_force_sum_reduction_for_comms(gloo)
     tag_params(model)  # fully_shard replaced the parameter objects
     return model
+
+
+def set_microbatch_sync(model: nn.Module, zero_stage: int, last_microbatch: bool) -> None:
+    """Before a microbatch's backward outside a pipeline schedule: under ZeRO-1 keep the
+    gathered parameters and the unsharded gradients until the last microbatch, which
+    reduce-scatters once; ZeRO-2/3 reduce-scatter every microbatch (FSDP's default)."""
+    if zero_stage == 1 and isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(last_microbatch)
+        model.set_reshard_after_backward(last_microbatch)
+
+
+def reshard(model: nn.Module) -> None:
+    """Free gathered parameters after a forward-only pass: FSDP frees a unit it keeps
+    gathered for backward (`reshard_after_forward=False`) only when backward runs."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def _chunks(model_or_chunks) -> list[nn.Module]:

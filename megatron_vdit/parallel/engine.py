@@ -23,6 +23,7 @@ from torch import nn
 
 from ..models.config import VDiTConfig
 from . import checkpoint, parallelize, pipeline
+from .data_parallel import ZERO_STAGES, reshard, set_microbatch_sync
 from .layout import ParallelGroups, ParallelLayout
 from .tensor_parallel import param_role, tag_params
 
@@ -39,11 +40,19 @@ class ParallelEngine:
     def __init__(self, config: VDiTConfig, layout: ParallelLayout, groups: ParallelGroups, *,
                  seed: int, zero_stage: int = 2, recompute: str | None = None,
                  schedule: str | None = None, param_dtype: torch.dtype | None = None,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, cp_backend: str = "native"):
         """`schedule`: "1f1b", "interleaved" or "gpipe"; default interleaved when the layout
         sets num_layers_per_virtual_pipeline_stage, else 1F1B. `param_dtype`: compute
         dtype (bf16 on GPU) with fp32 master weights and fp32 gradient reduction; None
-        keeps everything fp32."""
+        keeps everything fp32. `cp_backend`: "native" (ours) or "te" (TransformerEngine's
+        CP attention, GPU only). `zero_stage` 1, 2 or 3: what stays unsharded during a step
+        (`data_parallel.apply_data_parallel`). With one pipeline stage the microbatches
+        run in a plain loop, so ZeRO-2/3 reduce-scatter each microbatch's gradients as
+        its backward finishes; under PP the schedule accumulates unsharded gradients
+        over the microbatches and reduce-scatters once, whatever the stage."""
+        if zero_stage not in ZERO_STAGES:
+            raise ValueError(f"zero_stage={zero_stage}; expected one of {ZERO_STAGES}")
+        self.zero_stage = zero_stage
         pp = layout.pipeline_model_parallel_size
         virtual_flag = layout.num_layers_per_virtual_pipeline_stage
         self.schedule_kind = schedule or ("interleaved" if virtual_flag else "1f1b")
@@ -55,6 +64,7 @@ class ParallelEngine:
         self.config, self.layout, self.groups = config, layout, groups
         self.device = device or _default_device()
         self.param_dtype = param_dtype
+        self.cp_backend = cp_backend
         self.num_stages = pp * self.virtual
         self.stage_ids = pipeline.local_stage_ids(groups.rank_in("pp"), pp, self.virtual)
         chunks = self._split(self._build_model(seed))
@@ -67,7 +77,7 @@ class ParallelEngine:
         # On CPU: only this rank's stages go to the accelerator (after the split), so a
         # PP rank never holds the other stages' blocks in device memory.
         return parallelize.build_parallel_model(self.config, self.groups, seed=seed,
-                                                device="cpu")
+                                                cp_backend=self.cp_backend, device="cpu")
 
     def _split(self, model: nn.Module) -> list[nn.Module]:
         # Parameter copies made for each stage lose their attributes: re-attach roles.
@@ -142,12 +152,18 @@ class ParallelEngine:
         global_numel = target_BCFHW.numel() * self.layout.data_parallel_size
         factor = self._grad_average_factor()
         self._loss_scale = factor / global_numel
-        sched = self._schedule(batch // num_microbatches, num_microbatches, x_t_BCFHW.dtype)
-        losses: list[torch.Tensor] = []
-        kwargs = dict(timesteps_B=timesteps_B.to(dev), text_BXT=text_BXT.to(dev),
-                      text_mask_BX=text_mask_BX.to(dev))
-        run = sched.step if train else sched.eval
-        run(x_t_BCFHW.to(dev), target=target_BCFHW.to(dev), losses=losses, **kwargs)
+        inputs = [t.to(dev) for t in (x_t_BCFHW, timesteps_B, text_BXT, text_mask_BX,
+                                      target_BCFHW)]
+        if self.num_stages == 1:
+            losses = self._run_microbatches(inputs, num_microbatches, train)
+        else:
+            losses = []
+            sched = self._schedule(batch // num_microbatches, num_microbatches,
+                                   x_t_BCFHW.dtype)
+            run = sched.step if train else sched.eval
+            x, t, text, mask, target = inputs
+            run(x, target=target, losses=losses, timesteps_B=t, text_BXT=text,
+                text_mask_BX=mask)
         local = torch.stack([l.detach().float() for l in losses]).sum() if losses else \
             torch.zeros((), device=dev)
         local = local / factor
@@ -155,6 +171,22 @@ class ParallelEngine:
         dist.all_reduce(local, group=self.groups.pp)
         dist.all_reduce(local, group=self.groups.dp)
         return local.item()
+
+    def _run_microbatches(self, inputs, num_microbatches: int, train: bool):
+        """One stage: forward (and backward) microbatch after microbatch, no schedule."""
+        (model,) = self.model_chunks
+        losses = []
+        for i, (x, t, text, mask, target) in enumerate(
+                zip(*(tensor.chunk(num_microbatches) for tensor in inputs))):
+            if train:
+                set_microbatch_sync(model, self.zero_stage, i == num_microbatches - 1)
+            loss = self._loss_fn(model(x, t, text, mask), target)
+            if train:
+                loss.backward()
+            losses.append(loss.detach())
+        if not train:
+            reshard(model)
+        return losses
 
     # -- the trainer's API -------------------------------------------------------------
     def forward_backward(self, x_t_BCFHW: torch.Tensor, timesteps_B: torch.Tensor,

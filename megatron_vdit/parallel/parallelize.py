@@ -33,7 +33,6 @@ import dataclasses
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed._composable import checkpoint
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from ..models.config import VDiTConfig
@@ -42,6 +41,7 @@ from ..models.vdit import Conditioning, VDiTBlock, VDiTBlockSubmodules, VideoDiT
 from .context_parallel import ContextParallelAttention, TEContextParallelAttention
 from .data_parallel import apply_data_parallel, clip_grad_norm_, finalize_grads
 from .layout import ParallelGroups
+from .recompute import apply_recompute
 from .tensor_parallel import (SequenceParallelColumnLinear, SequenceParallelRowLinear,
                               all_gather_dim0, gather_tp_param, param_roles, tag_params)
 
@@ -259,29 +259,6 @@ def build_parallel_model(config: VDiTConfig, groups: ParallelGroups, *, seed: in
 
 
 # --- activation recomputation -------------------------------------------------------------
-def apply_recompute(model: nn.Module, granularity: str | None) -> nn.Module:
-    """Recompute activations in backward instead of keeping them.
-
-    "full": every block's forward is recomputed (keeps only block inputs).
-    "selective": only the core-attention kernels (self- and cross-), the largest
-    activations per FLOP (megatron's definition); under CP this repeats their
-    communication in backward. Uses the composable `checkpoint`, so parameter names
-    (and checkpoints) do not change; apply before `apply_data_parallel`.
-    """
-    if granularity is None:
-        return model
-    if granularity not in ("selective", "full"):
-        raise ValueError(f"recompute granularity {granularity!r}; expected 'selective', "
-                         "'full' or None")
-    for block in model.blocks.values():
-        if granularity == "full":
-            checkpoint(block)
-        else:
-            checkpoint(block.self_attention.core_attention)
-            checkpoint(block.cross_attention.core_attention)
-    return model
-
-
 # --- helpers for trainers, checkpoints and tests -----------------------------------------
 def full_state_dict(model: nn.Module, groups: ParallelGroups) -> dict[str, torch.Tensor]:
     """Full (un-TP-split, un-FSDP-sharded) parameters by name, on every rank (collective)."""

@@ -58,7 +58,7 @@ def test_uneven_sequences_are_valid():
 
 def test_option_errors_name_the_value():
     from megatron_vdit.parallel.parallelize import apply_data_parallel, apply_recompute
-    with pytest.raises(ValueError, match="zero_stage=1; expected 2 or 3"):
-        apply_data_parallel(None, None, zero_stage=1)
+    with pytest.raises(ValueError, match=r"zero_stage=4; expected one of \(1, 2, 3\)"):
+        apply_data_parallel(None, None, zero_stage=4)
     with pytest.raises(ValueError, match="granularity 'attention'"):
         apply_recompute(None, "attention")
