@@ -1,4 +1,6 @@
-"""megatron_vdit: video diffusion transformers with Megatron-style 3D parallelism."""
-from .torch_floor import require_torch as _require_torch
+"""megatron_vdit: video diffusion transformers with Megatron-style 3D parallelism.
 
-_require_torch()  # fail here, with the fix, rather than deep inside a parallel step
+Importing the package itself needs no torch: `scaling_laws` uses the torch-free
+`megatron_vdit.models.accounting`. The torch floor is checked where torch is first
+needed, when `megatron_vdit.parallel` or `megatron_vdit.training` is imported.
+"""
