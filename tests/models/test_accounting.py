@@ -6,13 +6,6 @@ import torch
 from megatron_vdit.models import accounting as acc
 from megatron_vdit.models.config import VDiTConfig
 from megatron_vdit.models.vdit import VideoDiT
-from megatron_vdit.parallel.layout import ParallelLayout, build_parallel_groups, init_distributed
-
-
-@pytest.fixture(scope="module")
-def tp_group():
-    init_distributed()
-    return build_parallel_groups(ParallelLayout()).tp
 
 
 @pytest.mark.parametrize("layers,hidden,heads,channels,patch,text", [

@@ -47,6 +47,10 @@ def _worker(rank: int, world_size: int, tmp: str, fn: Callable, args: tuple, kwa
 def spawn_world(fn: Callable, world_size: int, *args, timeout_s: float = 300,
                 **kwargs) -> list[Any]:
     """Run `fn(*args, **kwargs)` on `world_size` gloo ranks; return results by rank."""
+    if dist.is_initialized():
+        # A forked rank would inherit the group: its own init fails, its teardown hangs.
+        raise RuntimeError("spawn_world: this process already has a default process group "
+                           "(a test or fixture left one; see tests/conftest.py)")
     ctx = mp.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="vdit_dist_") as tmp:
         procs = [ctx.Process(target=_worker, args=(r, world_size, tmp, fn, args, kwargs),
