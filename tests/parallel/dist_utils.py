@@ -130,12 +130,14 @@ def mse_loss(model, batch) -> torch.Tensor:
 
 
 def train_reference(config, batch, *, steps: int, seed: int, lr: float, max_norm: float):
-    """Single-process training (a TP group of one, torch's clip): (losses, norms, params)."""
+    """Single-process training (a TP group of one, torch's clip):
+    (losses, norms, params, initial params)."""
     from megatron_vdit.models.vdit import VideoDiT
     singleton, _ = dist.new_subgroups(group_size=1)  # collective: call on every rank
     torch.manual_seed(seed)
     model = VideoDiT(config, singleton)
     perturb_zero_inits(model)
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     losses, norms = [], []
     for _ in range(steps):
@@ -145,8 +147,5 @@ def train_reference(config, batch, *, steps: int, seed: int, lr: float, max_norm
         norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm).item())
         opt.step()
         losses.append(loss.item())
-    return losses, norms, {n: p.detach().clone() for n, p in model.named_parameters()}
+    return losses, norms, {n: p.detach().clone() for n, p in model.named_parameters()}, initial
 
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).norm() / expected.norm().clamp_min(1e-12)).item()
