@@ -9,12 +9,19 @@ without a default group (`no_leaked_process_group`), fixtures that need a group 
 function-scoped (`tp_group`), and `dist_utils.spawn_world` refuses to fork while one
 exists. `pytest --random-order` (pytest-random-order, in the test extra) checks this;
 it prints the seed it used, and `--random-order-seed=N` repeats an order.
+
+This repository's own packages are never optional: `pytest.importorskip` of one of them
+(or any skip for "could not import 'megatron_vdit...'") fails the test instead of
+skipping it, so a broken package cannot turn its tests into silent skips.
 """
 import os
+import re
 import sys
 import warnings
 
 import pytest
+
+pytest_plugins = ["pytester"]  # tests/test_conftest.py runs small sessions with this file
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -47,3 +54,43 @@ def tp_group():
                                                init_distributed)
     init_distributed("gloo")
     return build_parallel_groups(ParallelLayout()).tp
+
+
+OWN_PACKAGES = ("megatron_vdit", "scaling_laws")
+_IMPORT_SKIP = re.compile(r"could not import '([\w.]+)'")
+
+
+def _own_package_import_skip(excinfo) -> str | None:
+    """The skip message when a skip hides a failed import of one of our packages."""
+    if excinfo is None or not excinfo.errisinstance(pytest.skip.Exception):
+        return None
+    match = _IMPORT_SKIP.search(str(excinfo.value))
+    if match and match.group(1).split(".")[0] in OWN_PACKAGES:
+        return str(excinfo.value)
+    return None
+
+
+def _as_failure(report, reason: str):
+    report.outcome = "failed"
+    report.longrepr = (f"{reason}\n(this repository's own package failed to import: "
+                       "that is a failure, not a reason to skip; see tests/conftest.py)")
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    reason = _own_package_import_skip(call.excinfo)
+    return _as_failure(report, reason) if reason else report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a module-level `importorskip` (it skips the whole file)."""
+    report = yield
+    if report.skipped:
+        message = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
+        match = _IMPORT_SKIP.search(message)
+        if match and match.group(1).split(".")[0] in OWN_PACKAGES:
+            return _as_failure(report, message)
+    return report
