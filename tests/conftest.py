@@ -94,3 +94,15 @@ def pytest_make_collect_report(collector):
         if match and match.group(1).split(".")[0] in OWN_PACKAGES:
             return _as_failure(report, message)
     return report
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Print the shuffle seed even under -q (the plugin puts it only in the header)."""
+    try:
+        from random_order.config import Config
+    except ImportError:  # the plugin is optional; without it the order is the files'
+        return
+    order = Config(config)
+    if order.is_enabled:
+        terminalreporter.write_line(f"random order: --random-order-bucket={order.bucket_type} "
+                                    f"--random-order-seed={order.seed}")
