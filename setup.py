@@ -30,7 +30,9 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8.0", "pytest-timeout>=2.3", "scikit-video==1.1.11"],
+    # pytest-random-order is opt-in (`pytest --random-order`): the default run keeps file order.
+    "test": ["pytest>=8.0", "pytest-timeout>=2.3", "pytest-random-order>=1.1",
+             "scikit-video==1.1.11"],
 }
 
 setup(

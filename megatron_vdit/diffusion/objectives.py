@@ -108,7 +108,3 @@ def seed_for(*keys: int) -> int:
     for key in keys:
         value = (value * 1_000_003 + int(key) * 7919 + 0x9E3779B9) % (2 ** 63 - 1)
     return value
-
-
-def mse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.mean((prediction.float() - target.float()) ** 2)

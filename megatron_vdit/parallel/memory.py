@@ -5,9 +5,13 @@ and states its assumptions; it picks a starting layout, not a tuned one:
 - model states: bf16 compute with fp32 master weights, fp32 gradients and AdamW moments,
   16 bytes per parameter, sharded ZeRO-3 style over TP x PP x DP x CP (FSDP2 over
   DP x CP, megatron TP, PP stages), plus one block's bf16 weights gathered at a time;
-- activations (bf16, flash/SDPA attention so no S^2 term): per block and sample about
-  34 * s * d bytes without recomputation (Korthikanti et al. 2022, sequence parallel
-  divides it by TP), 2 * s * d with full recomputation, with s = tokens / CP; under 1F1B
+- activations (bf16, flash/SDPA attention so no S^2 term): per block and sample the
+  bytes autograd keeps for backward, measured on this model's block (tests/parallel/
+  test_memory_plan.py counts the saved tensors): about 86 * s * d without recomputation
+  (GPT blocks keep about 34 s d, Korthikanti et al. 2022; ours adds cross-attention,
+  the adaLN modulations and RoPE in float32), 82 * s * d with selective recomputation
+  (only the attention outputs are dropped), 2 * s * d with full recomputation (the
+  block's input), with s = tokens / CP, divided by TP (sequence parallel); under 1F1B
   the first stage holds PP micro-batches of L / PP blocks, i.e. all L blocks' worth;
 - a fixed reserve for the CUDA context, NCCL buffers and fragmentation.
 """
@@ -18,7 +22,7 @@ import itertools
 
 GIB = 1024 ** 3
 BYTES_PER_PARAM_STATE = 16
-ACTIVATION_BYTES_PER_TOKEN_DIM = {None: 34, "selective": 34, "full": 2}
+ACTIVATION_BYTES_PER_TOKEN_DIM = {None: 86, "selective": 82, "full": 2}
 RESERVE_GIB = 6.0
 
 
@@ -55,7 +59,8 @@ def estimate_memory_gib(*, params_total: float, num_layers: int, hidden_size: in
     per_block = ACTIVATION_BYTES_PER_TOKEN_DIM[recompute] * tokens_local * hidden_size / tp
     activations = per_block * num_layers * micro_batch_size
     if recompute == "full":  # plus one block's full activations while it is recomputed
-        activations += 34 * tokens_local * hidden_size / tp * micro_batch_size
+        activations += (ACTIVATION_BYTES_PER_TOKEN_DIM[None] * tokens_local * hidden_size / tp
+                        * micro_batch_size)
     return states / GIB, activations / GIB
 
 
@@ -72,9 +77,8 @@ def suggest_layout(*, params_total: float, num_layers: int, hidden_size: int,
     budget = gpu_memory_gib - RESERVE_GIB
     powers = [2 ** i for i in range(num_gpus.bit_length()) if num_gpus % 2 ** i == 0]
     candidates, smallest = [], None
-    for recompute_rank, recompute in enumerate((None, "selective", "full")):
-        if recompute == "selective":
-            continue  # flash attention already avoids the S^2 term selective would drop
+    # Selective recomputation is not offered: with flash attention it saves under 5%.
+    for recompute_rank, recompute in enumerate((None, "full")):
         for tp, cp, pp in itertools.product(powers, powers, range(1, num_layers + 1)):
             if (tp > gpus_per_node or num_attention_heads % tp or num_layers % pp
                     or num_gpus % (tp * cp * pp) or tokens_per_sample < tp * cp):

@@ -2,17 +2,12 @@ import math
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from megatron_vdit.models import accounting as acc
 from megatron_vdit.models.config import VDiTConfig
 from megatron_vdit.models.vdit import VideoDiT
-from megatron_vdit.parallel.layout import ParallelLayout, build_parallel_groups, init_distributed
-
-
-@pytest.fixture(scope="module")
-def tp_group():
-    init_distributed()
-    return build_parallel_groups(ParallelLayout()).tp
 
 
 @pytest.mark.parametrize("layers,hidden,heads,channels,patch,text", [
@@ -32,6 +27,45 @@ def test_accounting_matches_built_model(tp_group, layers, hidden, heads, channel
     # The paper's N is the leading term; the rest is O(L * d).
     extra = acc.params_nonembed(shape) - acc.paper_params_nonembed(layers, hidden)
     assert 0 < extra <= 30 * layers * hidden
+
+
+@pytest.mark.parametrize("layers,hidden,heads,channels,patch,text,text_tokens", [
+    (2, 64, 2, 4, (1, 2, 2), 48, 8),
+    (1, 96, 3, 16, (2, 2, 2), 32, 5),
+])
+def test_model_flops_match_flop_counter(tp_group, layers, hidden, heads, channels, patch, text,
+                                        text_tokens):
+    """`model_flops_per_sample` against torch's FlopCounterMode on the built model.
+
+    The accounting counts the per-token matmuls and calls training 3x forward. The
+    counter sees two more things, both derived here from the architecture: per-sample
+    conditioning matmuls (timestep MLP and the adaLN-single projection, O(d^2) per
+    sample), and a backward that skips input gradients nobody needs (the patch
+    embedding's, the caption projection's first layer's, the timestep MLP's first
+    layer's). The math SDPA kernel is forced so attention shows up as counted bmm's."""
+    cfg = VDiTConfig(num_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                     in_channels=channels, latent_frames=4, latent_height=8, latent_width=8,
+                     patch_size_t=patch[0], patch_size_h=patch[1], patch_size_w=patch[2],
+                     text_hidden_size=text, max_text_tokens=text_tokens,
+                     use_cpu_initialization=True)
+    model = VideoDiT(cfg, tp_group)
+    batch, d, n = 3, hidden, cfg.tokens_per_sample
+    x = torch.randn(batch, channels, 4, 8, 8)
+    caption = torch.randn(batch, text_tokens, text)
+    mask = torch.ones(batch, text_tokens, dtype=torch.bool)
+    mask[0, 2:] = False  # padding is masked, not skipped: the matmuls keep their size
+    with sdpa_kernel(SDPBackend.MATH):
+        with FlopCounterMode(display=False) as forward:
+            out = model(x, torch.rand(batch) * 1000, caption, mask)
+        with FlopCounterMode(display=False) as backward:
+            out.square().mean().backward()
+    conditioning = 2 * (cfg.timestep_embed_dim * d + d * d + d * 6 * d)
+    unneeded_input_grads = 2 * (n * cfg.in_channels * cfg.patch_volume * d
+                                + text_tokens * text * d + cfg.timestep_embed_dim * d)
+    per_sample = acc.model_flops_per_sample(acc.ModelShape.from_config(cfg), n)
+    assert forward.get_total_flops() == batch * (per_sample / 3 + conditioning)
+    assert backward.get_total_flops() == batch * (2 * (per_sample / 3 + conditioning)
+                                                  - unneeded_input_grads)
 
 
 def test_paper_flops_formula_hand_values():

@@ -4,13 +4,6 @@ import torch
 from megatron_vdit.models.config import VDiTConfig, validate_model_config
 from megatron_vdit.models.layers import apply_rope, patchify, rope_tables, unpatchify
 from megatron_vdit.models.vdit import VideoDiT
-from megatron_vdit.parallel.layout import ParallelLayout, build_parallel_groups, init_distributed
-
-
-@pytest.fixture(scope="module")
-def tp_group():
-    init_distributed()
-    return build_parallel_groups(ParallelLayout()).tp
 
 
 def tiny_config(**overrides):

@@ -47,6 +47,10 @@ def _worker(rank: int, world_size: int, tmp: str, fn: Callable, args: tuple, kwa
 def spawn_world(fn: Callable, world_size: int, *args, timeout_s: float = 300,
                 **kwargs) -> list[Any]:
     """Run `fn(*args, **kwargs)` on `world_size` gloo ranks; return results by rank."""
+    if dist.is_initialized():
+        # A forked rank would inherit the group: its own init fails, its teardown hangs.
+        raise RuntimeError("spawn_world: this process already has a default process group "
+                           "(a test or fixture left one; see tests/conftest.py)")
     ctx = mp.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="vdit_dist_") as tmp:
         procs = [ctx.Process(target=_worker, args=(r, world_size, tmp, fn, args, kwargs),
@@ -126,12 +130,14 @@ def mse_loss(model, batch) -> torch.Tensor:
 
 
 def train_reference(config, batch, *, steps: int, seed: int, lr: float, max_norm: float):
-    """Single-process training (a TP group of one, torch's clip): (losses, norms, params)."""
+    """Single-process training (a TP group of one, torch's clip):
+    (losses, norms, params, initial params)."""
     from megatron_vdit.models.vdit import VideoDiT
     singleton, _ = dist.new_subgroups(group_size=1)  # collective: call on every rank
     torch.manual_seed(seed)
     model = VideoDiT(config, singleton)
     perturb_zero_inits(model)
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     losses, norms = [], []
     for _ in range(steps):
@@ -141,8 +147,5 @@ def train_reference(config, batch, *, steps: int, seed: int, lr: float, max_norm
         norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm).item())
         opt.step()
         losses.append(loss.item())
-    return losses, norms, {n: p.detach().clone() for n, p in model.named_parameters()}
+    return losses, norms, {n: p.detach().clone() for n, p in model.named_parameters()}, initial
 
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).norm() / expected.norm().clamp_min(1e-12)).item()

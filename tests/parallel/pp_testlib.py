@@ -5,7 +5,6 @@ Shape legend: B global batch, C channels, F/H/W latent dims, X text tokens, T te
 """
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -15,17 +14,6 @@ from megatron_vdit.models.config import VDiTConfig
 from megatron_vdit.models.vdit import VideoDiT
 from megatron_vdit.parallel.engine import ParallelEngine
 from megatron_vdit.parallel.layout import ParallelLayout, build_parallel_groups
-
-@pytest.fixture(autouse=True, scope="module")
-def no_inherited_process_group():
-    """Forked workers must not inherit an initialised default process group: a model test
-    module earlier in the session may leave its world-of-one group in the pytest
-    process, and a fork of it fails in `init_process_group` (then hangs tearing down the
-    copied group). Import this into every module that spawns worlds."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    yield
-
 
 SEED = 1234
 LR = 1e-3

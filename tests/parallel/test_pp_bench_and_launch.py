@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from dist_utils import spawn_world
-from pp_testlib import no_inherited_process_group  # noqa: F401 (autouse)
 from megatron_vdit.models import accounting
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,6 @@ import torch
 import torch.distributed as dist
 
 import pp_testlib as lib
-from pp_testlib import no_inherited_process_group  # noqa: F401 (autouse)
 from dist_utils import spawn_world
 from megatron_vdit.parallel import pipeline
 from megatron_vdit.parallel.layout import ParallelLayout

@@ -12,7 +12,6 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 import pp_testlib as lib
-from pp_testlib import no_inherited_process_group  # noqa: F401 (autouse)
 from dist_utils import spawn_world
 
 STEPS = range(4)
