@@ -93,7 +93,7 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path):
     (["--latent-height", "7"], "patch size 2 does not divide latent height=7"),
     (["--train-tokens", "100"], "smaller than one global batch"),
     (["--train-tokens", "1000"], "not a whole number of global batches"),
-    (["--model-size", "nope"], "unknown model preset 'nope'"),
+    (["--model-size", "nope"], "--model-size='nope'; expected one of"),
     (["--objective", "score"], "--objective='score'"),
     (["--global-batch-size", "6"], "not a multiple of --micro-batch-size=4"),
     (["--tensor-model-parallel-size", "2"], "world size 1 is not divisible"),
