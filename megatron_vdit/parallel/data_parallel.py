@@ -22,10 +22,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from .layout import ParallelGroups
+from .layout import ZERO_STAGES, ParallelGroups
 from .tensor_parallel import allreduce_coalesced, local_grad, param_role, tag_params
-
-ZERO_STAGES = (1, 2, 3)
 
 
 def apply_data_parallel(model: nn.Module, groups: ParallelGroups, *, zero_stage: int = 2,

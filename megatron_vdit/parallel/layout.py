@@ -16,6 +16,8 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 CP_COMM_TYPES = ("p2p", "a2a", "a2a+p2p")
+CP_BACKENDS = ("native", "te")  # core attention under CP: ours or TransformerEngine's
+ZERO_STAGES = (1, 2, 3)  # what FSDP2 keeps unsharded during a step (data_parallel.py)
 PIPELINE_SCHEDULES = ("1f1b", "interleaved", "gpipe")
 
 

@@ -40,7 +40,7 @@ from ..models.layers import patchify, unpatchify
 from ..models.vdit import Conditioning, VDiTBlock, VDiTBlockSubmodules, VideoDiT
 from .context_parallel import ContextParallelAttention, TEContextParallelAttention
 from .data_parallel import apply_data_parallel, clip_grad_norm_, finalize_grads
-from .layout import ParallelGroups
+from .layout import CP_BACKENDS, ParallelGroups
 from .recompute import apply_recompute
 from .tensor_parallel import (SequenceParallelColumnLinear, SequenceParallelRowLinear,
                               all_gather_dim0, gather_tp_param, param_roles, tag_params)
@@ -50,7 +50,6 @@ __all__ = ["TokenSharding", "token_sharding", "local_num_tokens", "shard_tokens"
            "apply_data_parallel", "finalize_grads", "clip_grad_norm_", "full_state_dict",
            "average_over_dp"]
 
-CP_BACKENDS = ("native", "te")
 MODEL_CONFIG_DEGREES = ("tensor_model_parallel_size", "pipeline_model_parallel_size",
                         "context_parallel_size", "sequence_parallel")
 

@@ -24,7 +24,7 @@ import yaml
 
 from ..diffusion.objectives import BETA_SCHEDULES, OBJECTIVES
 from ..models.accounting import PRESETS
-from ..parallel.layout import CP_COMM_TYPES
+from ..parallel.layout import CP_BACKENDS, CP_COMM_TYPES, ZERO_STAGES
 
 LR_DECAY_STYLES = ("constant", "cosine", "wsd")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -115,8 +115,10 @@ class ScheduleConfig:
     seed: int = opt(1234, "initialisation and training noise", resume=True)
     eval_interval: int = opt(50, "validate every N iterations", unit="iterations")
     eval_samples: int = opt(64, "fixed held-out set size", unit="samples", resume=True)
-    eval_micro_batch_size: int = opt(16, "validation batch per rank", unit="samples",
-                                     result=False)
+    eval_micro_batch_size: Optional[int] = opt(
+        None, "validation batch per rank (default: --micro-batch-size x pipeline size, "
+        "so each pipeline micro-batch holds training's activations)", unit="samples",
+        result=False)
     eval_seed: int = opt(0, "noise of the deterministic validation examples", resume=True)
 
 
@@ -133,8 +135,13 @@ class ParallelConfig:
         result=False)
     context_parallel_size: int = opt(1, "context-parallel degree (splits video tokens)",
                                      result=False)
-    cp_comm_type: str = opt("p2p", "CP flavour: ring (p2p), Ulysses (a2a) or Ulysses inside "
-                            "ring (a2a+p2p)", choices=CP_COMM_TYPES, result=False)
+    cp_comm_type: Optional[str] = opt(
+        None, "CP flavour: ring (p2p), Ulysses (a2a) or Ulysses inside ring (a2a+p2p) "
+        "(default: a2a when the heads per TP rank divide over CP, else a2a+p2p, else p2p)",
+        choices=CP_COMM_TYPES, result=False)
+    cp_backend: str = opt("native", "core attention under CP: ours (fused SDPA kernels) or "
+                          "TransformerEngine's (te: GPU, TE installed)", choices=CP_BACKENDS,
+                          result=False)
     ulysses_size: Optional[int] = opt(None, "Ulysses degree of a2a+p2p (default: the largest "
                                       "that divides heads and CP)", result=False)
     sequence_parallel: bool = opt(False, "shard activations over TP between blocks",
@@ -142,6 +149,10 @@ class ParallelConfig:
     recompute_granularity: Optional[str] = opt(None, "activation recomputation (default: "
                                                "none)", choices=RECOMPUTE_GRANULARITIES,
                                                result=False)
+    zero_stage: int = opt(2, "FSDP2 over DP x CP: 1 = distributed optimizer (params and fp32 "
+                          "grads kept over a step's micro-batches), 2 = grads sharded too, "
+                          "3 = params sharded too (see docs/parallelism.md)",
+                          choices=ZERO_STAGES, result=False)
 
 
 @dataclasses.dataclass(frozen=True)

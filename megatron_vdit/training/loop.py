@@ -78,6 +78,8 @@ class Trainer:
         # --bf16: bf16 compute with fp32 master weights and fp32 gradient reduction (FSDP2).
         self.engine = ParallelEngine(self.mc, self.layout, self.groups, seed=self.job.schedule.seed,
                                      recompute=self.job.parallel.recompute_granularity,
+                                     zero_stage=self.job.parallel.zero_stage,
+                                     cp_backend=self.job.parallel.cp_backend,
                                      param_dtype=torch.bfloat16 if m.bf16 else None)
         self.optimizer = torch.optim.AdamW(
             self.engine.parameters(), lr=o.lr, betas=(o.adam_beta1, o.adam_beta2),
@@ -155,7 +157,7 @@ class Trainer:
         pp = self.layout.pipeline_model_parallel_size
         total = 0.0
         for indices, batch in self.source.val_batches(
-                s.eval_samples, micro_batch_size or s.eval_micro_batch_size):
+                s.eval_samples, micro_batch_size or self.r.eval_micro_batch_size):
             x_t, t, target = self.objective.validation_example(
                 batch["latent"], indices, s.eval_samples, s.eval_seed)
             loss = self.engine.eval_loss(x_t, t, batch["text_emb"], batch["text_mask"], target,

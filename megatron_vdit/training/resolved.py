@@ -16,6 +16,7 @@ import torch
 
 from ..models.accounting import PRESETS, preset_shape
 from ..models.config import VDiTConfig, validate_model_config
+from ..parallel.context_parallel import default_cp_comm_type, transformer_engine_problem
 from ..parallel.layout import ParallelLayout
 from .config import FIELDS, JobConfig
 
@@ -35,6 +36,8 @@ class Resolved:
     """Every parallel degree, data parallel included."""
     tokens_per_sample: int
     micro_batch_size: int
+    eval_micro_batch_size: int
+    """Validation batch per rank: --eval-micro-batch-size or micro-batch x PP."""
 
     @property
     def data_parallel_size(self) -> int:
@@ -71,17 +74,22 @@ def resolve(job: JobConfig, world_size: int) -> Resolved:
     check_choices(job)
     layers, hidden, heads = _shape(job)
     p = job.parallel
+    check_cp_backend(job)
+    cp_comm_type = p.cp_comm_type or default_cp_comm_type(
+        heads, p.tensor_model_parallel_size, p.context_parallel_size)
     layout = ParallelLayout.from_world_size(
         world_size, tensor_model_parallel_size=p.tensor_model_parallel_size,
         pipeline_model_parallel_size=p.pipeline_model_parallel_size,
-        context_parallel_size=p.context_parallel_size, cp_comm_type=p.cp_comm_type,
+        context_parallel_size=p.context_parallel_size, cp_comm_type=cp_comm_type,
         ulysses_size=p.ulysses_size, sequence_parallel=p.sequence_parallel,
         num_layers_per_virtual_pipeline_stage=p.num_layers_per_virtual_pipeline_stage)
     n_ctx = tokens_per_sample(job)
-    batch = _global_batch(job, n_ctx, layout)
+    eval_micro_batch = (job.schedule.eval_micro_batch_size or
+                        job.schedule.micro_batch_size * layout.pipeline_model_parallel_size)
+    batch = _global_batch(job, n_ctx, layout, eval_micro_batch)
     iters, tokens = _duration(job, batch * n_ctx)
     resolved = Resolved(layers, hidden, heads, batch, iters, tokens, layout, n_ctx,
-                        job.schedule.micro_batch_size)
+                        job.schedule.micro_batch_size, eval_micro_batch)
     check_schedule(job, resolved)
     mc = model_config(job, resolved)
     layout.validate(world_size, mc.num_layers, mc.num_attention_heads, mc.tokens_per_sample)
@@ -122,7 +130,8 @@ def _shape(job: JobConfig) -> tuple[int, int, int]:
     return tuple(shape)
 
 
-def _global_batch(job: JobConfig, n_ctx: int, layout: ParallelLayout) -> int:
+def _global_batch(job: JobConfig, n_ctx: int, layout: ParallelLayout,
+                  eval_micro_batch: int) -> int:
     s, dp = job.schedule, layout.data_parallel_size
     batch = s.global_batch_size
     if s.global_batch_tokens is not None:
@@ -140,10 +149,10 @@ def _global_batch(job: JobConfig, n_ctx: int, layout: ParallelLayout) -> int:
         raise ValueError(f"--global-batch-size={batch} is not a multiple of "
                          f"--micro-batch-size={s.micro_batch_size} x data-parallel size {dp}")
     pp = layout.pipeline_model_parallel_size
-    if s.eval_samples % (dp * pp) or s.eval_micro_batch_size % pp:
+    if s.eval_samples % (dp * pp) or eval_micro_batch % pp:
         raise ValueError(f"--eval-samples={s.eval_samples} must be a multiple of data-parallel "
                          f"size x pipeline size = {dp * pp} and --eval-micro-batch-size="
-                         f"{s.eval_micro_batch_size} a multiple of pipeline size {pp}, so "
+                         f"{eval_micro_batch} a multiple of pipeline size {pp}, so "
                          "every rank evaluates equal, pipeline-divisible batches")
     if pp > 1 and batch // per_step < pp:
         raise ValueError(f"pipeline parallel size {pp} needs at least {pp} micro-batches per "
@@ -209,6 +218,15 @@ def check_choices(job: JobConfig) -> None:
             raise ValueError(f"{FIELDS[name].flag}={value!r}; expected one of {choices}")
 
 
+def check_cp_backend(job: JobConfig) -> None:
+    """--cp-backend te where TransformerEngine cannot run is a usage error, found here
+    rather than when the first attention layer is built."""
+    if job.parallel.cp_backend == "te":
+        problem = transformer_engine_problem()
+        if problem is not None:
+            raise ValueError(f"--cp-backend te: {problem}")
+
+
 def check_schedule(job: JobConfig, r: Resolved) -> None:
     """The LR schedule; model-shape checks run in `validate_model_config`."""
     o, s = job.optimizer, job.schedule
@@ -232,7 +250,8 @@ def resolved_flat(job: JobConfig, r: Resolved, data_root: str | None = None) -> 
     flat.update(num_layers=r.num_layers, hidden_size=r.hidden_size,
                 num_attention_heads=r.num_attention_heads, global_batch_size=r.global_batch_size,
                 train_iters=r.train_iters, train_tokens=r.train_tokens,
-                data_parallel_size=r.data_parallel_size)
+                data_parallel_size=r.data_parallel_size, cp_comm_type=r.layout.cp_comm_type,
+                eval_micro_batch_size=r.eval_micro_batch_size)
     if data_root is not None:
         flat["data"] = data_root
     return flat
