@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from dist_utils import spawn_world
-from pp_testlib import no_inherited_process_group  # noqa: F401 (autouse)
 from test_pp_bench_and_launch import _run_bench
 from megatron_vdit.parallel.context_parallel import (default_cp_comm_type,
                                                      transformer_engine_problem)

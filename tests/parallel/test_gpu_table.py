@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from dist_utils import spawn_world
-from pp_testlib import no_inherited_process_group  # noqa: F401 (autouse)
 from test_pp_bench_and_launch import _run_bench
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 
 import pp_testlib as lib
-from pp_testlib import no_inherited_process_group  # noqa: F401 (autouse)
 from dist_utils import spawn_world
 
 STEPS = range(2)
