@@ -4,15 +4,16 @@
 
 Reads the JSON lines `bench/bench_gpu_step.py` appends and replaces the table between
 the markers `<!-- gpu-table:start -->` and `<!-- gpu-table:end -->` in the document
-(written atomically: a temporary file renamed over it). Later lines for the same
+(written atomically, by `megatron_vdit.utils.atomic_io`). Later lines for the same
 (device, layout, tokens, recompute, ZeRO stage, attention backend) replace earlier ones.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+
+from megatron_vdit.utils.atomic_io import write_text_atomic
 
 START, END = "<!-- gpu-table:start -->", "<!-- gpu-table:end -->"
 HEADER = ("| device | layout | tokens/sample | recompute | ZeRO | attention | step time (s) "
@@ -58,10 +59,7 @@ def write_table(results_path: str, doc_path: str) -> None:
         raise ValueError(f"{doc_path}: needs exactly one {START} ... {END} block")
     before, rest = doc.split(START)
     after = rest.split(END)[1]
-    tmp = doc_path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{before}{START}\n{table(results)}\n{END}{after}")
-    os.replace(tmp, doc_path)
+    write_text_atomic(doc_path, f"{before}{START}\n{table(results)}\n{END}{after}")
 
 
 def main(argv=None) -> int:

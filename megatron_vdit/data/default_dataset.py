@@ -18,6 +18,7 @@ from megatron_vdit.data.encoders import load_vae
 from megatron_vdit.data.precompute import PrecomputeConfig, run_precompute
 from megatron_vdit.data.procedural import render_clip
 from megatron_vdit.data.video_io import write_video
+from megatron_vdit.utils.atomic_io import write_json_atomic
 
 DEFAULT_FPS = 8
 # Small shards so the default data can feed up to 32 data-parallel ranks.
@@ -106,9 +107,7 @@ def ensure_default_shards(root: str, num_train_clips: int, num_val_clips: int, f
         with open(manifest_path) as handle:
             manifest = json.load(handle)
         manifest["default_dataset"] = expected
-        with open(manifest_path + ".tmp", "w") as handle:
-            json.dump(manifest, handle, indent=1, sort_keys=True)
-        os.replace(manifest_path + ".tmp", manifest_path)
+        write_json_atomic(manifest_path, manifest, indent=1, sort_keys=True)
         if not _is_current(root, expected, num_train_clips, num_val_clips):
             raise RuntimeError(f"default shards in {root} lost clips; see {root}/errors.jsonl")
     return root

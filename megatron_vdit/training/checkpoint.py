@@ -2,8 +2,8 @@
 
 Layout: `<save>/iter_0000123/` holds the state; `<save>/latest` names the newest
 complete one. A checkpoint is written into `iter_XXXXXXX.tmp/`, fsynced, then
-renamed into place (atomic on POSIX); only then is `latest` replaced, itself through a
-temp file + `os.replace`. Loading reads `latest`, so a crash at any point leaves the
+renamed into place (atomic on POSIX); only then is `latest` replaced, itself written
+atomically (`utils/atomic_io.py`). Loading reads `latest`, so a crash at any point leaves the
 previous checkpoint in charge. Leftover `.tmp` directories are removed on the next save.
 """
 from __future__ import annotations
@@ -13,25 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from ..utils.atomic_io import fsync_dir, write_text_atomic
+
 LATEST = "latest"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def save_checkpoint(save_dir: str, iteration: int, write_fn: Callable[[Path], None],
@@ -64,8 +48,8 @@ def save_checkpoint(save_dir: str, iteration: int, write_fn: Callable[[Path], No
         if final.exists():
             os.rename(final, replaced)
         os.rename(tmp, final)
-        _fsync_dir(root)
-        _write_text_atomic(root / LATEST, final.name + "\n")
+        fsync_dir(root)
+        write_text_atomic(root / LATEST, final.name + "\n")
         shutil.rmtree(replaced, ignore_errors=True)
         _prune(root, final, keep)
     barrier()

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from ..models.accounting import paper_params_nonembed
+from ..utils import atomic_io
 
 RUN_RECORD = "run.json"
 METRICS = "metrics.jsonl"
@@ -64,7 +65,7 @@ def truncate_metrics(run_dir: Path, after_iteration: int) -> None:
     (a resume into a new run dir starts an empty log)."""
     path = Path(run_dir) / METRICS
     kept = [r for r in read_metrics(run_dir) if r.get("iteration", 0) <= after_iteration]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    atomic_io.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def plot_losses(run_dir: Path) -> Path | None:
@@ -135,6 +136,5 @@ def build_run_record(job, r, identity: dict, *, run_id: str, params_nonembed: in
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    """Run records and loader states: indent 2, anything else JSON lacks as str."""
+    atomic_io.write_json_atomic(path, obj, indent=2, default=str)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory) -> None:
+    """Make a rename in `directory` durable (POSIX: fsync the directory itself)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -49,7 +50,7 @@ def atomic_open(path, mode: str = "w") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_text_atomic(path, text: str) -> None:
