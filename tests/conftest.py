@@ -44,6 +44,16 @@ def no_leaked_process_group():
     destroy_leaked_process_group()
     yield
     destroy_leaked_process_group()
+    stop_wandb_service()
+
+
+def stop_wandb_service() -> None:
+    """End the wandb-core service an in-process training test started: its threads
+    could hold a lock at the moment a later parallel test forks its ranks, and a forked
+    rank would then wait on that lock forever."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and hasattr(wandb, "teardown"):
+        wandb.teardown()
 
 
 @pytest.fixture

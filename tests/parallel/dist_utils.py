@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import pickle
 import tempfile
+import time
 import traceback
 from typing import Any, Callable
 
@@ -57,8 +58,9 @@ def spawn_world(fn: Callable, world_size: int, *args, timeout_s: float = 300,
                              daemon=True) for r in range(world_size)]
         for p in procs:
             p.start()
+        deadline = time.monotonic() + timeout_s  # one deadline for the world, not per rank
         for p in procs:
-            p.join(timeout_s)
+            p.join(max(0.0, deadline - time.monotonic()))
         hung = [r for r, p in enumerate(procs) if p.is_alive()]
         for p in procs:
             if p.is_alive():
