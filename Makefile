@@ -24,7 +24,7 @@ $(VENV)/.installed: setup.py Makefile
 	touch $@
 
 train: venv
-	$(PY) -m megatron_vdit.train --config configs/tiny_default.yaml --run-dir runs/default
+	$(PY) -m megatron_vdit.train --config configs/tiny_natural.yaml --run-dir runs/default
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests

@@ -14,8 +14,8 @@ def _fmt(x, spec=".4g") -> str:
 
 
 def interior_fraction(law: dict | None) -> tuple[int, int]:
-    """(cells whose fitted optimum lies inside their grid, cells) from law.json."""
-    cells = (law or {}).get("cells") or []
+    """(cells whose fitted optimum lies inside their grid, cells) from law.json's diagnostics."""
+    cells = ((law or {}).get("diagnostics") or {}).get("cells") or []
     return sum(1 for c in cells if c.get("status") == "ok"), len(cells)
 
 
