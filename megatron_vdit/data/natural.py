@@ -30,9 +30,8 @@ import math
 import os
 
 import numpy as np
-import torch
 
-from .synthetic import CaptionEmbedder
+from .synthetic import CaptionEmbedder, stack_samples
 
 # Photographs (and two photographed textures) bundled with scikit-image, by file name.
 TRAIN_IMAGES = ("astronaut", "coffee", "rocket", "hubble_deep_field", "ihc", "retina",
@@ -169,10 +168,4 @@ class NaturalClips:
         return {"latent": encode(pixels), "text_emb": text, "text_mask": mask, "caption": caption}
 
     def batch(self, split: str, indices: list[int]) -> dict:
-        samples = [self.sample(split, i) for i in indices]
-        return {
-            "latent": torch.from_numpy(np.stack([s["latent"] for s in samples])),
-            "text_emb": torch.from_numpy(np.stack([s["text_emb"] for s in samples])),
-            "text_mask": torch.from_numpy(np.stack([s["text_mask"] for s in samples])),
-            "keys": [f"{split}-{i}" for i in indices],
-        }
+        return stack_samples([self.sample(split, i) for i in indices], split, indices)

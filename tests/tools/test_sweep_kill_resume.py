@@ -7,17 +7,9 @@ import sys
 import time
 from pathlib import Path
 
+from test_run_sweep import BASE  # the same tiny base config
+
 ROOT = Path(__file__).resolve().parents[2]
-BASE = """data: synthetic
-in_channels: 4
-latent_frames: 2
-latent_height: 8
-latent_width: 8
-text_hidden_size: 32
-max_text_tokens: 12
-eval_samples: 8
-log_interval: 5
-"""
 
 
 def _sweep(tmp_path):
