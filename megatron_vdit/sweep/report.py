@@ -23,7 +23,8 @@ def headline(val: dict, law: dict | None) -> list[str]:
     inside, cells = interior_fraction(law)
     lines = [f"law usable: {val['law_usable']}"
              + ("" if val["law_usable"] else f" ({'; '.join(val['unusable_reasons'])})"),
-             f"cells with an interior optimum: {inside}/{cells}",
+             f"cells with an interior optimum: {inside}/{cells}" if law else
+             "cells with an interior optimum: - (no law.json)",
              f"seed noise (rel sd): {_fmt(val['seed_noise_rel'], '.2%')}"]
     if val.get("measured_val_loss") is not None:
         lines += [f"held-out N={val['heldout_params_nonembed']:,} T={val['heldout_train_tokens']:,}: "
@@ -40,6 +41,21 @@ def _law_text(out: Path) -> str:
     proc = subprocess.run([sys.executable, "-m", "scaling_laws", "report", str(out / "law.json")],
                           capture_output=True, text=True)
     return proc.stdout + proc.stderr
+
+
+def best_runs(out: Path) -> list[str]:
+    """Best completed grid run per model size: does the loss fall with size?"""
+    best = {}
+    for path in sorted((out / "runs").glob("*/run.json")):
+        rec = json.loads(path.read_text())
+        n, loss = rec.get("params_nonembed"), rec.get("val_loss")
+        if rec.get("status") == "completed" and loss is not None and (n not in best or loss < best[n]["val_loss"]):
+            best[n] = rec
+    rows = ["| N (non-embedding) | best val loss | its lr | its batch (samples) | run |",
+            "|---|---|---|---|---|"]
+    rows += [f"| {n:,} | {r['val_loss']:.5f} | {r['lr']:g} | {r['batch_samples']} | {r['run_id']} |"
+             for n, r in sorted(best.items())]
+    return rows
 
 
 def _sizes_table(spec: SweepSpec, levels: dict) -> list[str]:
@@ -61,6 +77,7 @@ def write_report(out: Path, spec: SweepSpec, levels: dict, notes: list, progress
     lines = [f"# Sweep report: {out}", "", f"Sweep file: `{spec.source}`.", "", "## Headline", ""]
     lines += [f"- {x}" for x in headline(val, law)]
     lines += ["", "## Sizes and grids", ""] + _sizes_table(spec, levels)
+    lines += ["", "## Best run per size", ""] + best_runs(out)
     lines += ["", "## Grid growth (bracketing)", ""]
     lines += [f"- {n}" for n in notes] or ["- every best run was interior: no point added"]
     lines += ["", "## Excluded runs", ""]

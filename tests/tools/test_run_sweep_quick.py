@@ -24,7 +24,7 @@ def test_quick_sweep_writes_every_output(tmp_path):
                            str(out)], env=env, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted((out / "runs").glob("*/run.json"))
-    assert len(runs) == 3 * 9, "3 sizes x a 3x3 grid (the quick grid does not grow)"
+    assert len(runs) >= 3 * 9, "3 sizes x a 3x3 grid, grown at the edges"
     assert proc.stdout.count(": completed val_loss=") >= len(runs)
     assert len(list((out / "noise").glob("*/run.json"))) == 1
     val = json.loads((out / "validation.json").read_text())
