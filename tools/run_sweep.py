@@ -63,17 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
 def check_job(job: Job) -> None:
     """Resolve a run's training config in-process: a bad base config fails here, not in run 1."""
     from megatron_vdit.training.config import load_config
-    from megatron_vdit.training.data import IN_MEMORY_DATA, prepare_data
-    from megatron_vdit.training.loop import model_config
+    from megatron_vdit.training.data import check_data_paths
+    from megatron_vdit.training.resolved import model_config, resolve
     try:
         cfg = load_config(list(job.argv[3:]))
     except SystemExit:
         raise ValueError(f"run {job.run_id}: the training CLI rejects its flags "
                          f"{' '.join(job.argv[3:])}") from None
-    cfg.resolve(1)
-    model_config(cfg)
-    if cfg.data in IN_MEMORY_DATA:
-        prepare_data(cfg, 1)
+    model_config(cfg, resolve(cfg, 1))
+    check_data_paths(cfg)
 
 
 def _positive(values, flag):
