@@ -1,5 +1,6 @@
-# Quick start:  make train   (set up + train the tiny default model)
+# Quick start:  make sweep   (set up + the main job: sweep, fit, held-out check, report, plan)
 #               make test    (set up + run the whole suite)
+#               make train   (a quick demo: set up + train the tiny default model)
 # GPU cluster: run inside an NGC PyTorch image with VENV_FLAGS=--system-site-packages
 # so the image's torch is kept (the install never replaces an importable torch).
 PYTHON ?= python3
@@ -8,6 +9,7 @@ VENV_FLAGS ?=
 PY := $(VENV)/bin/python
 TORCH_CPU_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
+SWEEP_ARGS ?=
 
 .PHONY: venv train test sweep bench clean
 
@@ -22,14 +24,15 @@ $(VENV)/.installed: setup.py Makefile
 	touch $@
 
 train: venv
-	$(PY) -m megatron_vdit.train --config configs/tiny_default.yaml --run-dir runs/default
+	$(PY) -m megatron_vdit.train --config configs/tiny_natural.yaml --run-dir runs/default
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
-# The whole loop on CPU: sweep small models -> fit the laws -> plan (see the script).
+# The main job on CPU: sweep small models -> fit -> held-out check -> report -> plan.
+# SWEEP_ARGS: --quick, --config FILE, --out DIR (see examples/run_sweep.sh).
 sweep: venv
-	PY=$(PY) bash examples/run_sweep.sh
+	PY=$(PY) bash examples/run_sweep.sh $(SWEEP_ARGS)
 
 bench: venv
 	$(PY) bench/cpu_throughput.py

@@ -27,6 +27,8 @@ INSTALL_REQUIRES = [
     "av>=12.0",
     "diffusers>=0.32",
     "transformers>=4.46",
+    # The sweep's default data: photographs bundled in its wheel (data/natural.py).
+    "scikit-image>=0.24",
 ]
 
 EXTRAS = {

@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# A CPU-sized scaling sweep on the embedded default data, then the fit and the plan.
-# 3 model sizes x 2 token budgets x 3 LRs x 3 batch sizes = 54 runs (~30 min on 2 idle
-# cores). The grid is centred on the best cells of a measured 27-run sweep (LR 1.5e-3,
-# 8 samples); see docs/scaling_laws.md for what such a CPU sweep can and cannot show.
-# Resumable: rerun to continue after an interruption.
+# The main job: a CPU sweep of small models on photographs animated by a moving camera,
+# the fit, a check of the law on a held-out larger model, the report and the plan.
+#   bash examples/run_sweep.sh [--quick] [--config FILE] [--out DIR]
+# --config: the sweep file (default configs/sweep.yaml: sizes, token budgets, grid).
+# --quick:  the sweep file's toy-scale `quick:` section (minutes; the tests run it).
+# Resumable and SIGKILL-safe: rerun the same command to continue.
+# Outputs in DIR (default runs/sweep, runs/sweep_quick with --quick): law.json,
+# report.md, plots/*.png, validation.json, plan.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-OUT=${OUT:-runs/sweep}
-$PY tools/run_sweep.py --out "$OUT" \
-  --presets cpu-0.13m cpu-0.6m cpu-1.6m \
-  --train-tokens 196608 393216 \
-  --lrs 5e-4 1.5e-3 4.5e-3 \
-  --batch-sizes 4 8 16
-$PY -m scaling_laws fit "$OUT" --out "$OUT/law.json" --plots "$OUT/plots"
-$PY -m scaling_laws report "$OUT/law.json"
-$PY tools/predict_config.py --budget 1e22 --law "$OUT/law.json"
+CONFIG=configs/sweep.yaml
+ARGS=()
+die() { echo "run_sweep.sh: error: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) ARGS+=(--quick); shift ;;
+    --config) [ $# -ge 2 ] || die "--config needs a sweep file"; CONFIG=$2; shift 2 ;;
+    --out) [ $# -ge 2 ] || die "--out needs a directory"; ARGS+=(--out "$2"); shift 2 ;;
+    -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+    *) die "unknown argument $1 (expected --quick, --config FILE, --out DIR)" ;;
+  esac
+done
+exec "$PY" tools/run_sweep.py --sweep "$CONFIG" "${ARGS[@]}"

@@ -1,106 +1,197 @@
 """Run a small-model sweep over (model size, tokens, learning rate, batch size).
 
-Each grid point is one training run (a subprocess, so one failure cannot take the sweep
-down) writing `<out>/<run_id>/run.json`; `python -m scaling_laws fit <out>` consumes the
-directory. The sweep is resumable: runs whose record says `completed` or `diverged`
-are skipped on a rerun. LR is constant after warmup (the paper's protocol), and
-validation runs at `--evals-per-run` evenly spaced token counts, so each run also
-contributes intermediate T points through `val_loss_curve`.
+Two ways to declare it:
 
-    python tools/run_sweep.py --presets cpu-0.13m cpu-0.6m cpu-1.6m \
-        --train-tokens 393216 --lrs 3e-4 1e-3 3e-3 --batch-sizes 8 16 32 --out runs/sweep
+  python tools/run_sweep.py --sweep configs/sweep.yaml [--quick] [--out DIR]
+      the main job: one YAML file declares sizes, budgets and the (lr, batch) grid per
+      size; the sweep brackets every optimum, measures seed noise, fits the law, checks
+      it on a held-out larger size (validation.json), writes report.md and the plan.
+
+  python tools/run_sweep.py --presets cpu-0.13m cpu-0.6m --train-tokens 393216 \\
+      --lrs 5e-4 1e-3 --batch-sizes 8 16 --out runs/grid
+      a plain grid of runs (constant LR, validation at --evals-per-run token counts),
+      no fit; `python -m scaling_laws fit DIR` consumes the directory.
+
+Every run is a subprocess writing `<run_dir>/run.json`. Resumable and SIGKILL-safe: a
+rerun skips finished runs and resumes unfinished ones from their last checkpoint.
+Exit codes: 0 ok, 1 failed runs, 2 bad input (checked before any run starts).
 """
 from __future__ import annotations
 
 import argparse
-import itertools
+import functools
 import json
-import os
-import subprocess
+import math
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from megatron_vdit.sweep import driver, grid  # noqa: E402
+from megatron_vdit.sweep.jobs import Job  # noqa: E402
+from megatron_vdit.sweep.local_executor import run_jobs  # noqa: E402
+
+PROG = "run_sweep"
 
 
-def run_id(preset: str, tokens: int, lr: float, batch: int) -> str:
-    return f"{preset}_T{tokens}_lr{lr:g}_B{batch}"
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--sweep", help="sweep YAML (sizes, budgets, grid; see configs/sweep.yaml)")
+    p.add_argument("--quick", action="store_true", help="the sweep file's `quick:` overrides")
+    p.add_argument("--config", default="configs/sweep_default.yaml",
+                   help="plain-grid mode: base training config of every run")
+    p.add_argument("--presets", nargs="+", help="plain-grid mode: model size presets")
+    p.add_argument("--train-tokens", nargs="+", type=int, help="plain-grid mode: token budgets")
+    p.add_argument("--lrs", nargs="+", type=float, help="plain-grid mode: learning rates")
+    p.add_argument("--batch-sizes", nargs="+", type=int, help="plain-grid mode: batches, in samples")
+    p.add_argument("--tokens-per-sample", type=int, default=192,
+                   help="plain-grid mode: n_ctx of the base config (checked by each run)")
+    p.add_argument("--micro-batch-size", type=int, default=16, help="plain-grid mode")
+    p.add_argument("--evals-per-run", type=int, default=4, help="plain-grid mode")
+    p.add_argument("--seed", type=int, default=1234, help="plain-grid mode: training seed")
+    p.add_argument("--wandb-mode", default="disabled", choices=("disabled", "offline", "online"))
+    p.add_argument("--out", default=None, help="sweep directory (default runs/sweep)")
+    p.add_argument("--parallel", type=int, default=2, help="runs at once (2: measured best on 2 cores)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads per run")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the commands only")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="plain-grid mode, after --: flags for every run")
+    return p
 
 
-def build_command(args, preset: str, tokens: int, lr: float, batch: int, run_dir: Path) -> list[str]:
-    batch_tokens = batch * args.tokens_per_sample
-    iters = tokens // batch_tokens
-    eval_interval = max(1, iters // args.evals_per_run)
-    cmd = [sys.executable, "-m", "megatron_vdit.train", "--config", args.config,
-           "--model-size", preset, "--train-tokens", str(tokens), "--lr", f"{lr:g}",
-           "--global-batch-size", str(batch), "--micro-batch-size", str(min(batch, args.micro_batch_size)),
-           "--lr-decay-style", "constant", "--eval-interval", str(eval_interval),
-           "--run-dir", str(run_dir), "--wandb-mode", args.wandb_mode, "--seed", str(args.seed)]
-    return cmd + list(args.extra)
+def check_job(job: Job) -> None:
+    """Resolve a run's training config in-process: a bad base config fails here, not in run 1."""
+    from megatron_vdit.training.config import load_config
+    from megatron_vdit.training.data import check_data_paths
+    from megatron_vdit.training.resolved import model_config, resolve
+    try:
+        cfg = load_config(list(job.argv[3:]))
+    except SystemExit:
+        raise ValueError(f"run {job.run_id}: the training CLI rejects its flags "
+                         f"{' '.join(job.argv[3:])}") from None
+    model_config(cfg, resolve(cfg, 1))
+    check_data_paths(cfg)
 
 
-def plan(args) -> list[tuple[str, int, float, int]]:
-    grid = list(itertools.product(args.presets, args.train_tokens, args.lrs, args.batch_sizes))
-    for preset, tokens, _, batch in grid:
-        if tokens % (batch * args.tokens_per_sample):
-            raise ValueError(f"--train-tokens {tokens} is not a whole number of batches of "
-                             f"{batch} samples x {args.tokens_per_sample} tokens ({preset})")
-    return grid
+def _positive(values, flag):
+    for v in values or []:
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{flag} {v}: must be a positive finite number")
 
 
-def finished(run_dir: Path, cmd: list[str]) -> bool:
-    """Done with the same command line (a changed grid point or flag reruns it)."""
-    record, used = run_dir / "run.json", run_dir / "command.json"
-    return (record.exists() and used.exists() and json.loads(used.read_text()) == cmd[1:]
-            and json.loads(record.read_text()).get("status") in ("completed", "diverged"))
+def plain_jobs(args) -> list[Job]:
+    for flag, values in (("--presets", args.presets), ("--train-tokens", args.train_tokens),
+                         ("--lrs", args.lrs), ("--batch-sizes", args.batch_sizes)):
+        if not values:
+            raise ValueError(f"{flag} is required (or pass --sweep FILE)")
+    _positive(args.train_tokens, "--train-tokens")
+    _positive(args.lrs, "--lrs")
+    _positive(args.batch_sizes, "--batch-sizes")
+    for flag, v in (("--tokens-per-sample", args.tokens_per_sample),
+                    ("--evals-per-run", args.evals_per_run), ("--micro-batch-size", args.micro_batch_size)):
+        if v < 1:
+            raise ValueError(f"{flag} {v}: must be >= 1")
+    if not Path(args.config).is_file():
+        raise ValueError(f"--config {args.config}: no such file")
+    from megatron_vdit.models.accounting import preset_shape
+    out, jobs = Path(args.out or "runs/sweep"), []
+    for preset in args.presets:
+        try:
+            preset_shape(preset)
+        except ValueError as err:
+            raise ValueError(f"--presets: {err}") from None
+        for tokens in args.train_tokens:
+            for lr in args.lrs:
+                for batch in args.batch_sizes:
+                    if tokens % (batch * args.tokens_per_sample):
+                        raise ValueError(f"--train-tokens {tokens} is not a whole number of batches of "
+                                         f"{batch} samples x {args.tokens_per_sample} tokens ({preset})")
+                    iters = tokens // (batch * args.tokens_per_sample)
+                    rid = f"{preset}_T{tokens}_lr{lr:g}_B{batch}"
+                    argv = [sys.executable, "-m", "megatron_vdit.train", "--config", args.config,
+                            "--model-size", preset, "--train-tokens", str(tokens), "--lr", f"{lr:g}",
+                            "--global-batch-size", str(batch), "--micro-batch-size",
+                            str(min(batch, args.micro_batch_size)), "--lr-decay-style", "constant",
+                            "--eval-interval", str(max(1, iters // args.evals_per_run)),
+                            "--save-interval", str(max(1, iters // grid.SAVES_PER_RUN)),
+                            "--save-keep", "1", "--run-dir", str(out / rid), "--wandb-mode", args.wandb_mode,
+                            "--seed", str(args.seed)] + [a for a in args.extra if a != "--"]
+                    jobs.append(Job(rid, tuple(argv), out / rid))
+    return jobs
+
+
+def sweep_first_jobs(spec, out: Path) -> list[Job]:
+    """The initial grid, plus one held-out run at the prior (to check its config too)."""
+    jobs = [j for s in spec.sizes for j in grid.size_jobs(spec, out, s, *spec.grid(s))]
+    lr, batch = spec.centre(spec.heldout)
+    return jobs, grid.make_job(spec, out, "heldout", spec.heldout, float(f"{lr:.3g}"), batch)
+
+
+def main_plain(args, executor) -> int:
+    jobs = plain_jobs(args)
+    for job in jobs:
+        check_job(job)
+    if args.dry_run:
+        print("\n".join(" ".join(j.argv) for j in jobs))
+        return 0
+    progress = driver.Progress(len(jobs))
+    executor(jobs, on_result=progress)
+    progress.bar.close()
+    out = args.out or "runs/sweep"
+    if progress.failed:
+        print(f"{PROG}: {len(progress.failed)} runs failed (see their stdout.log): "
+              f"{progress.failed}", file=sys.stderr)
+    print(f"sweep: {len(jobs)} runs in {out}; fit with: python -m scaling_laws fit {out} "
+          f"--out {out}/law.json --plots {out}/plots")
+    return 1 if progress.failed else 0
+
+
+def main_sweep(args, executor) -> int:
+    from megatron_vdit.sweep.report import headline, write_report
+    from megatron_vdit.sweep.spec import load_spec
+    spec = load_spec(args.sweep, quick=args.quick)
+    out = Path(args.out or ("runs/sweep_quick" if args.quick else "runs/sweep"))
+    first, probe = sweep_first_jobs(spec, out)
+    for job in first + [probe]:
+        check_job(job)
+    if args.dry_run:
+        print("\n".join(" ".join(j.argv) for j in first))
+        return 0
+    progress = driver.Progress(len(first))
+    levels, notes = driver.run_grid(spec, out, progress, executor)
+    noise, noise_losses = driver.run_noise(spec, out, levels, progress, executor)
+    rc, law, fit_text = driver.fit(spec, out, spec.fit_resamples)
+    usable, reasons = driver.law_verdict(rc, law, fit_text)
+    val = driver.run_heldout(spec, out, law, usable, reasons, noise, progress, executor)
+    progress.bar.close()
+    tmp = out / ".validation.json.tmp"
+    tmp.write_text(json.dumps(val, indent=1) + "\n")
+    tmp.replace(out / "validation.json")
+    plan_text = driver.plan(out, usable, spec.plan_budget_flops)
+    report = write_report(out, spec, levels, notes, progress, val, law, plan_text, noise_losses)
+    for note in notes:
+        print(f"grid: {note}")
+    if progress.failed:
+        print(f"{PROG}: {len(progress.failed)} runs failed (see their stdout.log): "
+              f"{progress.failed}", file=sys.stderr)
+    print(f"report: {report}")
+    for line in headline(val, law):
+        print(f"  {line}")
+    return 1 if progress.failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/sweep_default.yaml",
-                        help="base training config (data, latent shape, eval set)")
-    parser.add_argument("--presets", nargs="+", required=True)
-    parser.add_argument("--train-tokens", nargs="+", type=int, required=True)
-    parser.add_argument("--lrs", nargs="+", type=float, required=True)
-    parser.add_argument("--batch-sizes", nargs="+", type=int, required=True, help="in samples")
-    parser.add_argument("--tokens-per-sample", type=int, default=192,
-                        help="n_ctx of the base config (checked by each run)")
-    parser.add_argument("--micro-batch-size", type=int, default=16)
-    parser.add_argument("--evals-per-run", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--wandb-mode", default="disabled")
-    parser.add_argument("--out", default="runs/sweep")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
-    parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags for every run")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.extra = [a for a in args.extra if a != "--"]
     try:
-        grid = plan(args)
+        if args.parallel < 1 or args.threads < 1:
+            raise ValueError(f"--parallel {args.parallel} / --threads {args.threads}: must be >= 1")
+        executor = functools.partial(run_jobs, parallel=args.parallel, threads=args.threads)
+        return main_sweep(args, executor) if args.sweep else main_plain(args, executor)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    failures = []
-    for preset, tokens, lr, batch in tqdm(grid, desc="sweep", unit="run", disable=args.dry_run):
-        run_dir = out / run_id(preset, tokens, lr, batch)
-        cmd = build_command(args, preset, tokens, lr, batch, run_dir)
-        if args.dry_run:
-            print(" ".join(cmd))
-            continue
-        if finished(run_dir, cmd):
-            continue
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "command.json").write_text(json.dumps(cmd[1:]))
-        with open(run_dir / "stdout.log", "w") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if proc.returncode not in (0, 3):  # 3 = diverged, recorded in run.json
-            failures.append((run_dir.name, proc.returncode))
-    if failures:
-        print(f"{len(failures)} runs failed (see their stdout.log): {failures}", file=sys.stderr)
-    print(f"sweep: {len(grid)} runs in {out}; fit with: python -m scaling_laws fit {out} "
-          f"--out {out}/law.json --plots {out}/plots")
-    return 1 if failures else 0
 
 
 if __name__ == "__main__":

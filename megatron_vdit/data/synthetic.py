@@ -79,10 +79,14 @@ class SyntheticLatents:
         return {"latent": latent, "text_emb": text, "text_mask": mask, "caption": caption}
 
     def batch(self, split: str, indices: list[int]) -> dict:
-        samples = [self.sample(split, i) for i in indices]
-        return {
-            "latent": torch.from_numpy(np.stack([s["latent"] for s in samples])),
-            "text_emb": torch.from_numpy(np.stack([s["text_emb"] for s in samples])),
-            "text_mask": torch.from_numpy(np.stack([s["text_mask"] for s in samples])),
-            "keys": [f"{split}-{i}" for i in indices],
-        }
+        return stack_samples([self.sample(split, i) for i in indices], split, indices)
+
+
+def stack_samples(samples: list[dict], split: str, indices: list[int]) -> dict:
+    """Samples (numpy latent, text_emb, text_mask) as one batch of tensors."""
+    return {
+        "latent": torch.from_numpy(np.stack([s["latent"] for s in samples])),
+        "text_emb": torch.from_numpy(np.stack([s["text_emb"] for s in samples])),
+        "text_mask": torch.from_numpy(np.stack([s["text_mask"] for s in samples])),
+        "keys": [f"{split}-{i}" for i in indices],
+    }

@@ -69,7 +69,9 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     data: str = opt("default", "'default' (embedded procedural clips through the tiny VAE, "
-                    "cached in --default-data-dir), 'synthetic' (random-like latents in "
+                    "cached in --default-data-dir), 'natural' (photographs animated by a "
+                    "moving camera, pixel-space latents: the sweep default), "
+                    "'synthetic' (random-like latents in "
                     "memory, no VAE: for tests), or a directory made by "
                     "tools/precompute_latents.py", resume=True)
     default_data_dir: str = opt("runs/default_data", "cache directory of --data default",
@@ -112,6 +114,11 @@ class ScheduleConfig:
     lr_warmup_samples: int = opt(0, "linear LR warmup", unit="samples", resume=True)
     lr_wsd_decay_fraction: float = opt(0.2, "wsd: fraction of the run spent decaying",
                                        unit="fraction of samples")
+    eval_cooldown_fraction: float = opt(0.0, "> 0: take each intermediate validation through "
+                                        "a cooldown branch (LR falls linearly to --min-lr over "
+                                        "this fraction of the branch), then continue from "
+                                        "before it; use with --lr-decay-style wsd",
+                                        unit="fraction of samples")
     seed: int = opt(1234, "initialisation and training noise", resume=True)
     eval_interval: int = opt(50, "validate every N iterations", unit="iterations")
     eval_samples: int = opt(64, "fixed held-out set size", unit="samples", resume=True)

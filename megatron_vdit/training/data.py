@@ -30,16 +30,29 @@ class _Source:
             yield indices, self.val_batch(indices)
 
 
+# Data made in memory from an index (no shards): a global position resumes them.
+IN_MEMORY_DATA = ("synthetic", "natural")
+
+
 class SyntheticSource(_Source):
-    """Global batch k holds train samples [k*B, (k+1)*B); this rank takes its DP slice."""
+    """Global batch k holds train samples [k*B, (k+1)*B); this rank takes its DP slice.
+
+    Serves `--data synthetic` (procedural latents) and `--data natural` (animated
+    photographs, `data/natural.py`); the fixed validation set is rendered once and kept.
+    """
 
     def __init__(self, job: JobConfig, r: Resolved, dp_rank: int, dp_size: int):
-        from ..data.synthetic import SyntheticLatents
-
         m = job.model
-        self.data = SyntheticLatents(m.in_channels, m.latent_frames, m.latent_height,
-                                     m.latent_width, m.text_hidden_size, m.max_text_tokens,
-                                     seed=job.data.data_seed)
+        if job.data.data == "natural":
+            from ..data.natural import NaturalClips
+            self.data = NaturalClips(m.latent_frames, m.latent_height, m.latent_width,
+                                     m.text_hidden_size, m.max_text_tokens, seed=job.data.data_seed)
+        else:
+            from ..data.synthetic import SyntheticLatents
+            self.data = SyntheticLatents(m.in_channels, m.latent_frames, m.latent_height,
+                                         m.latent_width, m.text_hidden_size, m.max_text_tokens,
+                                         seed=job.data.data_seed)
+        self._val_cache: dict[int, dict] = {}
         self.global_batch = r.global_batch_size
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.next_batch = 0
@@ -51,7 +64,13 @@ class SyntheticSource(_Source):
         return self.data.batch("train", list(range(start, start + local)))
 
     def val_batch(self, indices: list[int]) -> dict:
-        return self.data.batch("val", indices)
+        missing = [i for i in indices if i not in self._val_cache]
+        if missing:
+            batch = self.data.batch("val", missing)
+            for j, i in enumerate(missing):
+                self._val_cache[i] = {k: batch[k][j] for k in ("latent", "text_emb", "text_mask")}
+        return {k: torch.stack([self._val_cache[i][k] for i in indices])
+                for k in ("latent", "text_emb", "text_mask")}
 
     def state_dict(self) -> dict:
         return {"next_batch": self.next_batch}
@@ -151,9 +170,16 @@ def check_data_paths(job: JobConfig) -> None:
             raise ValueError(f"--data default makes tiny-VAE latents with 4 channels and 64-wide "
                              f"text embeddings; got --in-channels={m.in_channels} "
                              f"--text-hidden-size={m.text_hidden_size}")
+    elif d.data == "natural":
+        from ..data.natural import LATENT_CHANNELS
+        m = job.model
+        if m.in_channels != LATENT_CHANNELS or m.latent_height != m.latent_width:
+            raise ValueError(f"--data natural makes square latents with {LATENT_CHANNELS} channels "
+                             f"(RGB, 2x2 space-to-depth); got --in-channels={m.in_channels} "
+                             f"--latent-height={m.latent_height} --latent-width={m.latent_width}")
     elif d.data != "synthetic" and not os.path.isdir(d.data):
         what = "is a file" if os.path.exists(d.data) else "does not exist"
-        raise ValueError(f"--data {d.data} {what}: pass 'default', 'synthetic' or a directory "
+        raise ValueError(f"--data {d.data} {what}: pass 'default', 'natural', 'synthetic' or a directory "
                          "made by tools/precompute_latents.py")
 
 
@@ -163,7 +189,7 @@ def prepare_data(job: JobConfig, r: Resolved, rank: int = 0, world_size: int = 1
     (shared out over `world_size` ranks). Runs before any model is built; a mismatch is
     a ValueError naming the file and both values."""
     check_data_paths(job)
-    if job.data.data == "synthetic":
+    if job.data.data in IN_MEMORY_DATA:
         return None
     root = job.data.data
     if root == "default":

@@ -26,7 +26,7 @@ from ..parallel.engine import ParallelEngine
 from ..parallel.layout import build_parallel_groups, init_distributed
 from . import checkpoint as ckpt
 from .config import JobConfig
-from .data import build_source, check_data_shapes, data_identity, prepare_data
+from .data import IN_MEMORY_DATA, build_source, check_data_shapes, data_identity, prepare_data
 from .records import (MetricsLog, RUN_RECORD, build_run_record, plot_losses, truncate_metrics,
                       write_json_atomic)
 from .resolved import Resolved, model_config, resolve, resolved_flat, world_size_from_env
@@ -117,15 +117,17 @@ class Trainer:
         seeds = [seed_for(self.job.schedule.seed, self.iteration, first + j) for j in range(local)]
         return self.objective.training_example(latent, seeds)
 
-    def train_step(self) -> tuple[float, float, float]:
+    def train_step(self, lr: float | None = None) -> tuple[float, float, float]:
+        """One step at the schedule's LR (or `lr`, for a cooldown branch)."""
         s, o, r = self.job.schedule, self.job.optimizer, self.r
         # The LR of a step is the schedule's value once this step's samples are consumed,
         # so warmup reaches --lr exactly at --lr-warmup-samples.
         samples = (self.iteration + 1) * r.global_batch_size
-        lr = learning_rate(samples, lr=o.lr, min_lr=o.min_lr, style=s.lr_decay_style,
-                           warmup_samples=s.lr_warmup_samples,
-                           total_samples=r.train_iters * r.global_batch_size,
-                           decay_fraction=s.lr_wsd_decay_fraction)
+        if lr is None:
+            lr = learning_rate(samples, lr=o.lr, min_lr=o.min_lr, style=s.lr_decay_style,
+                               warmup_samples=s.lr_warmup_samples,
+                               total_samples=r.train_iters * r.global_batch_size,
+                               decay_fraction=s.lr_wsd_decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch = self.source.next()
@@ -187,8 +189,8 @@ class Trainer:
     def resume(self, start: StartPoint) -> None:
         """Load a checkpoint `find_start` accepted (its config already checked)."""
         path, meta = start.checkpoint, start.meta
-        synthetic = self.job.data.data == "synthetic"
-        # The synthetic source's position is global; a shard loader's is per DP replica.
+        synthetic = self.job.data.data in IN_MEMORY_DATA
+        # The in-memory source's position is global; a shard loader's is per DP replica.
         data_state = path / f"data_dp{0 if synthetic else self.dp_rank:05d}.json"
         if not synthetic and meta["data_parallel_size"] != self.layout.data_parallel_size:
             raise ValueError(f"{path} was saved with data-parallel size "
@@ -211,6 +213,51 @@ class Trainer:
         self.val_curve.append({"tokens": tokens, "val_loss": val_loss, "iteration": self.iteration})
         log.log({"iteration": self.iteration, "tokens": tokens, "val_loss": val_loss})
         return val_loss
+
+    def _branch_steps(self) -> int:
+        f = self.job.schedule.eval_cooldown_fraction
+        return max(1, round(self.iteration * f / (1 - f)))
+
+    def _branch_due(self) -> bool:
+        """A cooldown branch here? Not once the main run's own decay has begun, nor when
+        the branch would reach the run's end (the final point is that run)."""
+        s, r = self.job.schedule, self.r
+        decay_start = r.train_iters * (1 - s.lr_wsd_decay_fraction)
+        return (s.eval_cooldown_fraction > 0 and self.iteration + self._branch_steps() < r.train_iters
+                and (s.lr_decay_style != "wsd" or self.iteration < decay_start))
+
+    def _record_cooldown_branch(self, log: MetricsLog) -> None:
+        """Validate the run as if it had cooled down here, then continue from here.
+
+        From iteration s, `s f / (1 - f)` more steps (f = --eval-cooldown-fraction) on the
+        stream's next batches and seeds, with the LR falling linearly from the current
+        one to --min-lr, make the branch the very run a `wsd` schedule of that length
+        would be; its loss is a point at the branch's end. Parameters, optimiser state,
+        data position and counters are restored afterwards.
+        """
+        start, steps, min_lr = self.iteration, self._branch_steps(), self.job.optimizer.min_lr
+        params = self.engine.parameters()
+        saved_params = [p.detach().clone() for p in params]
+        saved_opt = [{k: v.clone() if torch.is_tensor(v) else v
+                      for k, v in self.optimizer.state[p].items()} for p in params]
+        saved_data = json.loads(json.dumps(self.source.state_dict()))
+        saved_counters = (self.skipped_steps, self.last_train_loss)
+        top = self.optimizer.param_groups[0]["lr"]
+        for k in range(steps):
+            self.train_step(lr=top + (min_lr - top) * (k + 1) / steps)
+        val_loss = self.validate()
+        tokens = self.iteration * self.r.batch_tokens
+        self.val_curve.append({"tokens": tokens, "val_loss": val_loss, "iteration": self.iteration,
+                               "branch_from_iteration": start})
+        log.log({"iteration": start, "tokens": tokens, "val_loss": val_loss,
+                 "branch_from_iteration": start})
+        with torch.no_grad():
+            for p, value, state in zip(params, saved_params, saved_opt):
+                p.copy_(value)
+                self.optimizer.state[p] = state
+        self.source.load_state_dict(saved_data)
+        self.iteration = start
+        self.skipped_steps, self.last_train_loss = saved_counters
 
     def _log_step(self, log: MetricsLog, bar, loss, grad_norm, lr, window) -> None:
         elapsed, iters = time.time() - window[0], window[1]
@@ -258,7 +305,11 @@ class Trainer:
                 self._log_step(log, bar, loss, grad_norm, lr, window)
                 window = [time.time(), 0]
             if self.iteration % s.eval_interval == 0 and self.iteration < r.train_iters:
-                self._record_val(log)
+                if s.eval_cooldown_fraction > 0:
+                    if self._branch_due():
+                        self._record_cooldown_branch(log)
+                else:
+                    self._record_val(log)
             if save_interval and self.iteration % save_interval == 0:
                 self.save()
         bar.close()
@@ -268,7 +319,8 @@ class Trainer:
         r, c = self.r, self.job.checkpoint
         if status != "completed":
             val_loss = float("nan")
-        elif self.val_curve and self.val_curve[-1]["iteration"] == self.iteration:
+        elif (self.val_curve and self.val_curve[-1]["iteration"] == self.iteration
+              and "branch_from_iteration" not in self.val_curve[-1]):
             val_loss = self.val_curve[-1]["val_loss"]  # a rerun of a finished run
         else:
             val_loss = self._record_val(log)

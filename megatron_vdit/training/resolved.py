@@ -241,6 +241,8 @@ def check_schedule(job: JobConfig, r: Resolved) -> None:
                          f"({total_samples} samples): the run would never reach --lr={o.lr}")
     if not 0 < s.lr_wsd_decay_fraction <= 1:
         raise ValueError(f"--lr-wsd-decay-fraction={s.lr_wsd_decay_fraction} must be in (0, 1]")
+    if not 0 <= s.eval_cooldown_fraction < 1:
+        raise ValueError(f"--eval-cooldown-fraction={s.eval_cooldown_fraction} must be in [0, 1)")
 
 
 def resolved_flat(job: JobConfig, r: Resolved, data_root: str | None = None) -> dict:

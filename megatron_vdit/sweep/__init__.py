@@ -1,0 +1,1 @@
+"""Sweeps of small training runs: the declared grid, executors, held-out validation."""

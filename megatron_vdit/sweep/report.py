@@ -1,0 +1,101 @@
+"""`<out>/report.md` and the console headline of a sweep."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .spec import SweepSpec
+
+
+def _fmt(x, spec=".4g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def interior_fraction(law: dict | None) -> tuple[int, int]:
+    """(cells whose fitted optimum lies inside their grid, cells) from law.json's diagnostics."""
+    cells = ((law or {}).get("diagnostics") or {}).get("cells") or []
+    return sum(1 for c in cells if c.get("status") == "ok"), len(cells)
+
+
+def headline(val: dict, law: dict | None) -> list[str]:
+    inside, cells = interior_fraction(law)
+    lines = [f"law usable: {val['law_usable']}"
+             + ("" if val["law_usable"] else f" ({'; '.join(val['unusable_reasons'])})"),
+             f"cells with an interior optimum: {inside}/{cells}" if law else
+             "cells with an interior optimum: - (no law.json)",
+             f"seed noise (rel sd): {_fmt(val['seed_noise_rel'], '.2%')}"]
+    if val.get("measured_val_loss") is not None:
+        lines += [f"held-out N={val['heldout_params_nonembed']:,} T={val['heldout_train_tokens']:,}: "
+                  f"predicted loss {_fmt(val['predicted_val_loss'])}, measured "
+                  f"{_fmt(val['measured_val_loss'])}, rel error {_fmt(val['loss_rel_error'], '+.2%')}",
+                  f"lr steps off {val['lr_steps_off']}, batch steps off {val['batch_steps_off']}, "
+                  f"loss cost of the predicted setting {_fmt(val['loss_cost_of_predicted'], '.2%')}"]
+    return lines
+
+
+def _law_text(out: Path) -> str:
+    if not (out / "law.json").exists():
+        return "(no law.json: the fit failed, see fit.log)"
+    proc = subprocess.run([sys.executable, "-m", "scaling_laws", "report", str(out / "law.json")],
+                          capture_output=True, text=True)
+    return proc.stdout + proc.stderr
+
+
+def best_runs(out: Path) -> list[str]:
+    """Best completed grid run per model size: does the loss fall with size?"""
+    best = {}
+    for path in sorted((out / "runs").glob("*/run.json")):
+        rec = json.loads(path.read_text())
+        n, loss = rec.get("params_nonembed"), rec.get("val_loss")
+        if rec.get("status") == "completed" and loss is not None and (n not in best or loss < best[n]["val_loss"]):
+            best[n] = rec
+    rows = ["| N (non-embedding) | best val loss | its lr | its batch (samples) | run |",
+            "|---|---|---|---|---|"]
+    rows += [f"| {n:,} | {r['val_loss']:.5f} | {r['lr']:g} | {r['batch_samples']} | {r['run_id']} |"
+             for n, r in sorted(best.items())]
+    return rows
+
+
+def _sizes_table(spec: SweepSpec, levels: dict) -> list[str]:
+    rows = ["| size | N (non-embedding) | train tokens | lr levels | batch levels (samples) |",
+            "|---|---|---|---|---|"]
+    for s in spec.sizes:
+        lrs, batches = levels[s.name]
+        rows.append(f"| {s.name} | {s.params_nonembed(spec.base):,} | {s.train_tokens:,} | "
+                    f"{', '.join(f'{x:g}' for x in lrs)} | {', '.join(map(str, batches))} |")
+    h = spec.heldout
+    rows.append(f"| {h.name} (held out) | {h.params_nonembed(spec.base):,} | {h.train_tokens:,} | "
+                "predicted +- 1 step | predicted +- 1 step |")
+    return rows
+
+
+def write_report(out: Path, spec: SweepSpec, levels: dict, notes: list, progress, val: dict,
+                 law: dict | None, plan_text: str, noise_losses: list) -> Path:
+    plots = sorted((out / "plots").glob("*.png")) if (out / "plots").exists() else []
+    lines = [f"# Sweep report: {out}", "", f"Sweep file: `{spec.source}`.", "", "## Headline", ""]
+    lines += [f"- {x}" for x in headline(val, law)]
+    lines += ["", "## Sizes and grids", ""] + _sizes_table(spec, levels)
+    lines += ["", "## Best run per size", ""] + best_runs(out)
+    lines += ["", "## Grid growth (bracketing)", ""]
+    lines += [f"- {n}" for n in notes] or ["- every best run was interior: no point added"]
+    lines += ["", "## Excluded runs", ""]
+    lines += [f"- diverged (excluded from the fit): {', '.join(progress.diverged) or 'none'}",
+              f"- failed (see their stdout.log): {', '.join(progress.failed) or 'none'}"]
+    lines += ["", "## Seed noise", "",
+              f"Centre run repeated with seeds {list(spec.noise_seeds)}: final val losses "
+              f"{[_fmt(x, '.5f') for x in noise_losses]}, rel sd {_fmt(val['seed_noise_rel'], '.2%')}."]
+    lines += ["", "## Held-out check (validation.json)", "", "| key | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in val.items() if k != "runs"]
+    lines += ["", "## Fitted laws", "", "```", _law_text(out).rstrip(), "```"]
+    lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
+    lines += ["", "## Plan", "", "```", plan_text.rstrip(), "```", ""]
+    path = out / "report.md"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    (out / "sweep_state.json").write_text(json.dumps(
+        {"levels": levels, "bracketing": notes, "diverged": progress.diverged,
+         "failed": progress.failed}, indent=1))
+    return path
