@@ -8,16 +8,56 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import pathlib
 import sys
 import time
 
+from megatron_vdit.cli.errors import add_debug_flag, run_cli
 from scaling_laws import lawfile, pipeline, planner, records, report
 from scaling_laws.compute import ACCOUNTINGS
 from scaling_laws.fit import FitOptions
 
 
+def _number(test, need: str):
+    """An argparse type: a float passing ``test`` (finite always), else a flag error."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or not test(value):
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number {need}")
+        return value
+    return parse
+
+
+POSITIVE = _number(lambda x: x > 0, "> 0")
+NON_NEGATIVE = _number(lambda x: x >= 0, ">= 0")
+
+
+def _check_fit_paths(args) -> None:
+    """Before any work: --out is not overwritten unasked, --plots can be a directory."""
+    out = pathlib.Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give the law file to write")
+    if out.exists() and not args.force:
+        raise ValueError(f"--out {out} already exists; pass --force to overwrite it or "
+                         "choose another path")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is not a directory")
+            break
+    if args.plots is not None:
+        plots = pathlib.Path(args.plots)
+        if plots.exists() and not plots.is_dir():
+            raise ValueError(f"--plots {plots} exists and is not a directory")
+
+
 def _fit(args) -> int:
     t0 = time.time()
+    _check_fit_paths(args)
     print(f"reading run records from {', '.join(args.runs)}", file=sys.stderr)
     runs = records.prepare(records.load_records(args.runs), use_curves=not args.no_curves,
                            min_curve_tokens=args.min_curve_tokens)
@@ -50,11 +90,12 @@ def _report(args) -> int:
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--budget", type=float, required=True, help="training compute in FLOPs")
+    parser.add_argument("--budget", type=POSITIVE, required=True,
+                        help="training compute in FLOPs")
     parser.add_argument("--law", default="paper", help="law.json path or the preset 'paper'")
-    parser.add_argument("--tokens-per-sample", type=float, default=None,
+    parser.add_argument("--tokens-per-sample", type=POSITIVE, default=None,
                         help="video tokens per sample (default: the law's)")
-    parser.add_argument("--max-params", type=float, default=None,
+    parser.add_argument("--max-params", type=POSITIVE, default=None,
                         help="cap on non-embedding params (e.g. an inference budget)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--warmup-steps", type=int, default=planner.DEFAULT_WARMUP_STEPS,
@@ -76,19 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit the laws from run records")
     fit.add_argument("runs", nargs="+", help="run dirs, .jsonl/.json files, wandb dirs")
-    fit.add_argument("--out", required=True, help="law.json to write")
+    fit.add_argument("--out", required=True,
+                     help="law.json to write (an existing file is kept unless --force)")
+    fit.add_argument("--force", action="store_true", help="overwrite an existing --out")
     fit.add_argument("--plots", default=None, help="directory for PNG plots")
-    fit.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    fit.add_argument("--resamples", type=_resamples, default=1000,
+                     help="bootstrap resamples (>= 0)")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--window", type=float, default=FitOptions.window,
-                     help="surface uses runs within this relative loss of the cell's best")
+    fit.add_argument("--window", type=POSITIVE, default=FitOptions.window,
+                     help="surface uses runs within this relative loss of the cell's best "
+                     "(> 0; widened until the surface is identifiable)")
     fit.add_argument("--no-curves", action="store_true", help="ignore val_loss_curve")
-    fit.add_argument("--min-curve-tokens", type=float, default=0.0,
+    fit.add_argument("--min-curve-tokens", type=NON_NEGATIVE, default=0.0,
                      help="ignore curve points before this many tokens (warmup)")
     fit.add_argument("--no-extrapolation", action="store_true",
                      help="skip the leave-largest-size-out check")
-    fit.add_argument("--fixed-lr", type=float, default=None, help="fixed-HP baseline eta")
-    fit.add_argument("--fixed-batch-tokens", type=float, default=None,
+    fit.add_argument("--fixed-lr", type=POSITIVE, default=None, help="fixed-HP baseline eta")
+    fit.add_argument("--fixed-batch-tokens", type=POSITIVE, default=None,
                      help="fixed-HP baseline batch (tokens)")
     fit.add_argument("--compute", choices=sorted(ACCOUNTINGS), default="video",
                      help="training FLOPs per token: 'video' = 3/4 N (7 + n_ctx/d) (default), "
@@ -101,18 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="plan a run for a compute budget")
     add_plan_arguments(plan)
     plan.set_defaults(func=_plan)
+    for command in (fit, rep, plan):
+        add_debug_flag(command)
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "resamples", 1) is not None and getattr(args, "resamples", 1) < 0:
-        raise SystemExit("--resamples must be >= 0")
+def _resamples(text: str) -> int:
     try:
-        return args.func(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def _main(argv) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def main(argv=None) -> int:
+    return run_cli(_main, argv, prog="python -m scaling_laws")
 
 
 if __name__ == "__main__":
