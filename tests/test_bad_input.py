@@ -247,6 +247,16 @@ def test_refused_by_name_and_nothing_changes(workdir, name, cli, args, named):
     assert snapshot(workdir) == before
 
 
+def test_refusals_need_no_torch():
+    """Flags, paths and captions are checked before torch is imported; scaling_laws never
+    imports it."""
+    code = ("import sys, megatron_vdit.cli.precompute_latents, scaling_laws.__main__; "
+            "sys.exit('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": REPO},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_debug_shows_the_traceback(workdir):
     result = run(LAWS, "report", "list.json", "--debug", cwd=workdir)
     assert result.returncode == 1 and "Traceback" in result.stderr

@@ -19,9 +19,9 @@ import json
 import sys
 
 from megatron_vdit.cli.errors import add_debug_flag, run_cli
-from megatron_vdit.data.distributed_env import RankContext
-from megatron_vdit.data.encoders import TEXT_ENCODER_CONFIGS, VAE_CONFIGS
-from megatron_vdit.data.precompute import PrecomputeConfig, run_precompute
+# Torch-free: flags, paths and captions are checked before torch is imported.
+from megatron_vdit.data.precompute_config import (TEXT_ENCODER_CONFIGS, VAE_CONFIGS,
+                                                  PrecomputeConfig, preflight)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,9 +85,12 @@ def _main(argv: list[str] | None) -> int:
         compute_dtype=args.compute_dtype, device=args.device,
         decode_threads=args.decode_threads, threads=args.threads,
         progress=not args.no_progress)
+    discovered = preflight(cfg)
+    from megatron_vdit.data.distributed_env import RankContext
+    from megatron_vdit.data.precompute import run_precompute
     ctx = RankContext.from_env()
     try:
-        summary = run_precompute(cfg, ctx)
+        summary = run_precompute(cfg, ctx, discovered)
     finally:
         ctx.close()
     if ctx.rank == 0:

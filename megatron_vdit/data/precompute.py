@@ -26,7 +26,6 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -35,88 +34,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from megatron_vdit.data import precompute_state as state, shard_format
+from megatron_vdit.data import precompute_config, precompute_state as state, shard_format
 from megatron_vdit.data.distributed_env import RankContext
 from megatron_vdit.data.encoders import TextEncoder, VideoVAE, load_text_encoder, load_vae
-from megatron_vdit.data.sources import SPLITS, Source, discover_sources, read_video_bytes, split_of
+from megatron_vdit.data.precompute_config import PrecomputeConfig, preflight  # noqa: F401
+from megatron_vdit.data.sources import SPLITS, Source, read_video_bytes, split_of
 from megatron_vdit.data.video_io import (ClipSpec, VideoError, decode_clips, frames_to_model_input,
                                          plan_clips, probe_video)
 
 MANIFEST_FORMAT = "megatron_vdit.latent_shards/1"
 STATE_DIR = state.STATE_DIR
-
-
-@dataclasses.dataclass
-class PrecomputeConfig:
-    """Everything the CLI exposes. Fields in `content_args` determine shard bytes."""
-
-    inputs: list[str]
-    output: str
-    num_frames: int
-    height: int
-    width: int
-    fps: float | None = None
-    """Target frame rate; None samples every source frame."""
-    clips_per_video: int = 4
-    """At most this many non-overlapping clips per video, evenly spaced."""
-    captions: str | None = None
-    vae_path: str | None = None
-    vae_config: str | None = None
-    text_encoder_path: str | None = None
-    text_encoder_config: str | None = None
-    text_tokens: int = 128
-    """Padded caption length S (tokens of the encoder's tokenizer)."""
-    shard_size_mb: float = 256.0
-    max_samples_per_shard: int | None = None
-    val_fraction: float = 0.05
-    seed: int = 0
-    """Seeds tiny-config weights only; nothing else is random."""
-    batch_size: int = 8
-    dtype: str = "float16"
-    """Storage dtype of latent.npy and text_emb.npy."""
-    compute_dtype: str = "float32"
-    """Dtype the VAE and text encoder run in (bfloat16 halves GPU memory and time)."""
-    device: str = "auto"
-    decode_threads: int = 4
-    threads: int | None = None
-    """torch intra-op threads (None: torch's default). Bits of CPU latents depend on it."""
-    progress: bool = True
-
-    def content_args(self) -> dict:
-        """Args that change shard contents; a rerun into the same output must match them."""
-        skip = {"output", "device", "decode_threads", "threads", "progress"}
-        args = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-        args["inputs"] = [os.path.abspath(p) for p in self.inputs]
-        return args
-
-    def validate(self) -> None:
-        """Values of every flag (paths: ``precompute_state.check_paths``)."""
-        for flag, value in (("--frames", self.num_frames), ("--height", self.height),
-                            ("--width", self.width), ("--text-tokens", self.text_tokens),
-                            ("--decode-threads", self.decode_threads),
-                            ("--threads", 1 if self.threads is None else self.threads)):
-            if value < 1:
-                raise ValueError(f"{flag} {value} must be >= 1")
-        for flag, value in (("--fps", self.fps), ("--shard-size-mb", self.shard_size_mb),
-                            ("--val-fraction", self.val_fraction)):
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"{flag} {value} must be a finite number")
-        if not self.inputs:
-            raise ValueError("--input needs at least one directory or .tar file")
-        if self.dtype not in ("float16", "float32"):
-            raise ValueError(f"--dtype {self.dtype!r} must be float16 or float32")
-        if self.compute_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"--compute-dtype {self.compute_dtype!r} must be float32, bfloat16 "
-                             "or float16")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"--val-fraction {self.val_fraction} must be in [0, 1)")
-        if self.shard_size_mb <= 0 or self.batch_size < 1 or self.clips_per_video < 1:
-            raise ValueError(f"--shard-size-mb {self.shard_size_mb}, --batch-size {self.batch_size}"
-                             f" and --clips-per-video {self.clips_per_video} must be positive")
-        if self.max_samples_per_shard is not None and self.max_samples_per_shard < 1:
-            raise ValueError(f"--max-samples-per-shard {self.max_samples_per_shard} must be >= 1")
-        if self.fps is not None and self.fps <= 0:
-            raise ValueError(f"--fps {self.fps} must be positive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,30 +326,21 @@ def _resolve_device(device: str, ctx: RankContext) -> str:
     return device
 
 
-def _all_rejected(errors: list[dict], stage: str) -> ValueError:
-    """The error for a run with nothing to encode: it did not succeed (exit 2)."""
-    if not errors:
-        return ValueError("--input holds no videos or tars of videos; nothing to encode")
-    shown = "; ".join(f"{e['path']}: {e['reason']}" for e in errors[:3])
-    more = f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
-    return ValueError(f"all {len(errors)} inputs were rejected at {stage}, nothing written: "
-                      f"{shown}{more}")
-
-
-def run_precompute(cfg: PrecomputeConfig, ctx: RankContext | None = None) -> dict:
+def run_precompute(cfg: PrecomputeConfig, ctx: RankContext | None = None,
+                   discovered: tuple[list[Source], list[dict]] | None = None) -> dict:
     """Run the whole precompute (this rank's share of it); returns a summary dict.
 
     Raises `ValueError` before any decoding for bad args and paths (including a frame
     count or size the VAE cannot take), a malformed captions file, or inputs of which
-    none is usable; a refused run leaves nothing in ``cfg.output``.
+    none is usable; a refused run leaves nothing in ``cfg.output``. ``discovered`` is
+    what :func:`preflight` returned, if the caller ran it already.
     """
-    cfg.validate()
-    state.check_paths(cfg)
+    discovered = discovered or preflight(cfg)
     previous_threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, ctx or RankContext())
+        return _run(cfg, ctx or RankContext(), *discovered)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -443,16 +361,13 @@ def _prepare_output(cfg: PrecomputeConfig, ctx: RankContext) -> list[str]:
     return created
 
 
-def _run(cfg: PrecomputeConfig, ctx: RankContext) -> dict:
+def _run(cfg: PrecomputeConfig, ctx: RankContext, sources: list[Source],
+         discover_errors: list[dict]) -> dict:
     started = time.perf_counter()
     device = _resolve_device(cfg.device, ctx)
     compute_dtype = getattr(torch, cfg.compute_dtype)
-    # The VAE first: it checks frames and size, the likeliest mistake, and loads fast.
     vae = load_vae(cfg.vae_path, cfg.vae_config, seed=cfg.seed, device=device, dtype=compute_dtype)
     latent_shape = vae.latent_shape(cfg.num_frames, cfg.height, cfg.width)
-    sources, discover_errors = discover_sources(cfg.inputs, cfg.captions, cfg.output)
-    if not sources:
-        raise _all_rejected(discover_errors, "discovery")
     text_encoder = load_text_encoder(cfg.text_encoder_path, cfg.text_encoder_config,
                                      max_tokens=cfg.text_tokens, seed=cfg.seed, device=device,
                                      dtype=compute_dtype)
@@ -463,7 +378,7 @@ def _run(cfg: PrecomputeConfig, ctx: RankContext) -> dict:
         per_shard = samples_per_shard(cfg, latent_shape, shapes["text"])
         tasks = make_plan(sources, clips, cfg, per_shard)
         if not tasks:
-            raise _all_rejected(discover_errors + probe_errors, "probing")
+            raise precompute_config.all_rejected(discover_errors + probe_errors, "probing")
     except ValueError:
         ctx.barrier()
         if ctx.rank == 0:

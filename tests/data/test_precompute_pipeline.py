@@ -124,6 +124,9 @@ def test_rerun_skips_finished_shards_and_refuses_other_args(mixed_run):
 
 
 def test_frames_mismatch_is_an_error_before_work(tmp_path):
+    frames, caption = render_clip(6, 0, 9, 32, 32)
+    write_video(str(tmp_path / "v.mp4"), frames, fps=8)
+    (tmp_path / "v.txt").write_text(caption)
     with pytest.raises(ValueError, match=r"--frames 8 .*k\*4\+1"):
         run_precompute(_config([str(tmp_path)], str(tmp_path / "out"), num_frames=8))
     assert not os.path.exists(tmp_path / "out")
