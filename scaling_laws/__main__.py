@@ -8,32 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 import sys
 import time
 
-from megatron_vdit.cli.errors import add_debug_flag, run_cli
+from megatron_vdit.cli.errors import (NON_NEGATIVE, POSITIVE, add_debug_flag,
+                                      integer_at_least, run_cli)
 from scaling_laws import lawfile, pipeline, planner, records, report
 from scaling_laws.compute import ACCOUNTINGS
 from scaling_laws.fit import FitOptions
-
-
-def _number(test, need: str):
-    """An argparse type: a float passing ``test`` (finite always), else a flag error."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or not test(value):
-            raise argparse.ArgumentTypeError(f"{text} must be a finite number {need}")
-        return value
-    return parse
-
-
-POSITIVE = _number(lambda x: x > 0, "> 0")
-NON_NEGATIVE = _number(lambda x: x >= 0, ">= 0")
 
 
 def _check_fit_paths(args) -> None:
@@ -121,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="law.json to write (an existing file is kept unless --force)")
     fit.add_argument("--force", action="store_true", help="overwrite an existing --out")
     fit.add_argument("--plots", default=None, help="directory for PNG plots")
-    fit.add_argument("--resamples", type=_resamples, default=1000,
+    fit.add_argument("--resamples", type=integer_at_least(0), default=1000,
                      help="bootstrap resamples (>= 0)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--window", type=POSITIVE, default=FitOptions.window,
@@ -149,16 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (fit, rep, plan):
         add_debug_flag(command)
     return parser
-
-
-def _resamples(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
-    return value
 
 
 def _main(argv) -> int:

@@ -283,7 +283,7 @@ def test_precompute_failed_start_damaged_shard_and_changed_args(tmp_path):
     """The precompute's state rules, in the order a user meets them."""
     _videos(str(tmp_path / "videos"), count=3)
     # A failed start leaves nothing behind.
-    refused = run(PRECOMPUTE, *_pre("--input", "videos", "typo"), cwd=str(tmp_path))
+    refused = run(PRECOMPUTE, *_pre("--input", "typo"), cwd=str(tmp_path))
     assert_refused(refused, PRECOMPUTE[0], "--input typo")
     assert not (tmp_path / "out").exists()
     # State that an older version's failed start left (args, no shard) does not block.

@@ -19,6 +19,7 @@ where ``_main(argv)`` builds an argparse parser (with :func:`add_debug_flag`), p
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Callable, NoReturn, Sequence
@@ -34,6 +35,37 @@ DEBUG_ENV = "VDIT_DEBUG"
 # I/O error stays a crash.
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
                 NotADirectoryError)
+
+
+def finite_number(test: Callable[[float], bool], need: str) -> Callable[[str], float]:
+    """An argparse ``type``: a finite float passing ``test``; argparse then names the flag
+    (``argument --window: 0 must be a finite number > 0``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or not test(value):
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number {need}")
+        return value
+    return parse
+
+
+def integer_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}")
+        return value
+    return parse
+
+
+POSITIVE = finite_number(lambda x: x > 0, "> 0")
+NON_NEGATIVE = finite_number(lambda x: x >= 0, ">= 0")
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:

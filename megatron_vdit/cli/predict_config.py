@@ -16,37 +16,27 @@ import argparse
 import json
 import sys
 
-from megatron_vdit.cli.errors import add_debug_flag, run_cli
+from megatron_vdit.cli.errors import POSITIVE, add_debug_flag, integer_at_least, run_cli
 from megatron_vdit.models.accounting import (PRESETS, ModelShape, paper_params_nonembed,
                                              params_total, shape_for_params)
 from megatron_vdit.parallel.memory import suggest_layout
 from scaling_laws import lawfile, planner
-from scaling_laws.__main__ import POSITIVE, add_plan_arguments
+from scaling_laws.__main__ import add_plan_arguments
 
 # The smallest model worth planning: the smallest shape preset (a CPU test model).
 MIN_PARAMS_NONEMBED = min(paper_params_nonembed(layers, hidden)
                           for layers, hidden, _ in PRESETS.values())
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_plan_arguments(parser)
-    parser.add_argument("--gpus", type=_positive_int, default=None,
+    parser.add_argument("--gpus", type=integer_at_least(1), default=None,
                         help="also suggest a parallel layout for this many GPUs")
     parser.add_argument("--gpu-memory-gib", type=POSITIVE, default=80.0,
                         help="memory of one GPU in GiB (default 80)")
-    parser.add_argument("--gpus-per-node", type=_positive_int, default=8,
+    parser.add_argument("--gpus-per-node", type=integer_at_least(1), default=8,
                         help="GPUs per node: tensor parallelism stays within one (default 8)")
     add_debug_flag(parser)
     return parser
