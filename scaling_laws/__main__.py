@@ -68,7 +68,13 @@ def _fit(args) -> int:
 
 def _report(args) -> int:
     law = lawfile.load_law(args.law)
-    print(json.dumps(law, indent=1) if args.json else report.format_law(law))
+    try:
+        text = json.dumps(law, indent=1) if args.json else report.format_law(law)
+    except (KeyError, TypeError, AttributeError, IndexError) as err:
+        # The coefficients passed the load check; a hand-edited report section did not.
+        raise ValueError(f"{args.law}: a report section of this law file is malformed "
+                         f"({type(err).__name__}: {err}); --debug shows where") from err
+    print(text)
     return 0
 
 

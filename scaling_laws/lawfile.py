@@ -101,6 +101,12 @@ _LAW_SCHEMA = {
 }
 
 
+# Parts that reports and the planner read; null or absent is fine.
+_OPTIONAL_TYPES = {"units": dict, "ci95": dict, "compute": dict, "diagnostics": dict,
+                   "baselines": dict, "extrapolation": dict, "provenance": dict,
+                   "caveats": list, "predictions": list}
+
+
 def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -153,8 +159,10 @@ def check_law(law: dict, where: str = "law") -> None:
     if not good:
         raise ValueError(f"{where}: law key 'compute' = {compute!r} must hold tokens_per_sample "
                          "> 0 and hidden_size_rule {coef > 0, 0 < exponent < 1}")
-    if not isinstance(law.get("units"), dict):
-        raise ValueError(f"{where}: law key 'units' must be an object")
+    for key, kind in _OPTIONAL_TYPES.items():
+        if law.get(key) is not None and not isinstance(law[key], kind):
+            raise ValueError(f"{where}: law key {key!r} must be a JSON "
+                             f"{'object' if kind is dict else 'list'}, got {law[key]!r:.60}")
     _check_samples(law, where)
 
 

@@ -8,8 +8,10 @@ new file either). Training (``megatron_vdit.train``) and the sweep have their ow
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -112,6 +114,7 @@ def _setup(tmp: str) -> None:
     _law(os.path.join(tmp, "compute.json"), lambda law: law["compute"].pop("hidden_size_rule"))
     _law(os.path.join(tmp, "samples.json"), lambda law: law.update(
         bootstrap_samples={"n_opt": [[0.8, 0.4, 7]]}))
+    _law(os.path.join(tmp, "ci95.json"), lambda law: law.update(ci95="wide"))
     _law(os.path.join(tmp, "existing_law.json"), lambda law: None)
     _records(os.path.join(tmp, "runs.jsonl"))
     _records(os.path.join(tmp, "missing_key.jsonl"), lambda r: r.pop("lr"))
@@ -172,12 +175,21 @@ CASES = [
     ("pre-device", PRECOMPUTE, _pre("--device", "warp9"), ["--device 'warp9'"]),
     ("pre-vae-path", PRECOMPUTE, _pre("--vae-config", None, "--vae-path", "nope"),
      ["--vae-path nope"]),
+    ("pre-text-encoder-path", PRECOMPUTE, _pre("--text-encoder-config", None,
+                                               "--text-encoder-path", "nope"),
+     ["--text-encoder-path nope"]),
+    ("pre-clips-per-video", PRECOMPUTE, _pre("--clips-per-video", "0"), ["--clips-per-video 0"]),
+    ("pre-max-samples", PRECOMPUTE, _pre("--max-samples-per-shard", "0"),
+     ["--max-samples-per-shard 0"]),
+    ("pre-decode-threads", PRECOMPUTE, _pre("--decode-threads", "0"), ["--decode-threads 0"]),
+    ("pre-dtype", PRECOMPUTE, _pre("--dtype", "int8"), ["--dtype"]),
     ("pre-vae-config", PRECOMPUTE, _pre("--vae-config", "huge"), ["--vae-config"]),
     # scaling_laws
     ("fit-window-zero", LAWS, (*FIT, "--window", "0"), ["--window", "> 0"]),
     ("fit-window-nan", LAWS, (*FIT, "--window", "nan"), ["--window"]),
     ("fit-resamples", LAWS, (*FIT, "--resamples", "-1"), ["--resamples"]),
     ("fit-min-curve-tokens", LAWS, (*FIT, "--min-curve-tokens", "inf"), ["--min-curve-tokens"]),
+    ("fit-fixed-lr", LAWS, (*FIT, "--fixed-lr", "-1e-3"), ["--fixed-lr"]),
     ("fit-plots-regular-file", LAWS, (*FIT, "--plots", "plain.txt"), ["--plots plain.txt"]),
     ("fit-out-exists", LAWS, (*FIT[:3], "existing_law.json", *FIT[4:]),
      ["--out existing_law.json", "--force"]),
@@ -196,6 +208,7 @@ CASES = [
     ("report-not-json", LAWS, ("report", "notjson.json"), ["notjson.json is not a law file"]),
     ("report-not-object", LAWS, ("report", "list.json"), ["list.json is not a law file"]),
     ("report-records-not-law", LAWS, ("report", "runs.jsonl"), ["runs.jsonl is not a law file"]),
+    ("report-ci95-string", LAWS, ("report", "ci95.json"), ["ci95.json", "'ci95'"]),
     ("report-directory", LAWS, ("report", "a_dir"), ["a_dir is not a law file"]),
     ("plan-negative-lr-constant", LAWS, ("plan", "--budget", "1e21", "--law", "neg_lr.json"),
      ["neg_lr.json", "eta_opt.alpha"]),
@@ -257,6 +270,16 @@ def test_refusals_need_no_torch():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_console_scripts_resolve():
+    """Every console script of setup.py names a callable that exists (the tools/ scripts
+    are wrappers over the same functions)."""
+    with open(os.path.join(REPO, "setup.py")) as handle:
+        scripts = re.findall(r'"([\w-]+)=([\w.]+):(\w+)"', handle.read())
+    assert {name for name, _, _ in scripts} >= {"vdit-train", "vdit-precompute", "vdit-plan"}
+    for _, module, function in scripts:
+        assert callable(getattr(importlib.import_module(module), function))
+
+
 def test_debug_shows_the_traceback(workdir):
     result = run(LAWS, "report", "list.json", "--debug", cwd=workdir)
     assert result.returncode == 1 and "Traceback" in result.stderr
@@ -301,16 +324,22 @@ def test_precompute_failed_start_damaged_shard_and_changed_args(tmp_path):
     for name, payload in shards.items():  # size and checksum, computed independently
         assert listed[name]["bytes"] == len(payload)
         assert listed[name]["sha256"] == __import__("hashlib").sha256(payload).hexdigest()
-    # A shard cut short after the run finished is redone, not accepted as done.
+    # A shard cut short after the run finished is redone, not accepted as done; a torn
+    # manifest and probe cache (an interrupted copy) are rebuilt, not a traceback.
     victim = sorted(shards)[0]
     with open(os.path.join(out, victim), "r+b") as handle:
         handle.truncate(len(shards[victim]) // 2)
+    manifest_bytes = (tmp_path / "out" / "manifest.json").read_bytes()
+    (tmp_path / "out" / "manifest.json").write_bytes(manifest_bytes[:40])
+    (tmp_path / "out" / "_state" / "probe.json").write_text('{"v0.mp4": ')
     again = run(PRECOMPUTE, *_pre("--max-samples-per-shard", "1"), cwd=str(tmp_path))
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{victim} is damaged" in again.stderr
     summary = json.loads(again.stdout.strip().splitlines()[-1])
     assert summary["shards_redone"] == 1 and summary["shards_skipped"] == 2
+    assert summary["sources_probed"] == 3
     assert _shards(out) == shards
+    assert (tmp_path / "out" / "manifest.json").read_bytes() == manifest_bytes
     # A changed command over real finished shards is refused; nothing changes.
     before = snapshot(out)
     changed = run(PRECOMPUTE, *_pre("--max-samples-per-shard", "1", "--frames", "13"),
