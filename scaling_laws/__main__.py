@@ -87,7 +87,8 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-params", type=POSITIVE, default=None,
                         help="cap on non-embedding params (e.g. an inference budget)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--warmup-steps", type=int, default=planner.DEFAULT_WARMUP_STEPS,
+    parser.add_argument("--warmup-steps", type=integer_at_least(0),
+                        default=planner.DEFAULT_WARMUP_STEPS,
                         help="refuse plans with fewer optimizer steps than this warm-up "
                              f"(default {planner.DEFAULT_WARMUP_STEPS})")
 

@@ -17,6 +17,7 @@ import pathlib
 
 import numpy as np
 
+from megatron_vdit.utils.atomic_io import write_text_atomic
 from scaling_laws import hyperopt, loss_law
 from scaling_laws.compute import BILLION, UNITS, ComputeModel
 
@@ -144,6 +145,8 @@ def check_law(law: dict, where: str = "law") -> None:
     plausible range, naming the key (``ValueError``). Fit-time quality gates are separate."""
     if law.get("schema", SCHEMA) != SCHEMA:
         raise ValueError(f"{where}: law key 'schema' = {law['schema']!r}, expected {SCHEMA!r}")
+    if law.get("usable") is False:
+        return  # a fit that failed its quality gates: reportable, and the planner refuses it
     for key in ("eta_opt", "batch_opt", "n_opt"):
         _check_part(law, where, key)
     if law.get("loss") is not None:
@@ -186,10 +189,7 @@ def save_law(law: dict, path) -> None:
     """Write ``law`` to ``path`` atomically (a reader sees the old file or the new one)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(to_jsonable(law), indent=1, allow_nan=False)
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    temp.replace(path)
+    write_text_atomic(path, json.dumps(to_jsonable(law), indent=1, allow_nan=False))
 
 
 def hp_value(part: dict, n_params, t_tokens):

@@ -42,19 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_model_size(result: dict, law: dict, args) -> None:
-    """Refuse a plan whose model is below the smallest sensible one (no shape exists)."""
-    n = result["params_nonembed"]
-    if n >= MIN_PARAMS_NONEMBED:
-        return
-    if result.get("capped_by_max_params"):
+def _check_model_size(law: dict, args) -> None:
+    """Refuse, before planning, a model below the smallest sensible one (no shape exists)."""
+    if args.max_params is not None and args.max_params < MIN_PARAMS_NONEMBED:
         raise ValueError(f"--max-params {args.max_params:g} is below the smallest model "
                          f"({MIN_PARAMS_NONEMBED:,} non-embedding params)")
+    if law.get("usable") is False:
+        return  # the planner refuses the whole law, naming why
+    n_opt, _ = lawfile.n_opt_params(law, args.budget)
+    if n_opt >= MIN_PARAMS_NONEMBED:
+        return
     part = law["n_opt"]
     needed = (MIN_PARAMS_NONEMBED / part["k"]) ** (1 / part["a"])
-    raise ValueError(f"--budget {args.budget:g} FLOPs gives N_opt = {n:.3g} params, below the "
-                     f"smallest model ({MIN_PARAMS_NONEMBED:,} non-embedding params); this "
-                     f"law needs a budget of at least {needed:.3g} FLOPs")
+    raise ValueError(f"--budget {args.budget:g} FLOPs gives N_opt = {n_opt:.3g} params, below "
+                     f"the smallest model ({MIN_PARAMS_NONEMBED:,} non-embedding params); "
+                     f"this law needs a budget of at least {needed:.3g} FLOPs")
 
 
 def suggested_layout(shape: dict, tokens_per_sample: int, args) -> dict:
@@ -85,9 +87,9 @@ def _main(argv) -> int:
     # With real shapes, T = C / C_token uses the suggested shape's hidden size rather
     # than the law's smooth d(N) rule (they differ by a few percent in T).
     hidden = (lambda n: shape_for_params(float(n))["hidden_size"])
+    _check_model_size(law, args)
     result = planner.plan(law, args.budget, args.tokens_per_sample, args.max_params,
-                          hidden_size_for_params=hidden)
-    _check_model_size(result, law, args)
+                          hidden_size_for_params=hidden, warmup_steps=args.warmup_steps)
     shape = shape_for_params(result["params_nonembed"])
     layout = (suggested_layout(shape, int(result["tokens_per_sample"]), args)
               if args.gpus else None)
