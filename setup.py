@@ -48,6 +48,8 @@ setup(
     entry_points={
         "console_scripts": [
             "vdit-train=megatron_vdit.train:main",
+            "vdit-precompute=megatron_vdit.cli.precompute_latents:main",
+            "vdit-plan=megatron_vdit.cli.predict_config:main",
         ]
     },
 )

@@ -8,16 +8,39 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
 import time
 
+from megatron_vdit.cli.errors import (NON_NEGATIVE, POSITIVE, add_debug_flag,
+                                      integer_at_least, run_cli)
 from scaling_laws import lawfile, pipeline, planner, records, report
 from scaling_laws.compute import ACCOUNTINGS
 from scaling_laws.fit import FitOptions
 
 
+def _check_fit_paths(args) -> None:
+    """Before any work: --out is not overwritten unasked, --plots can be a directory."""
+    out = pathlib.Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give the law file to write")
+    if out.exists() and not args.force:
+        raise ValueError(f"--out {out} already exists; pass --force to overwrite it or "
+                         "choose another path")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is not a directory")
+            break
+    if args.plots is not None:
+        plots = pathlib.Path(args.plots)
+        if plots.exists() and not plots.is_dir():
+            raise ValueError(f"--plots {plots} exists and is not a directory")
+
+
 def _fit(args) -> int:
     t0 = time.time()
+    _check_fit_paths(args)
     print(f"reading run records from {', '.join(args.runs)}", file=sys.stderr)
     runs = records.prepare(records.load_records(args.runs), use_curves=not args.no_curves,
                            min_curve_tokens=args.min_curve_tokens)
@@ -45,19 +68,27 @@ def _fit(args) -> int:
 
 def _report(args) -> int:
     law = lawfile.load_law(args.law)
-    print(json.dumps(law, indent=1) if args.json else report.format_law(law))
+    try:
+        text = json.dumps(law, indent=1) if args.json else report.format_law(law)
+    except (KeyError, TypeError, AttributeError, IndexError) as err:
+        # The coefficients passed the load check; a hand-edited report section did not.
+        raise ValueError(f"{args.law}: a report section of this law file is malformed "
+                         f"({type(err).__name__}: {err}); --debug shows where") from err
+    print(text)
     return 0
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--budget", type=float, required=True, help="training compute in FLOPs")
+    parser.add_argument("--budget", type=POSITIVE, required=True,
+                        help="training compute in FLOPs")
     parser.add_argument("--law", default="paper", help="law.json path or the preset 'paper'")
-    parser.add_argument("--tokens-per-sample", type=float, default=None,
+    parser.add_argument("--tokens-per-sample", type=POSITIVE, default=None,
                         help="video tokens per sample (default: the law's)")
-    parser.add_argument("--max-params", type=float, default=None,
+    parser.add_argument("--max-params", type=POSITIVE, default=None,
                         help="cap on non-embedding params (e.g. an inference budget)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--warmup-steps", type=int, default=planner.DEFAULT_WARMUP_STEPS,
+    parser.add_argument("--warmup-steps", type=integer_at_least(0),
+                        default=planner.DEFAULT_WARMUP_STEPS,
                         help="refuse plans with fewer optimizer steps than this warm-up "
                              f"(default {planner.DEFAULT_WARMUP_STEPS})")
 
@@ -76,19 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit the laws from run records")
     fit.add_argument("runs", nargs="+", help="run dirs, .jsonl/.json files, wandb dirs")
-    fit.add_argument("--out", required=True, help="law.json to write")
+    fit.add_argument("--out", required=True,
+                     help="law.json to write (an existing file is kept unless --force)")
+    fit.add_argument("--force", action="store_true", help="overwrite an existing --out")
     fit.add_argument("--plots", default=None, help="directory for PNG plots")
-    fit.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    fit.add_argument("--resamples", type=integer_at_least(0), default=1000,
+                     help="bootstrap resamples (>= 0)")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--window", type=float, default=FitOptions.window,
-                     help="surface uses runs within this relative loss of the cell's best")
+    fit.add_argument("--window", type=POSITIVE, default=FitOptions.window,
+                     help="surface uses runs within this relative loss of the cell's best "
+                     "(> 0; widened until the surface is identifiable)")
     fit.add_argument("--no-curves", action="store_true", help="ignore val_loss_curve")
-    fit.add_argument("--min-curve-tokens", type=float, default=0.0,
+    fit.add_argument("--min-curve-tokens", type=NON_NEGATIVE, default=0.0,
                      help="ignore curve points before this many tokens (warmup)")
     fit.add_argument("--no-extrapolation", action="store_true",
                      help="skip the leave-largest-size-out check")
-    fit.add_argument("--fixed-lr", type=float, default=None, help="fixed-HP baseline eta")
-    fit.add_argument("--fixed-batch-tokens", type=float, default=None,
+    fit.add_argument("--fixed-lr", type=POSITIVE, default=None, help="fixed-HP baseline eta")
+    fit.add_argument("--fixed-batch-tokens", type=POSITIVE, default=None,
                      help="fixed-HP baseline batch (tokens)")
     fit.add_argument("--compute", choices=sorted(ACCOUNTINGS), default="video",
                      help="training FLOPs per token: 'video' = 3/4 N (7 + n_ctx/d) (default), "
@@ -101,18 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="plan a run for a compute budget")
     add_plan_arguments(plan)
     plan.set_defaults(func=_plan)
+    for command in (fit, rep, plan):
+        add_debug_flag(command)
     return parser
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "resamples", 1) is not None and getattr(args, "resamples", 1) < 0:
-        raise SystemExit("--resamples must be >= 0")
-    try:
-        return args.func(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return args.func(args)
+
+
+def main(argv=None) -> int:
+    return run_cli(_main, argv, prog="python -m scaling_laws")
 
 
 if __name__ == "__main__":

@@ -98,6 +98,9 @@ def _identifiable(log_lr, log_batch) -> bool:
             and len(np.unique(log_batch.round(6))) >= MIN_LEVELS)
 
 
+_MAX_WINDOW_DOUBLINGS = 64
+
+
 def window_mask(cell: "Cell", window: float, num_params: int = MIN_SETTINGS) -> np.ndarray:
     """The cell's runs a ``num_params`` surface uses at relative loss ``window``."""
     return _choose_window(cell.log_loss, cell.log_lr, cell.log_batch, window, num_params)
@@ -107,14 +110,17 @@ def _choose_window(log_loss, log_lr, log_batch, window: float,
                    num_params: int = MIN_SETTINGS) -> np.ndarray:
     """Runs within ``window`` of the best, widened until the surface keeps >= 2 residual
     degrees of freedom (P points would be interpolated exactly, noise and all)."""
+    if not (np.isfinite(window) and window > 0):
+        raise ValueError(f"window must be a finite number > 0, got {window}")
     best = log_loss.min()
     w = window
-    while True:
+    for _ in range(_MAX_WINDOW_DOUBLINGS):
         keep = log_loss <= best + np.log1p(w)
         enough = keep.sum() >= num_params + 2 or keep.all()
         if (_identifiable(log_lr[keep], log_batch[keep]) and enough) or keep.all():
             return keep
         w *= 2
+    return np.ones_like(keep)  # a window 2^64 times the loss: every run (bounded loop)
 
 
 def build_cells(runs: RunSet, window: float = 0.20, min_tokens_ratio: float = 1.25,

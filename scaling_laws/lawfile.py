@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import pathlib
 
 import numpy as np
 
+from megatron_vdit.utils.atomic_io import write_text_atomic
 from scaling_laws import hyperopt, loss_law
 from scaling_laws.compute import BILLION, UNITS, ComputeModel
 
@@ -62,7 +64,7 @@ def paper_law() -> dict:
 
 
 def load_law(spec) -> dict:
-    """``"paper"`` or a path to a law.json."""
+    """``"paper"`` or a path to a law.json, checked against the schema (:func:`check_law`)."""
     if isinstance(spec, dict):
         return spec
     if str(spec) == "paper":
@@ -70,11 +72,101 @@ def load_law(spec) -> dict:
     path = pathlib.Path(spec)
     if not path.exists():
         raise ValueError(f"law file not found: {path} (or use the preset 'paper')")
-    law = json.loads(path.read_text())
+    if not path.is_file():
+        raise ValueError(f"{path} is not a law file: not a regular file")
+    try:
+        law = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a law file: not valid JSON ({err})") from err
+    if not isinstance(law, dict):
+        raise ValueError(f"{path} is not a law file: top level is a {type(law).__name__}, "
+                         "not an object")
     missing = [k for k in ("eta_opt", "batch_opt", "n_opt", "units") if k not in law]
     if missing:
         raise ValueError(f"{path} is not a law file: missing {missing}")
+    check_law(law, str(path))
     return law
+
+
+# Load-time schema: (key, test, what the test asks). Exponent ranges are wide enough for
+# any fit a sweep gives and narrow enough to catch a typo or a sign flip.
+_POSITIVE = (lambda x: x > 0, "> 0")
+_HP_EXPONENT = (lambda x: -2 < x < 2, "in (-2, 2)")
+_LAW_SCHEMA = {
+    "eta_opt": {"alpha": _POSITIVE, "beta": _HP_EXPONENT, "gamma": _HP_EXPONENT},
+    "batch_opt": {"alpha": _POSITIVE, "beta": _HP_EXPONENT, "gamma": _HP_EXPONENT},
+    "n_opt": {"k": _POSITIVE, "a": (lambda x: 0 < x < 1, "in (0, 1)")},
+    "loss": {"T_c": _POSITIVE, "alpha_T": (lambda x: 0 < x <= 5, "in (0, 5]"),
+             "N_c": _POSITIVE, "alpha_N": (lambda x: 0 < x <= 5, "in (0, 5]"),
+             "L_inf": (lambda x: x >= 0, ">= 0")},
+}
+
+
+# Parts that reports and the planner read; null or absent is fine.
+_OPTIONAL_TYPES = {"units": dict, "ci95": dict, "compute": dict, "diagnostics": dict,
+                   "baselines": dict, "extrapolation": dict, "provenance": dict,
+                   "caveats": list, "predictions": list}
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_part(law: dict, where: str, key: str) -> None:
+    part = law[key]
+    if not isinstance(part, dict):
+        raise ValueError(f"{where}: law key {key!r} must be an object of "
+                         f"{list(_LAW_SCHEMA[key])}, got {part!r}")
+    for name, (test, need) in _LAW_SCHEMA[key].items():
+        value = part.get(name)
+        if not _is_number(value) or not test(value):
+            raise ValueError(f"{where}: law key {key}.{name} = {value!r} must be a finite "
+                             f"number {need}")
+
+
+def _check_samples(law: dict, where: str) -> None:
+    samples = law.get("bootstrap_samples") or {}
+    if not isinstance(samples, dict):
+        raise ValueError(f"{where}: law key 'bootstrap_samples' must be an object")
+    for key, rows in samples.items():
+        width = len(_LAW_SCHEMA.get(key, ()))
+        if not width:
+            continue  # samples of a part no consumer evaluates
+        ok = isinstance(rows, list) and all(
+            isinstance(r, list) and len(r) == width
+            and all(v is None or _is_number(v) for v in r) for r in rows)
+        if not ok:
+            raise ValueError(f"{where}: law key bootstrap_samples.{key} must be a list of "
+                             f"rows of {width} numbers (null where unknown)")
+
+
+def check_law(law: dict, where: str = "law") -> None:
+    """Refuse a law no consumer can use: each coefficient finite, of the right sign and in a
+    plausible range, naming the key (``ValueError``). Fit-time quality gates are separate."""
+    if law.get("schema", SCHEMA) != SCHEMA:
+        raise ValueError(f"{where}: law key 'schema' = {law['schema']!r}, expected {SCHEMA!r}")
+    if law.get("usable") is False:
+        return  # a fit that failed its quality gates: reportable, and the planner refuses it
+    for key in ("eta_opt", "batch_opt", "n_opt"):
+        _check_part(law, where, key)
+    if law.get("loss") is not None:
+        _check_part(law, where, "loss")
+    compute = law.get("compute")
+    try:
+        model = ComputeModel.from_json(compute)
+        values = (model.tokens_per_sample, model.hidden_coef, model.hidden_exponent)
+        good = (all(map(_is_number, values)) and model.tokens_per_sample > 0
+                and model.hidden_coef > 0 and 0 < model.hidden_exponent < 1)
+    except (KeyError, TypeError, ValueError):
+        good = False
+    if not good:
+        raise ValueError(f"{where}: law key 'compute' = {compute!r} must hold tokens_per_sample "
+                         "> 0 and hidden_size_rule {coef > 0, 0 < exponent < 1}")
+    for key, kind in _OPTIONAL_TYPES.items():
+        if law.get(key) is not None and not isinstance(law[key], kind):
+            raise ValueError(f"{where}: law key {key!r} must be a JSON "
+                             f"{'object' if kind is dict else 'list'}, got {law[key]!r:.60}")
+    _check_samples(law, where)
 
 
 def to_jsonable(obj):
@@ -94,9 +186,10 @@ def to_jsonable(obj):
 
 
 def save_law(law: dict, path) -> None:
+    """Write ``law`` to ``path`` atomically (a reader sees the old file or the new one)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_jsonable(law), indent=1, allow_nan=False))
+    write_text_atomic(path, json.dumps(to_jsonable(law), indent=1, allow_nan=False))
 
 
 def hp_value(part: dict, n_params, t_tokens):
@@ -105,7 +198,7 @@ def hp_value(part: dict, n_params, t_tokens):
                                np.asarray(t_tokens, float) / BILLION)
 
 
-def _rows(law: dict, key: str, names) -> np.ndarray | None:
+def _rows(law: dict, key: str) -> np.ndarray | None:
     samples = (law.get("bootstrap_samples") or {}).get(key)
     if samples is None or len(samples) == 0:
         return None
@@ -115,7 +208,7 @@ def _rows(law: dict, key: str, names) -> np.ndarray | None:
 
 def sample_dicts(law: dict, key: str, names):
     """Bootstrap coefficient rows as a dict of arrays, or None."""
-    arr = _rows(law, key, names)
+    arr = _rows(law, key)
     return None if arr is None or len(arr) < 2 else {k: arr[:, i] for i, k in enumerate(names)}
 
 

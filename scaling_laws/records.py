@@ -28,21 +28,40 @@ REQUIRED = ("run_id", "params_nonembed", "params_total", "hidden_size", "num_lay
 GOOD_STATUS = "completed"
 
 
+SOURCE_KEY = "_source"
+"""Set by :func:`load_records` on each record: the file (and line) it came from."""
+_NUMERIC = ("params_nonembed", "params_total", "hidden_size", "num_layers",
+            "tokens_per_sample", "train_tokens", "batch_tokens", "batch_samples", "lr")
+
+
+def _tagged(obj, where: str) -> dict:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: a run record must be a JSON object, got "
+                         f"{type(obj).__name__}")
+    return {**obj, SOURCE_KEY: where}
+
+
 def _read_json_file(path: pathlib.Path) -> list[dict]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file ({err})") from err
     if path.suffix == ".jsonl":
         rows = []
-        for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        for line_no, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append(_tagged(json.loads(line), f"{path}:{line_no}"))
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path}:{line_no}: not valid JSON ({err})") from err
         return rows
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
-    return obj if isinstance(obj, list) else [obj]
+    if isinstance(obj, list):
+        return [_tagged(o, f"{path}[{i}]") for i, o in enumerate(obj)]
+    return [_tagged(obj, str(path))]
 
 
 def _wandb_record(files_dir: pathlib.Path) -> list[dict]:
@@ -51,10 +70,15 @@ def _wandb_record(files_dir: pathlib.Path) -> list[dict]:
         return _read_json_file(files_dir / "run.json")
     summary = files_dir / "wandb-summary.json"
     if summary.exists():
-        obj = json.loads(summary.read_text())
-        if "run_id" in obj or "val_loss" in obj:
-            return [obj]
+        found = _read_json_file(summary)
+        return [r for r in found if "run_id" in r or "val_loss" in r]
     return []
+
+
+def where(rec: dict) -> str:
+    """``run 'id' (file)`` for messages."""
+    source = f" ({rec[SOURCE_KEY]})" if SOURCE_KEY in rec else ""
+    return f"run {rec.get('run_id', '?')!r}{source}"
 
 
 def load_records(source) -> list[dict]:
@@ -75,9 +99,6 @@ def load_records(source) -> list[dict]:
                     records += _wandb_record(f)
             elif f.is_file() and f.name == "run.json":
                 records += _read_json_file(f)
-    for rec in records:
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}: a run record must be a JSON object, got {type(rec).__name__}")
     if not records:
         raise ValueError(f"no run records found under {path} (looked for run.json and "
                          "wandb/offline-run-*/files; pass .jsonl files explicitly)")
@@ -96,7 +117,8 @@ def _dedupe(records: list[dict]) -> list[dict]:
                         for v in (old.get("val_loss"), rec.get("val_loss"))))
             if not same or old.get("status") != rec.get("status"):
                 raise ValueError(f"run_id {rid!r} appears twice with different results "
-                                 f"(val_loss {old.get('val_loss')} vs {rec.get('val_loss')})")
+                                 f"(val_loss {old.get('val_loss')} in {old.get(SOURCE_KEY)} vs "
+                                 f"{rec.get('val_loss')} in {rec.get(SOURCE_KEY)})")
             continue
         by_id[rid] = rec
     return list(by_id.values())
@@ -119,8 +141,8 @@ def _check_fields(records: list[dict]) -> None:
                 hint = (" (tokens_per_sample differs between runs "
                         f"{sorted(map(str, contexts))}, so batch_tokens cannot be "
                         "derived from batch_samples)")
-            raise ValueError(f"run {rec.get('run_id', '?')!r} lacks required fields "
-                             f"{missing}{hint}")
+            raise ValueError(f"{where(rec)} lacks required fields {missing}{hint}")
+        _check_types(rec)
     if mixed:
         bad = [r["run_id"] for r in records if r.get("status") == GOOD_STATUS
                and r["batch_tokens"] != r["batch_samples"] * r["tokens_per_sample"]]
@@ -129,6 +151,26 @@ def _check_fields(records: list[dict]) -> None:
                 f"runs mix tokens_per_sample {sorted(map(str, contexts))} and batch_tokens != "
                 f"batch_samples * tokens_per_sample for {bad[:5]}: batch sizes in tokens "
                 "cannot be reconciled")
+
+
+def _check_types(rec: dict) -> None:
+    """Wrong types are malformed records, not exclusions: name the file and the key."""
+    for key in _NUMERIC:
+        value = rec[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where(rec)}: {key} must be a number, got {value!r}")
+    loss = rec["val_loss"]
+    if loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float))):
+        raise ValueError(f"{where(rec)}: val_loss must be a number (or null/NaN for a run "
+                         f"without one), got {loss!r}")
+    if not isinstance(rec["status"], str) or not isinstance(rec["run_id"], (str, int)):
+        raise ValueError(f"{where(rec)}: run_id and status must be strings, got "
+                         f"{rec['run_id']!r} and {rec['status']!r}")
+    curve = rec.get("val_loss_curve")
+    if curve is not None and not (isinstance(curve, list)
+                                  and all(isinstance(p, dict) for p in curve)):
+        raise ValueError(f"{where(rec)}: val_loss_curve must be a list of "
+                         "{tokens, val_loss} objects")
 
 
 def _finite_positive(x) -> bool:
@@ -209,7 +251,7 @@ def prepare(records: list[dict], use_curves: bool = True, min_curve_tokens: floa
         for key in ("params_nonembed", "hidden_size", "tokens_per_sample", "train_tokens",
                     "batch_tokens", "lr"):
             if not _finite_positive(rec[key]):
-                raise ValueError(f"run {rec['run_id']!r}: {key} must be a positive number, "
+                raise ValueError(f"{where(rec)}: {key} must be a finite positive number, "
                                  f"got {rec[key]!r}")
         index = len(runs)
         runs.append(rec)

@@ -22,8 +22,8 @@ import os
 
 import torch
 
-VAE_CONFIGS = ("tiny", "tiny-wan", "tiny-cogvideox")
-TEXT_ENCODER_CONFIGS = ("tiny", "tiny-umt5", "tiny-t5")
+# Defined with the precompute's arguments, which the CLI checks before importing torch.
+from megatron_vdit.data.precompute_config import TEXT_ENCODER_CONFIGS, VAE_CONFIGS  # noqa: F401
 
 # Tiny VAEs: 4 latent channels, 8x spatial and 4x temporal compression like the real
 # ones, 0.1-0.2M parameters. Wan's cost is dominated by its full-resolution stage, so

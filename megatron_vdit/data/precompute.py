@@ -6,8 +6,13 @@ into shards in order. That *plan* is computed identically by every rank before a
 encoding, so each shard's content is a pure function of its inputs and the args:
 
 - torchrun ranks take disjoint shards (every ``world_size``-th shard of the plan);
-- a rerun skips shards whose tar and state record match the plan and redoes the rest;
+- a rerun skips shards whose tar matches its state record (planned clips, byte size,
+  sha256) and redoes the rest, so a shard cut short after the run is redone too;
 - shards are written temp + rename, so a killed run leaves no partial shard.
+
+Bad input (paths, args, a malformed captions file, inputs that are all unusable) is a
+``ValueError`` before any encoding, and a refused run leaves nothing behind
+(``precompute_state``).
 
 Rank 0 writes ``manifest.json`` and ``errors.jsonl`` after all shards exist; the
 manifest is written last, so its presence means the output is complete.
@@ -22,81 +27,23 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import time
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from megatron_vdit.data import shard_format
+from megatron_vdit.data import precompute_config, precompute_state as state, shard_format
 from megatron_vdit.data.distributed_env import RankContext
 from megatron_vdit.data.encoders import TextEncoder, VideoVAE, load_text_encoder, load_vae
-from megatron_vdit.data.sources import SPLITS, Source, discover_sources, read_video_bytes, split_of
+from megatron_vdit.data.precompute_config import PrecomputeConfig, preflight  # noqa: F401
+from megatron_vdit.data.sources import SPLITS, Source, read_video_bytes, split_of
 from megatron_vdit.data.video_io import (ClipSpec, VideoError, decode_clips, frames_to_model_input,
                                          plan_clips, probe_video)
 
 MANIFEST_FORMAT = "megatron_vdit.latent_shards/1"
-STATE_DIR = "_state"
-
-
-@dataclasses.dataclass
-class PrecomputeConfig:
-    """Everything the CLI exposes. Fields in `content_args` determine shard bytes."""
-
-    inputs: list[str]
-    output: str
-    num_frames: int
-    height: int
-    width: int
-    fps: float | None = None
-    """Target frame rate; None samples every source frame."""
-    clips_per_video: int = 4
-    """At most this many non-overlapping clips per video, evenly spaced."""
-    captions: str | None = None
-    vae_path: str | None = None
-    vae_config: str | None = None
-    text_encoder_path: str | None = None
-    text_encoder_config: str | None = None
-    text_tokens: int = 128
-    """Padded caption length S (tokens of the encoder's tokenizer)."""
-    shard_size_mb: float = 256.0
-    max_samples_per_shard: int | None = None
-    val_fraction: float = 0.05
-    seed: int = 0
-    """Seeds tiny-config weights only; nothing else is random."""
-    batch_size: int = 8
-    dtype: str = "float16"
-    """Storage dtype of latent.npy and text_emb.npy."""
-    compute_dtype: str = "float32"
-    """Dtype the VAE and text encoder run in (bfloat16 halves GPU memory and time)."""
-    device: str = "auto"
-    decode_threads: int = 4
-    threads: int | None = None
-    """torch intra-op threads (None: torch's default). Bits of CPU latents depend on it."""
-    progress: bool = True
-
-    def content_args(self) -> dict:
-        """Args that change shard contents; a rerun into the same output must match them."""
-        skip = {"output", "device", "decode_threads", "threads", "progress"}
-        args = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-        args["inputs"] = [os.path.abspath(p) for p in self.inputs]
-        return args
-
-    def validate(self) -> None:
-        if self.dtype not in ("float16", "float32"):
-            raise ValueError(f"--dtype {self.dtype!r} must be float16 or float32")
-        if self.compute_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"--compute-dtype {self.compute_dtype!r} must be float32, bfloat16 "
-                             "or float16")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"--val-fraction {self.val_fraction} must be in [0, 1)")
-        if self.shard_size_mb <= 0 or self.batch_size < 1 or self.clips_per_video < 1:
-            raise ValueError(f"--shard-size-mb {self.shard_size_mb}, --batch-size {self.batch_size}"
-                             f" and --clips-per-video {self.clips_per_video} must be positive")
-        if self.max_samples_per_shard is not None and self.max_samples_per_shard < 1:
-            raise ValueError(f"--max-samples-per-shard {self.max_samples_per_shard} must be >= 1")
-        if self.fps is not None and self.fps <= 0:
-            raise ValueError(f"--fps {self.fps} must be positive")
+STATE_DIR = state.STATE_DIR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,10 +86,8 @@ def probe_all(sources: list[Source], cfg: PrecomputeConfig, ctx: RankContext
     rerun probes only new or changed inputs (args cannot change: see args.json).
     """
     cache_path = os.path.join(cfg.output, STATE_DIR, "probe.json")
-    cache = {}
-    if os.path.exists(cache_path):
-        with open(cache_path) as handle:
-            cache = json.load(handle)
+    cache = state.read_json(cache_path)
+    cache = cache if isinstance(cache, dict) else {}  # missing or torn: probe again
     stamps = {s.source_id: _stamp(s) for s in sources}
     todo = [s for s in sources if cache.get(s.source_id, {}).get("stamp") != stamps[s.source_id]]
     mine = todo[ctx.rank::ctx.world_size]
@@ -271,41 +216,39 @@ def write_shard(task: ShardTask, vae: VideoVAE, text_encoder: TextEncoder,
             "errors": errors, "_members": members}
 
 
-def _state_path(output: str, task: ShardTask) -> str:
-    name = shard_format.shard_name(task.index) + ".json"
-    return os.path.join(output, STATE_DIR, task.split, name)
-
-
-def _is_done(output: str, task: ShardTask) -> bool:
-    tar_path = os.path.join(output, task.split, shard_format.shard_name(task.index))
-    state_path = _state_path(output, task)
-    if not (os.path.exists(tar_path) and os.path.exists(state_path)):
-        return False
-    with open(state_path) as handle:
-        return json.load(handle)["items"] == task.item_ids()
+def _publish(task: ShardTask, record: dict, output: str) -> None:
+    """Tar to a temp file, its size and sha256 into the record, record, then the tar's
+    rename last: a tar on disk always has a matching record."""
+    tar = state.tar_path(output, task.split, task.index)
+    if os.path.exists(tar):
+        os.remove(tar)  # stale or damaged: its record no longer matches it
+    temp = shard_format.write_tar_temp(tar, record.pop("_members"))
+    record["bytes"], record["sha256"] = os.path.getsize(temp), shard_format.file_sha256(temp)
+    shard_format.write_json_atomic(state.record_path(output, task.split, task.index), record)
+    os.replace(temp, tar)
 
 
 def run_tasks(tasks: list[ShardTask], vae: VideoVAE, text_encoder: TextEncoder,
               cfg: PrecomputeConfig, ctx: RankContext) -> dict:
-    """Write this rank's shards (skipping finished ones); returns counts."""
+    """Write this rank's shards (skipping finished, intact ones); returns counts."""
     mine = tasks[ctx.rank::ctx.world_size]
-    counts = {"shards_written": 0, "shards_skipped": 0, "clips_encoded": 0}
+    counts = {"shards_written": 0, "shards_skipped": 0, "shards_redone": 0, "clips_encoded": 0}
     started = time.perf_counter()
     bar = tqdm(total=sum(len(t.items) for t in mine), unit="clip", position=ctx.rank,
                desc=f"[rank {ctx.rank}] encode", disable=not cfg.progress)
     with concurrent.futures.ThreadPoolExecutor(cfg.decode_threads) as pool:
         for task in mine:
-            if _is_done(cfg.output, task):
+            problem = state.shard_problem(cfg.output, task.split, task.index, task.item_ids())
+            if problem is None:
                 counts["shards_skipped"] += 1
             else:
-                tar_path = os.path.join(cfg.output, task.split, shard_format.shard_name(task.index))
-                if os.path.exists(tar_path):
-                    os.remove(tar_path)  # stale: its record no longer matches the plan
+                if problem != "not written by this plan":
+                    name = shard_format.shard_name(task.index)
+                    print(f"precompute: {task.split}/{name} is damaged ({problem}); "
+                          "redoing it", file=sys.stderr)
+                    counts["shards_redone"] += 1
                 record = write_shard(task, vae, text_encoder, cfg, pool)
-                members = record.pop("_members")
-                # Record first, tar rename last: a tar on disk always has a matching record.
-                shard_format.write_json_atomic(_state_path(cfg.output, task), record)
-                shard_format.write_tar_atomic(tar_path, members)
+                _publish(task, record, cfg.output)
                 counts["shards_written"] += 1
                 counts["clips_encoded"] += record["num_samples"]
             bar.update(len(task.items))
@@ -314,32 +257,15 @@ def run_tasks(tasks: list[ShardTask], vae: VideoVAE, text_encoder: TextEncoder,
     return counts
 
 
-def _check_or_record_args(cfg: PrecomputeConfig, ctx: RankContext) -> None:
-    """Refuse to mix shards made with different args in one output directory."""
-    path = os.path.join(cfg.output, STATE_DIR, "args.json")
-    wanted = json.loads(json.dumps(cfg.content_args()))
-    if os.path.exists(path):
-        with open(path) as handle:
-            found = json.load(handle)
-        if found != wanted:
-            changed = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
-            raise ValueError(f"--output {cfg.output} holds shards made with different args "
-                             f"(changed: {changed}); use a new output directory")
-    ctx.barrier()
-    if ctx.rank == 0 and not os.path.exists(path):
-        shard_format.write_json_atomic(path, wanted)
-
-
 def _split_summary(tasks: list[ShardTask], records: dict, output: str, split: str) -> dict:
     shards = []
     for task in tasks:
         if task.split == split:
             record = records[(task.split, task.index)]
-            path = os.path.join(output, split, record["name"])
-            # bytes + sha256 let a reader catch a shard cut short or corrupted after this run.
+            # bytes + sha256 (from the record, taken when the shard was written) let a
+            # reader catch a shard cut short or corrupted after this run.
             shards.append({"name": record["name"], "num_samples": record["num_samples"],
-                           "bytes": os.path.getsize(path),
-                           "sha256": shard_format.file_sha256(path)})
+                           "bytes": record["bytes"], "sha256": record["sha256"]})
     return {"num_samples": sum(s["num_samples"] for s in shards), "num_shards": len(shards),
             "num_sources": len({item[0] for t in tasks if t.split == split
                                 for item in t.item_ids()}),
@@ -351,7 +277,7 @@ def finalize(cfg: PrecomputeConfig, tasks: list[ShardTask], early_errors: list[d
     """Rank 0: errors.jsonl, stray-shard cleanup, then manifest.json (written last)."""
     records = {}
     for task in tasks:
-        with open(_state_path(cfg.output, task)) as handle:
+        with open(state.record_path(cfg.output, task.split, task.index)) as handle:
             records[(task.split, task.index)] = json.load(handle)
     errors = early_errors + [e for r in records.values() for e in r["errors"]]
     errors.sort(key=lambda e: (e["path"], e.get("clip_index", -1), e["reason"]))
@@ -384,30 +310,59 @@ def finalize(cfg: PrecomputeConfig, tasks: list[ShardTask], early_errors: list[d
 
 
 def _resolve_device(device: str, ctx: RankContext) -> str:
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', ctx.rank)) % torch.cuda.device_count()}"
-    return "cpu"
+    if device == "auto":
+        if torch.cuda.is_available():
+            local_rank = int(os.environ.get("LOCAL_RANK", ctx.rank))
+            return f"cuda:{local_rank % torch.cuda.device_count()}"
+        return "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r} is not a device ({err})") from err
+    if parsed.type == "cuda" and not (torch.cuda.is_available() and
+                                      (parsed.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"--device {device}: no such CUDA device on this machine "
+                         f"({torch.cuda.device_count()} visible)")
+    return device
 
 
-def run_precompute(cfg: PrecomputeConfig, ctx: RankContext | None = None) -> dict:
+def run_precompute(cfg: PrecomputeConfig, ctx: RankContext | None = None,
+                   discovered: tuple[list[Source], list[dict]] | None = None) -> dict:
     """Run the whole precompute (this rank's share of it); returns a summary dict.
 
-    Raises `ValueError` before any decoding for bad args, including a frame count or
-    size the VAE cannot take.
+    Raises `ValueError` before any decoding for bad args and paths (including a frame
+    count or size the VAE cannot take), a malformed captions file, or inputs of which
+    none is usable; a refused run leaves nothing in ``cfg.output``. ``discovered`` is
+    what :func:`preflight` returned, if the caller ran it already.
     """
-    cfg.validate()
+    discovered = discovered or preflight(cfg)
     previous_threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, ctx or RankContext())
+        return _run(cfg, ctx or RankContext(), *discovered)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run(cfg: PrecomputeConfig, ctx: RankContext) -> dict:
+def _prepare_output(cfg: PrecomputeConfig, ctx: RankContext) -> list[str]:
+    """Check the output's args (all ranks, before anything is written), then rank 0 makes
+    the directories and records the args. Returns what this run created."""
+    wanted = json.loads(json.dumps(cfg.content_args()))
+    args_state = state.args_state(cfg.output, wanted)
+    ctx.barrier()
+    created = state.fresh_dirs(cfg.output) if ctx.rank == 0 else []
+    if ctx.rank == 0:
+        for directory in [os.path.join(cfg.output, STATE_DIR, s) for s in SPLITS] + \
+                [os.path.join(cfg.output, s) for s in SPLITS]:
+            os.makedirs(directory, exist_ok=True)
+        state.record_args(cfg.output, wanted, args_state)
+    ctx.barrier()
+    return created
+
+
+def _run(cfg: PrecomputeConfig, ctx: RankContext, sources: list[Source],
+         discover_errors: list[dict]) -> dict:
     started = time.perf_counter()
     device = _resolve_device(cfg.device, ctx)
     compute_dtype = getattr(torch, cfg.compute_dtype)
@@ -417,14 +372,18 @@ def _run(cfg: PrecomputeConfig, ctx: RankContext) -> dict:
                                      max_tokens=cfg.text_tokens, seed=cfg.seed, device=device,
                                      dtype=compute_dtype)
     shapes = {"latent": latent_shape, "text": (cfg.text_tokens, text_encoder.embed_dim)}
-    for directory in [os.path.join(cfg.output, STATE_DIR, s) for s in SPLITS] + \
-            [os.path.join(cfg.output, s) for s in SPLITS]:
-        os.makedirs(directory, exist_ok=True)
-    _check_or_record_args(cfg, ctx)
-    sources, discover_errors = discover_sources(cfg.inputs, cfg.captions, cfg.output)
-    clips, probe_errors, num_probed = probe_all(sources, cfg, ctx)
-    per_shard = samples_per_shard(cfg, latent_shape, shapes["text"])
-    tasks = make_plan(sources, clips, cfg, per_shard)
+    created = _prepare_output(cfg, ctx)
+    try:
+        clips, probe_errors, num_probed = probe_all(sources, cfg, ctx)
+        per_shard = samples_per_shard(cfg, latent_shape, shapes["text"])
+        tasks = make_plan(sources, clips, cfg, per_shard)
+        if not tasks:
+            raise precompute_config.all_rejected(discover_errors + probe_errors, "probing")
+    except ValueError:
+        ctx.barrier()
+        if ctx.rank == 0:
+            state.undo_fresh(cfg.output, created)
+        raise
     counts = run_tasks(tasks, vae, text_encoder, cfg, ctx)
     ctx.barrier()
     summary = {"rank": ctx.rank, "world_size": ctx.world_size, "sources": len(sources),

@@ -53,10 +53,10 @@ def sample_members(key: str, latent_CFHW: np.ndarray, text_emb_SD: np.ndarray,
             (f"{key}.{META}", meta_bytes)]
 
 
-def write_tar_atomic(path: str, members: list[tuple[str, bytes]]) -> int:
-    """Write ``members`` to ``path`` via a temp file + fsync + rename; returns the byte size.
+def write_tar_temp(path: str, members: list[tuple[str, bytes]]) -> str:
+    """Write ``members`` to the temp file of ``path`` (fsynced); returns the temp path.
 
-    A reader (or a resumed run) therefore sees either no shard or a complete one.
+    Publishing is ``os.replace(temp, path)``: a reader sees no shard or a complete one.
     """
     temp_path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
     with open(temp_path, "wb") as handle:
@@ -69,8 +69,46 @@ def write_tar_atomic(path: str, members: list[tuple[str, bytes]]) -> int:
                 archive.addfile(info, io.BytesIO(payload))
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(temp_path, path)
+    return temp_path
+
+
+def write_tar_atomic(path: str, members: list[tuple[str, bytes]]) -> int:
+    """Write ``members`` to ``path`` via a temp file + fsync + rename; returns the byte size."""
+    os.replace(write_tar_temp(path, members), path)
     return os.path.getsize(path)
+
+
+def member_names(keys: list[str]) -> list[str]:
+    """The tar member names of samples ``keys``, in the order the writer adds them."""
+    return [f"{key}.{field}" for key in keys for field in FIELDS]
+
+
+def shard_problem(path: str, num_bytes: int | None = None, sha256: str | None = None,
+                  names: list[str] | None = None) -> str | None:
+    """Why the shard at ``path`` is not the one recorded (None: it is).
+
+    The size is checked first (a cut-short copy, cheap), then the checksum. A record
+    without them (older outputs) is checked for a complete tar holding ``names``.
+    """
+    if not os.path.isfile(path):
+        return "missing"
+    size = os.path.getsize(path)
+    if num_bytes is not None and size != num_bytes:
+        return f"{size} bytes, {num_bytes} recorded (cut short or replaced)"
+    if sha256 is not None:
+        return None if file_sha256(path) == sha256 else "sha256 differs from the record"
+    if size % tarfile.RECORDSIZE:  # the writer pads the archive to whole records
+        return f"{size} bytes is not a whole number of tar records (cut short)"
+    try:
+        with tarfile.open(path) as archive:
+            found = [(info.name, info.offset_data + info.size) for info in archive]
+    except (tarfile.TarError, EOFError, OSError) as err:
+        return f"not a readable tar ({' '.join(str(err).split())})"
+    if any(end > size for _, end in found):
+        return "a member is cut short"
+    if names is not None and [name for name, _ in found] != names:
+        return f"holds {len(found)} members, {len(names)} recorded"
+    return None
 
 
 def write_json_atomic(path: str, obj, indent: int | None = 1) -> None:

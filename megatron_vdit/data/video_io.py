@@ -16,7 +16,6 @@ import os
 
 import av
 import numpy as np
-import torch
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv")
 # Allow targets up to 5% above the source rate (29.97 fps source, 30 fps target) by
@@ -182,8 +181,9 @@ def decode_clips(source: VideoSource, clips: list[ClipSpec], height: int, width:
     return results
 
 
-def frames_to_model_input(frames_FHWC: np.ndarray) -> torch.Tensor:
+def frames_to_model_input(frames_FHWC: np.ndarray) -> "torch.Tensor":
     """uint8 ``[F, H, W, 3]`` -> float32 ``[3, F, H, W]`` in [-1, 1] (what video VAEs expect)."""
+    import torch  # here, not at the top: discovery and probing stay torch-free
     video_FHWC = torch.from_numpy(frames_FHWC).float()
     return (video_FHWC / 127.5 - 1.0).permute(3, 0, 1, 2).contiguous()
 

@@ -71,8 +71,8 @@ def suggest_layout(*, params_total: float, num_layers: int, hidden_size: int,
     """The cheapest layout that fits: least recomputation, then fewest PP stages, then
     the smallest TP x CP (TP within a node, dividing the heads); data parallel takes the
     rest. Raises ValueError when nothing fits, naming the smallest estimate found."""
-    if num_gpus < 1 or gpu_memory_gib <= RESERVE_GIB:
-        raise ValueError(f"need num_gpus >= 1 and gpu_memory_gib > {RESERVE_GIB}, got "
+    if num_gpus < 1 or not gpu_memory_gib > 0:
+        raise ValueError(f"need num_gpus >= 1 and gpu_memory_gib > 0, got "
                          f"{num_gpus} and {gpu_memory_gib}")
     budget = gpu_memory_gib - RESERVE_GIB
     powers = [2 ** i for i in range(num_gpus.bit_length()) if num_gpus % 2 ** i == 0]
@@ -95,6 +95,7 @@ def suggest_layout(*, params_total: float, num_layers: int, hidden_size: int,
                 candidates.append(((recompute_rank, pp, tp * cp, tp), est))
     if not candidates:
         raise ValueError(f"no layout of {num_gpus} GPUs with {gpu_memory_gib} GiB fits: the "
-                         f"smallest estimate is {smallest.memory_gib:.1f} GiB per GPU "
-                         f"({smallest.flags()}); use more GPUs")
+                         f"smallest layout needs {smallest.memory_gib + RESERVE_GIB:.1f} GiB "
+                         f"per GPU ({smallest.memory_gib:.1f} GiB estimate + {RESERVE_GIB} GiB "
+                         f"reserve; {smallest.flags()}); use more GPUs")
     return min(candidates, key=lambda item: item[0])[1]

@@ -124,6 +124,9 @@ def test_rerun_skips_finished_shards_and_refuses_other_args(mixed_run):
 
 
 def test_frames_mismatch_is_an_error_before_work(tmp_path):
+    frames, caption = render_clip(6, 0, 9, 32, 32)
+    write_video(str(tmp_path / "v.mp4"), frames, fps=8)
+    (tmp_path / "v.txt").write_text(caption)
     with pytest.raises(ValueError, match=r"--frames 8 .*k\*4\+1"):
         run_precompute(_config([str(tmp_path)], str(tmp_path / "out"), num_frames=8))
     assert not os.path.exists(tmp_path / "out")
@@ -147,22 +150,31 @@ def test_webdataset_tar_input_and_csv_captions_with_splits(tmp_path):
     # A directory with a CSV captions file that pins splits.
     video_dir = tmp_path / "videos"
     video_dir.mkdir()
-    with open(tmp_path / "captions.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["path", "caption", "split"])
-        writer.writeheader()
-        for index, split in enumerate(["train", "val", "val"]):
-            frames, caption = render_clip(4, index, 9, 32, 32)
-            write_video(str(video_dir / f"c{index}.webm"), frames, fps=8)
-            writer.writerow({"path": f"c{index}.webm", "caption": caption, "split": split})
-        writer.writerow({"path": "missing.mp4", "caption": "gone", "split": "train"})
+    rows = []
+    for index, split in enumerate(["train", "val", "val"]):
+        frames, caption = render_clip(4, index, 9, 32, 32)
+        write_video(str(video_dir / f"c{index}.webm"), frames, fps=8)
+        rows.append({"path": f"c{index}.webm", "caption": caption, "split": split})
+    captions = str(tmp_path / "captions.csv")
     out = str(tmp_path / "out_csv")
-    summary = run_precompute(_config([str(video_dir)], out, captions=str(tmp_path / "captions.csv"),
-                                     val_fraction=0.0))
+    # A row naming no input is refused by file and line (header = line 1), nothing written.
+    _write_csv(captions, rows + [{"path": "missing.mp4", "caption": "gone", "split": "train"}])
+    with pytest.raises(ValueError, match=r"captions\.csv:5: missing\.mp4 is not a video"):
+        run_precompute(_config([str(video_dir)], out, captions=captions, val_fraction=0.0))
+    assert not os.path.exists(out)
+    _write_csv(captions, rows)
+    run_precompute(_config([str(video_dir)], out, captions=captions, val_fraction=0.0))
     assert read_manifest(out)["splits"]["val"]["num_samples"] == 2
     assert {(m["source"], m["split"]) for m in _metas(out)} == {
         ("c0.webm", "train"), ("c1.webm", "val"), ("c2.webm", "val")}
-    with open(os.path.join(out, "errors.jsonl")) as handle:
-        assert [json.loads(line)["path"] for line in handle] == ["missing.mp4"]
+    assert os.path.getsize(os.path.join(out, "errors.jsonl")) == 0
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["path", "caption", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _add_bytes(archive, name, payload):

@@ -111,3 +111,21 @@ def test_cli_errors_are_clear(tmp_path):
     assert not (tmp_path / "law.json").exists()
     plan = _run("-m", "scaling_laws", "plan", "--budget", "1e22")
     assert plan.returncode == 0 and "2.435B" in plan.stdout
+
+
+@pytest.mark.parametrize("window", [0.0, float("nan"), -0.1])
+def test_fit_refuses_a_window_that_cannot_widen(window):
+    """Doubling a window of 0 or NaN never widens it: refused, not an endless loop."""
+    runs = prepare(PlantedSweep().records(seed=2))
+    with pytest.raises(ValueError, match="window must be a finite number > 0"):
+        pipeline.fit_law(runs, FitOptions(num_resamples=0, window=window), extrapolate=False)
+
+
+def test_law_file_check_on_load(tmp_path):
+    law = lawfile.paper_law()
+    law["n_opt"]["a"] = 1.7
+    lawfile.save_law(law, tmp_path / "law.json")
+    with pytest.raises(ValueError, match=r"law\.json: law key n_opt\.a = 1\.7 .*\(0, 1\)"):
+        planner.plan(str(tmp_path / "law.json"), 1e21)
+    lawfile.save_law(lawfile.paper_law(), tmp_path / "good.json")
+    assert planner.plan(str(tmp_path / "good.json"), 1e21)["params_nonembed"] > 0

@@ -1,0 +1,116 @@
+"""The precompute's arguments and the checks made before any model is loaded.
+
+Torch-free on purpose: the CLI runs :func:`preflight` (flag values, paths, captions
+file, input discovery) before importing torch, so bad input is refused in well under a
+second and before anything is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+from megatron_vdit.data import precompute_state as state
+from megatron_vdit.data.sources import Source, discover_sources
+
+VAE_CONFIGS = ("tiny", "tiny-wan", "tiny-cogvideox")
+"""Names of the tiny random-weight VAEs (``encoders.load_vae``)."""
+TEXT_ENCODER_CONFIGS = ("tiny", "tiny-umt5", "tiny-t5")
+"""Names of the tiny random-weight text encoders (``encoders.load_text_encoder``)."""
+
+
+@dataclasses.dataclass
+class PrecomputeConfig:
+    """Everything the CLI exposes. Fields in `content_args` determine shard bytes."""
+
+    inputs: list[str]
+    output: str
+    num_frames: int
+    height: int
+    width: int
+    fps: float | None = None
+    """Target frame rate; None samples every source frame."""
+    clips_per_video: int = 4
+    """At most this many non-overlapping clips per video, evenly spaced."""
+    captions: str | None = None
+    vae_path: str | None = None
+    vae_config: str | None = None
+    text_encoder_path: str | None = None
+    text_encoder_config: str | None = None
+    text_tokens: int = 128
+    """Padded caption length S (tokens of the encoder's tokenizer)."""
+    shard_size_mb: float = 256.0
+    max_samples_per_shard: int | None = None
+    val_fraction: float = 0.05
+    seed: int = 0
+    """Seeds tiny-config weights only; nothing else is random."""
+    batch_size: int = 8
+    dtype: str = "float16"
+    """Storage dtype of latent.npy and text_emb.npy."""
+    compute_dtype: str = "float32"
+    """Dtype the VAE and text encoder run in (bfloat16 halves GPU memory and time)."""
+    device: str = "auto"
+    decode_threads: int = 4
+    threads: int | None = None
+    """torch intra-op threads (None: torch's default). Bits of CPU latents depend on it."""
+    progress: bool = True
+
+    def content_args(self) -> dict:
+        """Args that change shard contents; a rerun into the same output must match them."""
+        skip = {"output", "device", "decode_threads", "threads", "progress"}
+        args = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        args["inputs"] = [os.path.abspath(p) for p in self.inputs]
+        return args
+
+    def validate(self) -> None:
+        """Values of every flag (paths: ``precompute_state.check_paths``)."""
+        for flag, value in (("--frames", self.num_frames), ("--height", self.height),
+                            ("--width", self.width), ("--text-tokens", self.text_tokens),
+                            ("--decode-threads", self.decode_threads),
+                            ("--threads", 1 if self.threads is None else self.threads)):
+            if value < 1:
+                raise ValueError(f"{flag} {value} must be >= 1")
+        for flag, value in (("--fps", self.fps), ("--shard-size-mb", self.shard_size_mb),
+                            ("--val-fraction", self.val_fraction)):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{flag} {value} must be a finite number")
+        if not self.inputs:
+            raise ValueError("--input needs at least one directory or .tar file")
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"--dtype {self.dtype!r} must be float16 or float32")
+        if self.compute_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"--compute-dtype {self.compute_dtype!r} must be float32, bfloat16 "
+                             "or float16")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction {self.val_fraction} must be in [0, 1)")
+        if self.shard_size_mb <= 0 or self.batch_size < 1 or self.clips_per_video < 1:
+            raise ValueError(f"--shard-size-mb {self.shard_size_mb}, --batch-size {self.batch_size}"
+                             f" and --clips-per-video {self.clips_per_video} must be positive")
+        if self.max_samples_per_shard is not None and self.max_samples_per_shard < 1:
+            raise ValueError(f"--max-samples-per-shard {self.max_samples_per_shard} must be >= 1")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"--fps {self.fps} must be positive")
+
+
+def all_rejected(errors: list[dict], stage: str) -> ValueError:
+    """The error for a run with nothing to encode: it did not succeed (exit 2)."""
+    if not errors:
+        return ValueError("--input holds no videos or tars of videos; nothing to encode")
+    shown = "; ".join(f"{e['path']}: {e['reason']}" for e in errors[:3])
+    more = f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
+    return ValueError(f"all {len(errors)} inputs were rejected at {stage}, nothing written: "
+                      f"{shown}{more}")
+
+
+def preflight(cfg: PrecomputeConfig) -> tuple[list[Source], list[dict]]:
+    """Flag values, paths, captions file and inputs, before anything is loaded or written.
+
+    Returns the usable sources and the error records of the others; ``ValueError`` for
+    bad input, including inputs of which none is usable.
+    """
+    cfg.validate()
+    state.check_paths(cfg)
+    sources, errors = discover_sources(cfg.inputs, cfg.captions, cfg.output)
+    if not sources:
+        raise all_rejected(errors, "discovery")
+    return sources, errors
