@@ -123,9 +123,12 @@ def guided(model: Callable[..., torch.Tensor], guidance_scale: float) -> Callabl
     def denoise(x, t):
         if guidance_scale == 1.0:
             return model(x, t, True)
-        cond, uncond = model(x, t, True), model(x, t, False)
-        return uncond + guidance_scale * (cond - uncond)
+        return combine_guidance(model(x, t, True), model(x, t, False), guidance_scale)
     return denoise
+
+
+def combine_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    return uncond + scale * (cond - uncond)
 
 
 def initial_noise(shape_BCFHW: tuple[int, ...], seed: int, generators=None) -> torch.Tensor:
