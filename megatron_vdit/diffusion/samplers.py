@@ -36,24 +36,12 @@ from typing import Callable
 
 import torch
 
-from .objectives import DiffusionObjective, seed_for
+from .objectives import DiffusionObjective, seed_for, shift_flow_time
 
 SAMPLERS = ("ddpm", "ddim", "euler", "heun")
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(x_t [B, ...], model timesteps [B] in [0, 1000)) -> raw model output, same shape as x_t."""
-
-
-def shift_flow_time(t: torch.Tensor, shift: float) -> torch.Tensor:
-    """SD3 / Wan timestep shift: ``shift * t / (1 + (shift - 1) * t)``.
-
-    Maps [0, 1] onto itself with 0 and 1 fixed; shift > 1 spends more of the schedule
-    at high noise, which higher-resolution (more-token) videos need because their
-    redundancy lets more signal survive a given noise level.
-    """
-    if not shift > 0:
-        raise ValueError(f"flow shift must be > 0, got {shift}")
-    return shift * t / (1 + (shift - 1) * t)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +117,11 @@ def guided(model: Callable[..., torch.Tensor], guidance_scale: float) -> Callabl
 
 def combine_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
     return uncond + scale * (cond - uncond)
+
+
+def model_calls(sampler: str, num_steps: int) -> int:
+    """Model evaluations of one sampling run (before guidance doubles them)."""
+    return 2 * num_steps - 1 if sampler == "heun" else num_steps
 
 
 def initial_noise(shape_BCFHW: tuple[int, ...], seed: int, generators=None) -> torch.Tensor:

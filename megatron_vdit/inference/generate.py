@@ -101,7 +101,11 @@ class Generator:
         self.height, self.width = height or video["height"], width or video["width"]
         self.vae, self.text_encoder = load_encoders(run.manifest)
         self.latent_shape = self.vae.latent_shape(self.frames, self.height, self.width)
-        self.config = model_config(run.config, self.latent_shape, layout)
+        try:
+            self.config = model_config(run.config, self.latent_shape, layout)
+        except ValueError as err:
+            raise ValueError(f"--frames {self.frames} --height {self.height} --width "
+                             f"{self.width} give latents {list(self.latent_shape)}: {err}") from None
         self.objective = DiffusionObjective(find_field(run.config, "objective"),
                                             find_field(run.config, "beta_schedule", "linear"))
         self.train_flow_shift = float(find_field(run.config, "flow_shift", 1.0) or 1.0)

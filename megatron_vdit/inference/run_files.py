@@ -68,12 +68,16 @@ def open_run(run_dir: str) -> RunFiles:
     state_path = checkpoint / "trainer_state.json"
     if not state_path.exists():
         raise ValueError(f"{checkpoint} has no trainer_state.json: not a training checkpoint")
-    config = json.loads(state_path.read_text())["config"]
-    return RunFiles(root, checkpoint, config, _read_manifest(config))
+    state = json.loads(state_path.read_text())
+    config = state["config"]
+    return RunFiles(root, checkpoint, config, _read_manifest(state.get("data_dir", _MISSING),
+                                                             config))
 
 
-def _read_manifest(config: dict) -> dict | None:
-    data = find_field(config, "data")
+def _read_manifest(data_dir, config: dict) -> dict | None:
+    """The manifest of the shards the run trained on (`data_dir`, recorded with the
+    checkpoint; older checkpoints: the config's resolved `data`)."""
+    data = find_field(config, "data") if data_dir is _MISSING else data_dir
     if data in (None, "synthetic"):
         return None
     path = os.path.join(data, "manifest.json")

@@ -147,3 +147,17 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="shift"):
         shift_flow_time(torch.zeros(1), -1.0)
     assert math.isclose(float(noise_grid(DiffusionObjective("v"), 3).model_t[1]), 500.0)
+
+
+def test_inference_flops_per_video_by_hand():
+    """1 layer, d = 8, 4 video tokens, 2 text tokens (width 4), patch features 4 x 1 = 4.
+    Forward FLOPs counted by hand: per layer 2*4*14*64 (video-token matmuls) + 2*2*2*64
+    (text K/V) + 2*2*4*4*8 (self scores/values) + 2*2*4*2*8 (cross scores/values)
+    = 7168 + 512 + 512 + 256 = 8448; embeddings 2*4*4*8*2 (patch in/out) + 2*2*(4*8 + 64)
+    (caption MLP) = 512 + 384 = 896. Total 9344 per forward."""
+    from megatron_vdit.diffusion.samplers import model_calls
+    from megatron_vdit.models.accounting import ModelShape, inference_flops_per_video
+    shape = ModelShape(num_layers=1, hidden_size=8, num_attention_heads=1, in_channels=4,
+                       patch_volume=1, text_hidden_size=4, max_text_tokens=2)
+    assert inference_flops_per_video(shape, 4, model_calls("ddim", 10), guidance=False) == 10 * 9344
+    assert inference_flops_per_video(shape, 4, model_calls("heun", 10), guidance=True) == 19 * 2 * 9344
