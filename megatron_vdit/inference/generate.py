@@ -24,7 +24,7 @@ import torch.distributed.checkpoint as dcp
 from ..diffusion.guidance import null_caption
 from ..diffusion.objectives import DiffusionObjective
 from ..diffusion.samplers import combine_guidance, sample
-from ..models.config import VDiTConfig
+from ..models.config import VDiTConfig, validate_model_config
 from ..parallel.checkpoint import saved_keys
 from ..parallel.layout import ParallelLayout, build_parallel_groups
 from ..parallel.parallelize import build_parallel_model
@@ -103,6 +103,7 @@ class Generator:
         self.latent_shape = self.vae.latent_shape(self.frames, self.height, self.width)
         try:
             self.config = model_config(run.config, self.latent_shape, layout)
+            validate_model_config(self.config)
         except ValueError as err:
             raise ValueError(f"--frames {self.frames} --height {self.height} --width "
                              f"{self.width} give latents {list(self.latent_shape)}: {err}") from None

@@ -28,6 +28,8 @@ class RunFiles:
     """The run's config as saved with the checkpoint."""
     manifest: dict | None
     """The shard manifest of the run's data (None for --data synthetic)."""
+    data_dir: str | None = None
+    """The shard directory the run trained on (None for --data synthetic)."""
 
 
 def find_field(config: dict, name: str, default=None):
@@ -70,16 +72,15 @@ def open_run(run_dir: str) -> RunFiles:
         raise ValueError(f"{checkpoint} has no trainer_state.json: not a training checkpoint")
     state = json.loads(state_path.read_text())
     config = state["config"]
-    return RunFiles(root, checkpoint, config, _read_manifest(state.get("data_dir", _MISSING),
-                                                             config))
-
-
-def _read_manifest(data_dir, config: dict) -> dict | None:
-    """The manifest of the shards the run trained on (`data_dir`, recorded with the
-    checkpoint; older checkpoints: the config's resolved `data`)."""
-    data = find_field(config, "data") if data_dir is _MISSING else data_dir
+    # The shards the run trained on: recorded with the checkpoint; older checkpoints
+    # have only the config's (resolved) `data`.
+    data = state["data_dir"] if "data_dir" in state else find_field(config, "data")
     if data in (None, "synthetic"):
-        return None
+        return RunFiles(root, checkpoint, config, None, None)
+    return RunFiles(root, checkpoint, config, _read_manifest(data), data)
+
+
+def _read_manifest(data: str) -> dict:
     path = os.path.join(data, "manifest.json")
     if not os.path.exists(path):
         raise ValueError(f"the run's data directory {data} has no manifest.json (moved or "
