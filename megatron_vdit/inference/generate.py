@@ -133,12 +133,15 @@ class Generator:
         return combine_guidance(cond, uncond, guidance_scale)
 
     def sample_latents(self, prompts: list[str], options: SampleOptions, progress=None):
-        text_BXT, mask_BX = self.encode_prompts(prompts)
+        return self.sample_from_text(*self.encode_prompts(prompts), options, progress)
+
+    def sample_from_text(self, text_BXT, mask_BX, options: SampleOptions, progress=None):
+        """Latents for already-encoded captions (e.g. the held-out set's embeddings)."""
         shift = self.train_flow_shift if options.flow_shift is None else options.flow_shift
         return sample(lambda x, t: self.predict(x, t, text_BXT, mask_BX, options.guidance_scale),
-                      self.objective, (len(prompts), *self.latent_shape), sampler=options.sampler,
-                      num_steps=options.num_steps, seed=options.seed, flow_shift=shift,
-                      progress=progress)
+                      self.objective, (text_BXT.shape[0], *self.latent_shape),
+                      sampler=options.sampler, num_steps=options.num_steps, seed=options.seed,
+                      flow_shift=shift, progress=progress)
 
     @torch.no_grad()
     def decode(self, latents_BCFHW: torch.Tensor) -> np.ndarray:
