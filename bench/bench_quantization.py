@@ -91,8 +91,9 @@ def main() -> int:
     run = open_run(args.run_dir)
     gen = Generator(run, ParallelLayout())
     eval_seed = find_field(run.config, "eval_seed", 0)
-    val = _examples(gen.objective, _batches(run.data_dir, "val", args.eval_samples // 16, 16),
-                    args.eval_samples, eval_seed)
+    batch = min(16, args.eval_samples)
+    val = _examples(gen.objective, _batches(run.data_dir, "val", -(-args.eval_samples // batch),
+                                            batch), args.eval_samples, eval_seed)
     calib = [e[:4] for e in _examples(gen.objective, _batches(run.data_dir, "train",
                                                               args.calib_batches, 16),
                                       16 * args.calib_batches, eval_seed + 1)]
@@ -117,14 +118,14 @@ def main() -> int:
     print(f"run {args.run_dir} ({gen.weights} weights), {args.eval_samples} val samples, "
           f"{args.calib_batches}x16 calibration samples, {args.sampler} {args.num_steps} steps, "
           f"guidance {args.guidance_scale}, seed {args.seed}\n")
-    # Do samples have the data's per-channel statistics? Sample the first 16 held-out
+    # Do samples have the data's per-channel statistics? Sample the first held-out
     # captions (fp32) and compare with those clips' latents.
     held_out = val[0]
-    data_latents = _batches(run.data_dir, "val", 1, 16)[0]["latent"]
+    data_latents = _batches(run.data_dir, "val", 1, batch)[0]["latent"]
     samples = gen.sample_from_text(held_out[2], held_out[3], options)
     stats = {"data_mean": _per_channel(data_latents, "mean"), "data_std": _per_channel(data_latents, "std"),
              "sample_mean": _per_channel(samples, "mean"), "sample_std": _per_channel(samples, "std")}
-    print("per-channel latent statistics, 16 held-out clips vs 16 samples of their captions:")
+    print(f"per-channel latent statistics, {batch} held-out clips vs samples of their captions:")
     for key, values in stats.items():
         print(f"  {key:12s} " + " ".join(f"{v:+.3f}" for v in values))
     print()
