@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from ..training.checkpoint import latest_checkpoint
@@ -81,12 +80,12 @@ def open_run(run_dir: str) -> RunFiles:
 
 
 def _read_manifest(data: str) -> dict:
-    path = os.path.join(data, "manifest.json")
-    if not os.path.exists(path):
-        raise ValueError(f"the run's data directory {data} has no manifest.json (moved or "
-                         "deleted?): the sampler needs it to rebuild the VAE and text encoder")
-    with open(path) as handle:
-        return json.load(handle)
+    from ..data.loader import read_manifest
+    try:
+        return read_manifest(data)
+    except ValueError as err:
+        raise ValueError(f"the run's data directory (moved or deleted?): {err}; the sampler "
+                         "needs it to rebuild the VAE and text encoder") from None
 
 
 def load_encoders(manifest: dict):
