@@ -5,6 +5,7 @@ import json
 import pytest
 
 from megatron_vdit.training.config import load_config
+from megatron_vdit.training.resolved import resolve
 
 BASE = ["--train-iters", "1", "--num-layers", "2", "--hidden-size", "64",
         "--num-attention-heads", "2"]
@@ -15,13 +16,14 @@ BASE = ["--train-iters", "1", "--num-layers", "2", "--hidden-size", "64",
                                           (["--flow-shift", "3"], "--objective flow")])
 def test_bad_values_name_the_flag(extra, needle):
     with pytest.raises(ValueError, match=needle):
-        load_config(BASE + extra).resolve()
+        resolve(load_config(BASE + extra), 1)
 
 
 def test_good_values_load():
-    cfg = load_config(BASE + ["--objective", "flow", "--flow-shift", "3", "--ema-decay", "0.99",
-                              "--text-dropout", "0.1"]).resolve()
-    assert (cfg.flow_shift, cfg.ema_decay, cfg.text_dropout) == (3.0, 0.99, 0.1)
+    job = load_config(BASE + ["--objective", "flow", "--flow-shift", "3", "--ema-decay", "0.99",
+                              "--text-dropout", "0.1"])
+    resolve(job, 1)
+    assert (job.model.flow_shift, job.model.ema_decay, job.model.text_dropout) == (3.0, 0.99, 0.1)
 
 
 def test_run_records_raw_and_ema_val_loss(trained_run):
