@@ -55,9 +55,7 @@ def model_config(config: dict, latent_shape_CFHW: tuple[int, int, int, int],
         num_attention_heads=find_field(config, "num_attention_heads"), in_channels=c,
         latent_frames=f, latent_height=h, latent_width=w, patch_size_t=pt, patch_size_h=ph,
         patch_size_w=pw, text_hidden_size=find_field(config, "text_hidden_size"),
-        max_text_tokens=find_field(config, "max_text_tokens"), use_cpu_initialization=True,
-        tensor_model_parallel_size=layout.tensor_model_parallel_size,
-        context_parallel_size=layout.context_parallel_size)
+        max_text_tokens=find_field(config, "max_text_tokens"), use_cpu_initialization=True)
 
 
 def load_weights(model: torch.nn.Module, checkpoint: str, tp_group: dist.ProcessGroup,
