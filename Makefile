@@ -24,7 +24,8 @@ $(VENV)/.installed: setup.py Makefile
 	touch $@
 
 train: venv
-	$(PY) -m megatron_vdit.train --config configs/tiny_natural.yaml --run-dir runs/default
+	$(PY) -m megatron_vdit.train --config configs/tiny_natural.yaml --run-dir runs/default \
+		--save runs/default/checkpoints
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests

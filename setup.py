@@ -35,6 +35,9 @@ EXTRAS = {
     # pytest-random-order is opt-in (`pytest --random-order`): the default run keeps file order.
     "test": ["pytest>=8.0", "pytest-timeout>=2.3", "pytest-random-order>=1.1",
              "scikit-video==1.1.11"],
+    # Post-training quantization (megatron_vdit/inference/quantize.py); its tests skip
+    # without it. INT8/FP8 fake-quant runs on CPU.
+    "quant": ["nvidia-modelopt==0.47.0"],
 }
 
 setup(

@@ -39,18 +39,26 @@ class DiffusionObjective:
     kind: str = "ddpm"
     beta_schedule: str = "linear"
     num_timesteps: int = NUM_TRAIN_TIMESTEPS
+    flow_shift: float = 1.0
+    """flow only: training timesteps t are drawn as shift_flow_time(U(0, 1), flow_shift)."""
 
     def __post_init__(self):
         if self.kind not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.kind!r}; expected one of {OBJECTIVES}")
+        if self.flow_shift != 1.0 and self.kind != "flow":
+            raise ValueError(f"flow_shift={self.flow_shift} applies to the flow objective only, "
+                             f"not {self.kind!r}")
         alpha_bar = torch.cumprod(1 - _betas(self.beta_schedule, self.num_timesteps), 0)
         self._alpha_bar = alpha_bar.float()
 
     # -- timesteps ---------------------------------------------------------------------
     def sample_timesteps(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """Training timesteps: integer steps for ddpm/v, continuous (0, 1) for flow."""
+        """Training timesteps: integer steps for ddpm/v, continuous (0, 1) for flow.
+
+        The validation timesteps (`stratified_timestep`) are never shifted, so runs with
+        and without a shift are scored on the same noise levels."""
         if self.kind == "flow":
-            return torch.rand(batch_size, generator=generator)
+            return shift_flow_time(torch.rand(batch_size, generator=generator), self.flow_shift)
         return torch.randint(0, self.num_timesteps, (batch_size,), generator=generator).float()
 
     def stratified_timestep(self, index: int, count: int) -> float:
@@ -100,6 +108,20 @@ class DiffusionObjective:
             torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(
                 seed_for(seed, i)), dtype=torch.float32) for i in sample_indices]).to(x0.dtype)
         return self.make_example(x0, timesteps, noise)
+
+
+def shift_flow_time(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3 / Wan timestep shift: ``shift * t / (1 + (shift - 1) * t)``.
+
+    Maps [0, 1] onto itself with 0 and 1 fixed; shift > 1 spends more of the schedule
+    at high noise, which higher-resolution (more-token) videos need because their
+    redundancy lets more signal survive a given noise level.
+    """
+    if not shift > 0:
+        raise ValueError(f"flow shift must be > 0, got {shift}")
+    if shift == 1.0:
+        return t
+    return shift * t / (1 + (shift - 1) * t)
 
 
 def seed_for(*keys: int) -> int:

@@ -17,6 +17,8 @@ CVPR 2025, arXiv 2411.17470; docs/scaling_laws.md says what the project takes fr
   ``scaling_laws`` as ``--compute 6n``.
 - ``model_flops_per_sample``: training FLOPs of the built model for one sample, every
   matmul counted (text-token K/V, cross-attention scores, embeddings): use it for MFU.
+- ``inference_flops_per_video``: sampling cost of one video, model calls x forward FLOPs
+  (a third of the training FLOPs), doubled with classifier-free guidance.
 """
 from __future__ import annotations
 
@@ -132,6 +134,15 @@ def model_flops_per_sample(shape: ModelShape, tokens_per_sample: int,
     )
     embed = 2 * n * p * d * 2 + 2 * s * (shape.text_hidden_size * d + d * d)
     return 3.0 * (shape.num_layers * per_layer + embed)
+
+
+def inference_flops_per_video(shape: ModelShape, tokens_per_sample: int, model_calls: int,
+                              guidance: bool, text_tokens: int | None = None) -> float:
+    """FLOPs to sample one video: `model_calls` forwards (the sampler's steps; Heun makes
+    2 per step but the last), x2 with guidance (captioned + null caption). The VAE decode
+    and text encoder are left out: they run once per video, not once per step."""
+    forward = model_flops_per_sample(shape, tokens_per_sample, text_tokens) / 3.0
+    return model_calls * forward * (2 if guidance else 1)
 
 
 def preset_shape(name: str) -> tuple[int, int, int]:

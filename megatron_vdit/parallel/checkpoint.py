@@ -17,6 +17,8 @@ its stage, copied out so the full value is freed). Fine for checkpoint frequency
 
 AdamW state (`exp_avg`, `exp_avg_sq`, `step`) is saved the same way under
 `optim.<param name>.<key>`, so a run resumed at another layout continues bit-for-bit.
+EMA weights (`training.ema.EMA`), when given, go under `ema.<param name>`; a checkpoint
+without them still loads (the EMA then keeps the weights it was built from).
 """
 from __future__ import annotations
 
@@ -85,13 +87,15 @@ def _canonical(engine, mesh, param, value) -> DTensor:
 
 
 @torch.no_grad()
-def state_dict_for_save(engine: "ParallelEngine", optimizer=None) -> dict:
-    """{name: row-chunk DTensor} of the full model (and AdamW state); layout-free names."""
+def state_dict_for_save(engine: "ParallelEngine", optimizer=None, ema=None) -> dict:
+    """{name: row-chunk DTensor} of the full model (and AdamW, EMA state); layout-free names."""
     mesh = _stage_mesh(engine)
     state: dict[str, object] = {}
     for name, copies in _unique_params(engine):
         param = copies[0]
         state[f"model.{name}"] = _canonical(engine, mesh, param, param)
+        if ema is not None:
+            state[f"ema.{name}"] = _canonical(engine, mesh, param, ema.shaped_like(name))
         opt_state = optimizer.state.get(param) if optimizer is not None else None
         for key, value in (opt_state or {}).items():
             if torch.is_tensor(value) and value.dim() > 0:
@@ -101,8 +105,13 @@ def state_dict_for_save(engine: "ParallelEngine", optimizer=None) -> dict:
     return state
 
 
-def save(engine: "ParallelEngine", path: str, optimizer=None) -> None:
-    dcp.save(state_dict_for_save(engine, optimizer), checkpoint_id=path)
+def save(engine: "ParallelEngine", path: str, optimizer=None, ema=None) -> None:
+    dcp.save(state_dict_for_save(engine, optimizer, ema), checkpoint_id=path)
+
+
+def saved_keys(path: str) -> set[str]:
+    """Every tensor name in the DCP checkpoint at `path` (reads only its metadata)."""
+    return set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
 
 
 def _full_shape(engine: "ParallelEngine", param: torch.Tensor) -> torch.Size:
@@ -114,7 +123,7 @@ def _full_shape(engine: "ParallelEngine", param: torch.Tensor) -> torch.Size:
     return torch.Size(shape)
 
 
-def _load_templates(engine, mesh, optimizer) -> dict:
+def _load_templates(engine, mesh, optimizer, ema: bool = False) -> dict:
     """Empty canonical tensors to load into (same keys as `state_dict_for_save`)."""
     def empty(shape):
         return _row_chunk(torch.empty(shape, device=mesh.device_type), mesh)
@@ -123,6 +132,8 @@ def _load_templates(engine, mesh, optimizer) -> dict:
     for name, copies in _unique_params(engine):
         shape = _full_shape(engine, copies[0])
         state[f"model.{name}"] = empty(shape)
+        if ema:
+            state[f"ema.{name}"] = empty(shape)
         if optimizer is not None:
             state[f"optim.{name}.exp_avg"] = empty(shape)
             state[f"optim.{name}.exp_avg_sq"] = empty(shape)
@@ -138,15 +149,19 @@ def _step_tensor(optimizer, param, step: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def load(engine: "ParallelEngine", path: str, optimizer=None) -> None:
-    """Load a checkpoint saved at any layout into this engine (and its AdamW)."""
+def load(engine: "ParallelEngine", path: str, optimizer=None, ema=None) -> None:
+    """Load a checkpoint saved at any layout into this engine (and its AdamW, EMA)."""
     mesh = _stage_mesh(engine)
-    state = _load_templates(engine, mesh, optimizer)
+    with_ema = ema is not None and any(k.startswith("ema.") for k in saved_keys(path))
+    state = _load_templates(engine, mesh, optimizer, with_ema)
     dcp.load(state, checkpoint_id=path)
     for name, copies in _unique_params(engine):
         full = state[f"model.{name}"].full_tensor()
         for p in copies:
             _local_tensor(p).copy_(_local_shard(engine, p, full))
+        if ema is not None:  # without saved EMA weights, start the average from these
+            ema_full = state[f"ema.{name}"].full_tensor() if with_ema else full
+            ema.shadow[name].copy_(_local_shard(engine, copies[0], ema_full))
         if optimizer is None:
             continue
         moments = {k: state[f"optim.{name}.{k}"].full_tensor() for k in ("exp_avg", "exp_avg_sq")}

@@ -218,11 +218,11 @@ class ParallelEngine:
     def state_dict_for_save(self, optimizer: torch.optim.Optimizer | None = None) -> dict:
         return checkpoint.state_dict_for_save(self, optimizer)
 
-    def save(self, path: str, optimizer: torch.optim.Optimizer | None = None) -> None:
-        checkpoint.save(self, path, optimizer)
+    def save(self, path: str, optimizer: torch.optim.Optimizer | None = None, ema=None) -> None:
+        checkpoint.save(self, path, optimizer, ema)
 
-    def load(self, path: str, optimizer: torch.optim.Optimizer | None = None) -> None:
-        checkpoint.load(self, path, optimizer)
+    def load(self, path: str, optimizer: torch.optim.Optimizer | None = None, ema=None) -> None:
+        checkpoint.load(self, path, optimizer, ema)
 
     def full_model_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter, unsharded, with single-process names; on global rank 0 only

@@ -63,6 +63,14 @@ class ModelConfig:
                          "rectified flow", choices=OBJECTIVES, resume=True)
     beta_schedule: str = opt("linear", "DDPM/v noise schedule", choices=BETA_SCHEDULES,
                              resume=True)
+    # The training side of inference (docs/inference.md).
+    text_dropout: float = opt(0.0, "probability that a training caption is replaced by the "
+                              "null caption (classifier-free guidance)", unit="probability",
+                              resume=True)
+    ema_decay: Optional[float] = opt(None, "EMA of the weights (e.g. 0.999), used for "
+                                     "validation and sampling; off when unset", resume=True)
+    flow_shift: float = opt(1.0, "flow objective: SD3/Wan timestep shift of the training "
+                            "timesteps (1 = none)", resume=True)
     bf16: bool = opt(False, "bf16 compute with fp32 master weights and gradient reduction")
 
 

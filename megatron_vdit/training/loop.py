@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ..diffusion.guidance import drop_captions
 from ..diffusion.objectives import DiffusionObjective, seed_for
 from ..models import accounting
 from ..models.config import VDiTConfig
@@ -27,6 +28,7 @@ from ..parallel.layout import build_parallel_groups, init_distributed
 from . import checkpoint as ckpt
 from .config import JobConfig
 from .data import IN_MEMORY_DATA, build_source, check_data_shapes, data_identity, prepare_data
+from .ema import EMA
 from .records import (MetricsLog, RUN_RECORD, build_run_record, plot_losses, truncate_metrics,
                       write_json_atomic)
 from .resolved import Resolved, model_config, resolve, resolved_flat, world_size_from_env
@@ -85,7 +87,11 @@ class Trainer:
             self.engine.parameters(), lr=o.lr, betas=(o.adam_beta1, o.adam_beta2),
             eps=o.adam_eps, weight_decay=o.weight_decay,
             foreach=True)  # multi-tensor kernels; the default per-tensor loop is slow on CPU
-        self.objective = DiffusionObjective(m.objective, m.beta_schedule)
+        self.objective = DiffusionObjective(m.objective, m.beta_schedule,
+                                            flow_shift=m.flow_shift)
+        # EMA of this rank's weight shards (docs/inference.md); saved with checkpoints.
+        self.ema = EMA(self.engine.named_parameters(), m.ema_decay) if m.ema_decay else None
+        self.data_root = p.data_root
         self.source = build_source(self.job, self.r, p.data_root, self.dp_rank,
                                    self.layout.data_parallel_size)
         self.run_dir = Path(self.job.logging.run_dir)
@@ -106,16 +112,16 @@ class Trainer:
             self.resume(self.start)
 
     # -- one step ----------------------------------------------------------------------
-    def _examples(self, latent):
-        """Noised examples for this rank's slice of the global batch.
-
-        Sample j of this slice sits at position dp_rank * local + j of global batch
-        `iteration`; its timestep and noise are seeded by (seed, iteration, position).
-        """
-        local = latent.shape[0]
+    def _sample_seeds(self, local: int) -> list[int]:
+        """Sample j of this rank's slice sits at position dp_rank * local + j of global
+        batch `iteration`; its timestep, noise and caption dropout are seeded by
+        (seed, iteration, position)."""
         first = self.dp_rank * local
-        seeds = [seed_for(self.job.schedule.seed, self.iteration, first + j) for j in range(local)]
-        return self.objective.training_example(latent, seeds)
+        return [seed_for(self.job.schedule.seed, self.iteration, first + j) for j in range(local)]
+
+    def _examples(self, latent):
+        """Noised examples for this rank's slice of the global batch."""
+        return self.objective.training_example(latent, self._sample_seeds(latent.shape[0]))
 
     def train_step(self, lr: float | None = None) -> tuple[float, float, float]:
         """One step at the schedule's LR (or `lr`, for a cooldown branch)."""
@@ -134,18 +140,32 @@ class Trainer:
         if self.iteration == 0:
             check_data_shapes(self.job, batch)
         x_t, t, target = self._examples(batch["latent"])
-        loss = self.engine.forward_backward(x_t, t, batch["text_emb"], batch["text_mask"],
-                                            target, r.num_microbatches)
+        text, mask = drop_captions(batch["text_emb"], batch["text_mask"],
+                                   self.job.model.text_dropout,
+                                   self._sample_seeds(batch["latent"].shape[0]))
+        loss = self.engine.forward_backward(x_t, t, text, mask, target, r.num_microbatches)
         grad_norm = self.engine.clip_grad_norm_(o.clip_grad) if o.clip_grad > 0 else float("nan")
         # A finite loss can still come with overflowed (bf16) gradients: skip that step
         # rather than write NaN into every weight (Megatron-LM does the same).
         if math.isfinite(loss) and (o.clip_grad == 0 or math.isfinite(grad_norm)):
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
         else:
             self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.iteration += 1
         return loss, grad_norm, lr
+
+    def validate_all(self) -> dict:
+        """{"val_loss_raw": ..., "val_loss_ema": ...} (EMA only when kept) and "val_loss":
+        the EMA weights' loss when there are EMA weights, else the raw weights'."""
+        losses = {"val_loss_raw": self.validate()}
+        if self.ema is not None:
+            with self.ema.applied():
+                losses["val_loss_ema"] = self.validate()
+        losses["val_loss"] = losses.get("val_loss_ema", losses["val_loss_raw"])
+        return losses
 
     @torch.no_grad()
     def validate(self, micro_batch_size: int | None = None) -> float:
@@ -170,7 +190,7 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------
     def save(self) -> None:
         def write(tmp: Path) -> None:
-            self.engine.save(tmp, self.optimizer)
+            self.engine.save(tmp, self.optimizer, ema=self.ema)
             # Each data-parallel replica's loader position, written by one rank of it.
             if self.replica_leader:
                 write_json_atomic(tmp / f"data_dp{self.dp_rank:05d}.json", self.source.state_dict())
@@ -179,7 +199,11 @@ class Trainer:
                         "data_parallel_size": self.layout.data_parallel_size,
                         "wall_time_s": self.wall_time_before + time.time() - self.start_time,
                         "val_curve": self.val_curve, "last_train_loss": self.last_train_loss,
-                        "config": self.identity}
+                        "config": self.identity,
+                        # For tools/sample.py: the shards (and so the VAE) actually used.
+                        "data_dir": self.data_root}
+                if self.ema is not None:
+                    meta["ema"] = self.ema.state_dict()
                 (tmp / TRAINER_STATE).write_text(json.dumps(meta, default=str))
         ckpt.save_checkpoint(self.save_dir, self.iteration, write,
                              keep=self.job.checkpoint.save_keep, is_writer=self.is_logger,
@@ -197,7 +221,9 @@ class Trainer:
                              f"{meta['data_parallel_size']}; "
                              f"resuming shard data at data-parallel size "
                              f"{self.layout.data_parallel_size} would replay or skip samples")
-        self.engine.load(path, self.optimizer)
+        self.engine.load(path, self.optimizer, ema=self.ema)
+        if self.ema is not None and "ema" in meta:
+            self.ema.load_state_dict(meta["ema"])
         self.iteration = meta["iteration"]
         self.source.load_state_dict(json.loads(data_state.read_text()))
         self.val_curve, self.last_train_loss = meta["val_curve"], meta["last_train_loss"]
@@ -208,11 +234,11 @@ class Trainer:
 
     # -- the run -----------------------------------------------------------------------
     def _record_val(self, log: MetricsLog) -> float:
-        val_loss = self.validate()
+        losses = self.validate_all()
         tokens = self.iteration * self.r.batch_tokens
-        self.val_curve.append({"tokens": tokens, "val_loss": val_loss, "iteration": self.iteration})
-        log.log({"iteration": self.iteration, "tokens": tokens, "val_loss": val_loss})
-        return val_loss
+        self.val_curve.append({"tokens": tokens, **losses, "iteration": self.iteration})
+        log.log({"iteration": self.iteration, "tokens": tokens, **losses})
+        return losses["val_loss"]
 
     def _branch_steps(self) -> int:
         f = self.job.schedule.eval_cooldown_fraction
@@ -242,19 +268,23 @@ class Trainer:
                       for k, v in self.optimizer.state[p].items()} for p in params]
         saved_data = json.loads(json.dumps(self.source.state_dict()))
         saved_counters = (self.skipped_steps, self.last_train_loss)
+        saved_ema = None if self.ema is None else (
+            {k: v.clone() for k, v in self.ema.shadow.items()}, self.ema.num_updates)
         top = self.optimizer.param_groups[0]["lr"]
         for k in range(steps):
             self.train_step(lr=top + (min_lr - top) * (k + 1) / steps)
-        val_loss = self.validate()
+        losses = self.validate_all()
         tokens = self.iteration * self.r.batch_tokens
-        self.val_curve.append({"tokens": tokens, "val_loss": val_loss, "iteration": self.iteration,
+        self.val_curve.append({"tokens": tokens, **losses, "iteration": self.iteration,
                                "branch_from_iteration": start})
-        log.log({"iteration": start, "tokens": tokens, "val_loss": val_loss,
+        log.log({"iteration": start, "tokens": tokens, **losses,
                  "branch_from_iteration": start})
         with torch.no_grad():
             for p, value, state in zip(params, saved_params, saved_opt):
                 p.copy_(value)
                 self.optimizer.state[p] = state
+        if saved_ema is not None:  # the branch's steps must not leak into the average
+            self.ema.shadow, self.ema.num_updates = saved_ema
         self.source.load_state_dict(saved_data)
         self.iteration = start
         self.skipped_steps, self.last_train_loss = saved_counters
@@ -334,6 +364,10 @@ class Trainer:
             model_flops=self.model_flops_per_sample * self.iteration * r.batch_samples,
             train_loss=self.last_train_loss, val_loss=val_loss, val_loss_curve=self.val_curve,
             iterations=self.iteration, wall_time_s=self.wall_time_before + session, status=status)
+        if self.val_curve and status == "completed":
+            for key in ("val_loss_raw", "val_loss_ema"):
+                if key in self.val_curve[-1]:
+                    record[key] = self.val_curve[-1][key]
         trained = (self.iteration - start_iter) * r.batch_tokens
         record["throughput"] = {"tokens_per_s": trained / session,
                                 "gflops_per_s_paper":

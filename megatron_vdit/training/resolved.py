@@ -72,6 +72,7 @@ def resolve(job: JobConfig, world_size: int) -> Resolved:
     the flag otherwise)."""
     check_ranges(job)
     check_choices(job)
+    check_inference_options(job)
     layers, hidden, heads = _shape(job)
     p = job.parallel
     check_cp_backend(job)
@@ -216,6 +217,19 @@ def check_choices(job: JobConfig) -> None:
         choices = FIELDS[name].choices
         if choices and value is not None and value not in choices:
             raise ValueError(f"{FIELDS[name].flag}={value!r}; expected one of {choices}")
+
+
+def check_inference_options(job: JobConfig) -> None:
+    m = job.model
+    if not 0 <= m.text_dropout <= 1:
+        raise ValueError(f"--text-dropout={m.text_dropout} must be in [0, 1]")
+    if m.ema_decay is not None and not 0 < m.ema_decay < 1:
+        raise ValueError(f"--ema-decay={m.ema_decay} must be in (0, 1)")
+    if not m.flow_shift > 0:
+        raise ValueError(f"--flow-shift={m.flow_shift} must be > 0")
+    if m.flow_shift != 1.0 and m.objective != "flow":
+        raise ValueError(f"--flow-shift={m.flow_shift} needs --objective flow "
+                         f"(got {m.objective!r})")
 
 
 def check_cp_backend(job: JobConfig) -> None:
