@@ -71,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb-mode", default="disabled")
     parser.add_argument("--out", default="runs/sweep")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument("--executor", choices=("local", "slurm"), default="local",
+                        help="local: one subprocess after another; slurm: one job array, one "
+                             "task per grid point (megatron_vdit.sweep.slurm_executor)")
+    parser.add_argument("--sbatch-args", default="",
+                        help="slurm executor: sbatch flags for every task, e.g. "
+                             "'--cpus-per-task=2 --time=60'")
+    parser.add_argument("--max-retries", type=int, default=2,
+                        help="slurm executor: resubmit a failed task at most this many times")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags for every run")
     args = parser.parse_args(argv)
     args.extra = [a for a in args.extra if a != "--"]
@@ -80,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    if args.executor == "slurm" and not args.dry_run:
+        failures = run_on_slurm(args, grid, out)
+        return _report(failures, grid, out)
     failures = []
     for preset, tokens, lr, batch in tqdm(grid, desc="sweep", unit="run", disable=args.dry_run):
         run_dir = out / run_id(preset, tokens, lr, batch)
@@ -96,6 +107,27 @@ def main(argv: list[str] | None = None) -> int:
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if proc.returncode not in (0, 3):  # 3 = diverged, recorded in run.json
             failures.append((run_dir.name, proc.returncode))
+    return _report(failures, grid, out)
+
+
+def run_on_slurm(args, grid, out: Path) -> list[tuple[str, str]]:
+    import shlex
+
+    from megatron_vdit.sweep.slurm_executor import Job, run_array
+    jobs = []
+    for preset, tokens, lr, batch in grid:
+        run_dir = out / run_id(preset, tokens, lr, batch)
+        cmd = build_command(args, preset, tokens, lr, batch, run_dir)
+        if not finished(run_dir, cmd):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "command.json").write_text(json.dumps(cmd[1:]))
+            jobs.append(Job(cmd, run_dir))
+    results = run_array(jobs, max_retries=args.max_retries, sbatch_args=shlex.split(args.sbatch_args),
+                        work_dir=out / "slurm")
+    return [(r.job.run_dir.name, r.task_ids[-1]) for r in results if r.status == "failed"]
+
+
+def _report(failures, grid, out: Path) -> int:
     if failures:
         print(f"{len(failures)} runs failed (see their stdout.log): {failures}", file=sys.stderr)
     print(f"sweep: {len(grid)} runs in {out}; fit with: python -m scaling_laws fit {out} "

@@ -9,6 +9,7 @@
 # (default /tmp/megatron_vdit_slurm), so it neither reads nor touches /etc/slurm or a
 # system munged. Nodes: SLURM_LOCAL_NODES (default 2) slurmd daemons on localhost
 # (`slurmd -N`), each claiming all the machine's cores, in one partition `debug`.
+# SLURM_LOCAL_NO_INSTALL=1: fail instead of installing missing packages.
 # Jobs run as the user who submits them; the daemons run as the user who starts them.
 set -euo pipefail
 
@@ -25,6 +26,7 @@ log() { echo "slurm_local: $*" >&2; }
 install_packages() {
   command -v slurmctld >/dev/null && command -v slurmd >/dev/null \
     && command -v sbatch >/dev/null && command -v munged >/dev/null && return 0
+  [[ -z ${SLURM_LOCAL_NO_INSTALL:-} ]] || die "slurm-wlm/munge are not installed (SLURM_LOCAL_NO_INSTALL is set)"
   [[ $(id -u) == 0 ]] || die "slurm-wlm/munge are not installed and installing needs root"
   command -v apt-get >/dev/null || die "slurm-wlm/munge are not installed and there is no apt-get"
   log "installing slurm-wlm and munge (apt-get)"
@@ -75,7 +77,7 @@ SelectTypeParameters=CR_Core
 SlurmdParameters=config_overrides
 ReturnToService=2
 JobRequeue=1
-KillWait=10
+KillWait=30
 MinJobAge=600
 SlurmctldTimeout=30
 SlurmdTimeout=30

@@ -1,0 +1,1 @@
+"""Sweep executors: how grid points of a sweep get run (SLURM job arrays here)."""
