@@ -35,5 +35,5 @@ if [[ -z $data || $data == default || $data == synthetic || ! -d $data ]]; then
 fi
 # NCCL: torchrun's workers already get TORCH_NCCL_ASYNC_ERROR_HANDLING=1 (tear down on a
 # NCCL error); the old NCCL_ASYNC_ERROR_HANDLING name is not read by current PyTorch.
-export NPROC_PER_NODE=8 GRACE=${GRACE:-540}   # GRACE < the 600 s of --signal
+export NPROC_PER_NODE=8 GRACE=${GRACE:-540}   # GRACE: under the 600 s warning above
 exec bash examples/slurm/train.sbatch examples/slurm/flagship_7b.yaml "$@"

@@ -97,10 +97,19 @@ def submit(manifest: Path, indices: list[int], *, sbatch_args=(), job_name="vdit
     return out.strip().split(";")[0]
 
 
-def queued(array_id: str) -> set[int]:
-    """Indices of `array_id` still pending or running (gone once finished, any way)."""
-    out = _slurm(["squeue", "-h", "-r", "-j", array_id, "-o", "%i"])
-    return {int(line.rsplit("_", 1)[1]) for line in out.split() if "_" in line}
+def queued(array_id: str, tries: int = 3) -> set[int]:
+    """Indices of `array_id` still pending or running (gone once finished, any way).
+
+    A busy slurmctld can time out a query: retried, so a long sweep survives it.
+    """
+    for attempt in range(tries):
+        try:
+            out = _slurm(["squeue", "-h", "-r", "-j", array_id, "-o", "%i"])
+            return {int(line.rsplit("_", 1)[1]) for line in out.split() if "_" in line}
+        except RuntimeError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(10)
 
 
 def wait(array_id: str, indices: list[int], bar: tqdm, poll_s: float, deadline: float | None) -> None:

@@ -1,4 +1,5 @@
 """Helpers for tests that talk to the local SLURM (the fixture is in conftest.py)."""
+import json
 import re
 import subprocess
 import time
@@ -48,3 +49,18 @@ def release_requeued(env: dict, job_id: str, timeout_s: float = 180) -> None:
     wait_for(f"job {job_id} requeued and its old steps gone",
              lambda: job_state(env, job_id)[0] == "PENDING" and not _steps_alive(job_id), timeout_s)
     slurm(env, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
+
+def last_iteration(run_dir: Path) -> int:
+    """Highest iteration in metrics.jsonl so far (-1 before the first line)."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return -1
+    done = -1
+    for line in lines:
+        try:
+            done = max(done, json.loads(line)["iteration"])
+        except json.JSONDecodeError:  # the line the trainer is writing right now
+            pass
+    return done

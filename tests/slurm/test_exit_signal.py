@@ -6,11 +6,10 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from slurm_cluster import ROOT, wait_for
+from slurm_cluster import ROOT, last_iteration, wait_for
 from megatron_vdit.training.config import load_config
 from megatron_vdit.training.loop import train
 from megatron_vdit.training.preemption import EXIT_PREEMPTED, MARKER
@@ -22,19 +21,13 @@ ARGS = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "2"
         "--log-interval", "1", "--wandb-mode", "disabled", "--train-iters", "120"]
 
 
-def _iteration(run_dir) -> int:
-    path = run_dir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return max((json.loads(l)["iteration"] for l in lines if l.strip()), default=-1)
-
-
 def test_sigterm_checkpoints_exits_4_and_the_rerun_matches(tmp_path):
     run_dir = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "megatron_vdit.train", *ARGS, "--exit-signal-handler",
            "--run-dir", str(run_dir)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for("iteration 20", lambda: _iteration(run_dir) >= 20 or proc.poll() is not None, 300)
+        wait_for("iteration 20", lambda: last_iteration(run_dir) >= 20 or proc.poll() is not None, 300)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=300)
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_cluster import ROOT, job_state, release_requeued, slurm, wait_for
+from slurm_cluster import ROOT, job_state, last_iteration, release_requeued, slurm, wait_for
 
 TRAIN_ITERS = 150
 CONFIG = f"""data: synthetic
@@ -42,14 +42,6 @@ def submit(env, tmp_path: Path, name: str) -> tuple[str, Path]:
     out = slurm(env, "sbatch", "--parsable", "--nodes=2", f"--output={tmp_path}/slurm-%j.out",
                 str(ROOT / "examples" / "slurm" / "train.sbatch"), str(config))
     return out.strip(), run_dir
-
-
-def last_iteration(run_dir: Path) -> int:
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return -1
-    return max((json.loads(l)["iteration"] for l in lines if l.strip()), default=-1)
 
 
 def finished(env, job_id: str) -> bool:
