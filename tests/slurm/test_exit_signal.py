@@ -13,8 +13,9 @@ from slurm_cluster import ROOT, last_iteration, wait_for
 from megatron_vdit.training.config import load_config
 from megatron_vdit.training.loop import train
 from megatron_vdit.training.preemption import EXIT_PREEMPTED, MARKER
+from megatron_vdit.training.resolved import resolve
 
-ARGS = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "2",
+ARGS = ["--data", "synthetic", "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "2",
         "--latent-frames", "2", "--latent-height", "8", "--latent-width", "8",
         "--text-hidden-size", "32", "--max-text-tokens", "12", "--micro-batch-size", "2",
         "--global-batch-size", "4", "--eval-samples", "8", "--eval-interval", "40",
@@ -59,8 +60,9 @@ def test_flagship_needs_real_data(data):
 
 
 def test_flagship_config_resolves_to_its_layout():
-    cfg = load_config(["--config", str(ROOT / "examples" / "slurm" / "flagship_7b.yaml"),
+    job = load_config(["--config", str(ROOT / "examples" / "slurm" / "flagship_7b.yaml"),
                        "--data", "/shards"])
-    cfg.resolve(data_parallel_size=64 // (8 * 2 * 2))
-    assert (cfg.num_layers, cfg.hidden_size, cfg.num_attention_heads) == (26, 4096, 32)
-    assert cfg.tokens_per_sample == 32 * 32 * 32 and cfg.num_microbatches == 32
+    r = resolve(job, world_size=64)
+    assert (r.num_layers, r.hidden_size, r.num_attention_heads) == (26, 4096, 32)
+    assert r.data_parallel_size == 64 // (8 * 2 * 2) and r.num_microbatches == 32
+    assert r.tokens_per_sample == 32 * 32 * 32
