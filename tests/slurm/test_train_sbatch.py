@@ -57,26 +57,40 @@ def resumes(run_dir: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def jobs(slurm_env, tmp_path_factory):
-    """Both jobs at once (each takes one core of each node), so their start-ups overlap."""
-    tmp_path = tmp_path_factory.mktemp("sbatch")
-    submitted = {name: submit(slurm_env, tmp_path, name) for name in ("reference", "preempted")}
-    yield submitted
-    slurm(slurm_env, "scancel", *(job_id for job_id, _ in submitted.values()))
+def reference_job(slurm_env, tmp_path_factory):
+    """Submitted, not awaited: the preemption test drives its own job meanwhile."""
+    job_id, run_dir = submit(slurm_env, tmp_path_factory.mktemp("sbatch"), "reference")
+    yield job_id, run_dir
+    slurm(slurm_env, "scancel", job_id)
 
 
 @pytest.fixture(scope="module")
-def reference(slurm_env, jobs):
+def reference(slurm_env, reference_job):
     """An uninterrupted 2-node job: torchrun on each of the two slurmd nodes, DP = 2."""
-    job_id, run_dir = jobs["reference"]
+    job_id, run_dir = reference_job
     wait_for(f"job {job_id} to complete", lambda: finished(slurm_env, job_id), 600, poll_s=1)
     return job_id, run_dir
 
 
-# First in the file: it must catch its job mid-run, while the reference job also runs.
-def test_preempted_job_resumes_with_the_same_losses(slurm_env, jobs):
+def test_preempted_job_resumes_with_the_same_losses(slurm_env, reference_job, tmp_path):
     env = slurm_env
-    job_id, run_dir = jobs["preempted"]
+    job_id, run_dir = submit(env, tmp_path, "preempted")
+    try:
+        _interrupt_twice(env, job_id, run_dir)
+    finally:
+        slurm(env, "scancel", job_id)
+    ref_id, ref_dir = reference_job
+    wait_for(f"job {ref_id} to complete", lambda: finished(env, ref_id), 600, poll_s=1)
+    want = json.loads((ref_dir / "run.json").read_text())
+    got = json.loads((run_dir / "run.json").read_text())
+    assert got["status"] == "completed" and got["iterations"] == TRAIN_ITERS
+    assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-6)
+    assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-6)
+    assert [p["val_loss"] for p in got["val_loss_curve"]] == pytest.approx(
+        [p["val_loss"] for p in want["val_loss_curve"]], rel=1e-6)
+
+
+def _interrupt_twice(env, job_id: str, run_dir: Path) -> None:
     # 1. The time-limit warning: steps get SIGTERM, the batch script requeues the job.
     wait_for("iteration 30", lambda: last_iteration(run_dir) >= 30, 600)
     slurm(env, "scancel", "--signal=TERM", job_id)
@@ -93,15 +107,6 @@ def test_preempted_job_resumes_with_the_same_losses(slurm_env, jobs):
     batch_log = (run_dir / "logs" / f"batch-{job_id}.out").read_text()
     assert batch_log.count("checkpointed on a signal") == 1 and "start 3" in batch_log
     assert not (run_dir / "preempted.json").exists()
-    got = json.loads((run_dir / "run.json").read_text())
-    ref_id, ref_dir = jobs["reference"]
-    wait_for(f"job {ref_id} to complete", lambda: finished(env, ref_id), 600, poll_s=1)
-    want = json.loads((ref_dir / "run.json").read_text())
-    assert got["status"] == "completed" and got["iterations"] == TRAIN_ITERS
-    assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-6)
-    assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-6)
-    assert [p["val_loss"] for p in got["val_loss_curve"]] == pytest.approx(
-        [p["val_loss"] for p in want["val_loss_curve"]], rel=1e-6)
 
 
 def test_two_node_job_runs_to_completion(reference):
