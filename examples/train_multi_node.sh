@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Several nodes with torchrun's c10d rendezvous. Run the same command on every node:
+# Several nodes with torchrun's c10d rendezvous, started BY HAND: run the same command
+# on every node (ssh, tmux, ...); each node's torchrun waits at the rendezvous until
+# NNODES have joined. On SLURM do not use this: examples/slurm/train.sbatch starts
+# torchrun once per node with srun and finds MASTER_ADDR itself (docs/launch.md).
 #   NNODES=4 MASTER_ADDR=node0 TP=8 PP=4 bash examples/train_multi_node.sh --model-size 7b ...
 # TP should stay inside a node (NPROC_PER_NODE a multiple of TP): rank order is
 # tp-cp-dp-pp, so TP ranks are adjacent. CP (ring) and PP tolerate inter-node links.

@@ -22,6 +22,7 @@ import argparse
 import functools
 import json
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -30,7 +31,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from megatron_vdit.sweep import driver, grid  # noqa: E402
-from megatron_vdit.sweep.jobs import Job  # noqa: E402
+from megatron_vdit.sweep.jobs import Job, Result, is_finished, read_record  # noqa: E402
 from megatron_vdit.sweep.local_executor import run_jobs  # noqa: E402
 
 PROG = "run_sweep"
@@ -56,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=2, help="runs at once (2: measured best on 2 cores)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per run")
     p.add_argument("--dry-run", action="store_true", help="validate and print the commands only")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="local: subprocesses on this machine (--parallel at once); slurm: one "
+                        "job array per batch of runs, one task per grid point "
+                        "(megatron_vdit.sweep.slurm_executor)")
+    p.add_argument("--sbatch-args", default="",
+                   help="slurm executor: sbatch flags for every task, e.g. "
+                        "'--cpus-per-task=2 --time=60'")
+    p.add_argument("--max-retries", type=int, default=2,
+                   help="slurm executor: resubmit a failed task at most this many times")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="plain-grid mode, after --: flags for every run")
     return p
 
@@ -181,13 +191,46 @@ def main_sweep(args, executor) -> int:
     return 1 if progress.failed else 0
 
 
+def run_on_slurm(jobs, on_result=None, *, max_retries: int = 2, sbatch_args=()) -> list[Result]:
+    """The SLURM executor behind the same interface as the local one: finished runs come
+    back as "skipped", the rest run as one job array (resubmitted up to `max_retries`)."""
+    from megatron_vdit.sweep import slurm_executor
+    results, todo = [], []
+    for job in jobs:
+        if is_finished(job):
+            results.append(Result(job.run_id, 0, "skipped", read_record(job.run_dir)))
+            if on_result:
+                on_result(results[-1])
+        else:
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            (job.run_dir / "command.json").write_text(json.dumps(list(job.argv[1:])))
+            todo.append(job)
+    if not todo:
+        return results
+    done = slurm_executor.run_array([slurm_executor.Job(j.argv, j.run_dir) for j in todo],
+                                    max_retries=max_retries, sbatch_args=sbatch_args,
+                                    work_dir=todo[0].run_dir.parent / "slurm", progress=False)
+    for job, res in zip(todo, done):
+        code = {"completed": 0, "diverged": 3}.get(res.status, 1)
+        results.append(Result(job.run_id, code, res.status, res.record))
+        if on_result:
+            on_result(results[-1])
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.extra = [a for a in args.extra if a != "--"]
     try:
         if args.parallel < 1 or args.threads < 1:
             raise ValueError(f"--parallel {args.parallel} / --threads {args.threads}: must be >= 1")
-        executor = functools.partial(run_jobs, parallel=args.parallel, threads=args.threads)
+        if args.max_retries < 0:
+            raise ValueError(f"--max-retries {args.max_retries}: must be >= 0")
+        if args.executor == "slurm":
+            executor = functools.partial(run_on_slurm, max_retries=args.max_retries,
+                                         sbatch_args=tuple(shlex.split(args.sbatch_args)))
+        else:
+            executor = functools.partial(run_jobs, parallel=args.parallel, threads=args.threads)
         return main_sweep(args, executor) if args.sweep else main_plain(args, executor)
     except ValueError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

@@ -1,1 +1,2 @@
-"""Sweeps of small training runs: the declared grid, executors, held-out validation."""
+"""Sweeps of small training runs: the declared grid, executors (local subprocesses,
+SLURM job arrays), held-out validation."""

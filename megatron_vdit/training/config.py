@@ -181,6 +181,9 @@ class CheckpointConfig:
     save_keep: int = opt(2, "checkpoints kept", result=False)
     exit_on_missing_checkpoint: bool = opt(False, "make an empty or absent --load an error",
                                            result=False)
+    exit_signal_handler: bool = opt(False, "on SIGTERM (sbatch --signal=TERM@s, scontrol "
+                                    "requeue, preemption) save a checkpoint and exit with 4; "
+                                    "resumes from --save (training/preemption.py)", result=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,7 @@ from ..models.config import VDiTConfig
 from ..parallel.engine import ParallelEngine
 from ..parallel.layout import build_parallel_groups, init_distributed
 from . import checkpoint as ckpt
+from . import preemption
 from .config import JobConfig
 from .data import IN_MEMORY_DATA, build_source, check_data_shapes, data_identity, prepare_data
 from .ema import EMA
@@ -108,6 +109,7 @@ class Trainer:
         self.skipped_steps = 0
         self.replica_leader = all(dist.get_rank(g) == 0 for g in (self.groups.tp, self.groups.cp,
                                                                     self.groups.pp))
+        self.exit_handler = preemption.install(self.job.checkpoint.exit_signal_handler)
         if self.start.checkpoint is not None:
             self.resume(self.start)
 
@@ -342,6 +344,8 @@ class Trainer:
                     self._record_val(log)
             if save_interval and self.iteration % save_interval == 0:
                 self.save()
+            if self.exit_handler is not None and self.exit_handler.should_exit():
+                preemption.stop(self)  # saves, exits with preemption.EXIT_PREEMPTED
         bar.close()
         return self._finish(log, status, start_iter)
 

@@ -54,7 +54,8 @@ def find_start(job: JobConfig, identity: dict, warn=print) -> StartPoint:
     check_output_paths(job)
     c = job.checkpoint
     explicit = c.load is not None
-    load_dir = c.load if explicit else (save_dir(job) if c.save_interval and not
+    resumable = c.save_interval or c.exit_signal_handler  # both save into save_dir
+    load_dir = c.load if explicit else (save_dir(job) if resumable and not
                                         job.logging.overwrite else None)
     path = ckpt.latest_checkpoint(load_dir) if load_dir else None
     if explicit and path is None:
