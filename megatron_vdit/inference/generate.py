@@ -85,19 +85,58 @@ def load_weights(model: torch.nn.Module, checkpoint: str, tp_group: dist.Process
     return prefix
 
 
+class NaturalCodec:
+    """The encoding of `--data natural` (data/natural.py) seen as a VAE and a text
+    encoder: 2x2 space-to-depth of normalised RGB, captions by the same seeded word
+    table the training data used, so prompts in the data's vocabulary condition."""
+
+    def __init__(self, config: dict):
+        from ..data.natural import SPACE_TO_DEPTH
+        from ..data.synthetic import CaptionEmbedder
+        self.k = SPACE_TO_DEPTH
+        self.video = {"frames": find_field(config, "latent_frames"),
+                      "height": find_field(config, "latent_height") * self.k,
+                      "width": find_field(config, "latent_width") * self.k}
+        self.captions = CaptionEmbedder(find_field(config, "text_hidden_size"),
+                                        find_field(config, "max_text_tokens"),
+                                        find_field(config, "data_seed", 0) or 0)
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        from ..data.natural import LATENT_CHANNELS
+        if height % self.k or width % self.k:
+            raise ValueError(f"--height {height} --width {width}: --data natural needs "
+                             f"multiples of {self.k}")
+        return (LATENT_CHANNELS, frames, height // self.k, width // self.k)
+
+    def encode(self, prompts: list[str]):
+        embs, masks = zip(*(self.captions(p) for p in prompts))
+        return (torch.from_numpy(np.stack(embs)), torch.from_numpy(np.stack(masks)),
+                [True] * len(prompts))
+
+    def decode(self, latents_BCFHW: torch.Tensor) -> np.ndarray:
+        from ..data.natural import decode
+        frames = [decode(x.float().cpu().numpy()) for x in latents_BCFHW]
+        return np.stack([(np.clip(f, 0, 1) * 255).round().astype(np.uint8) for f in frames])
+
+
 class Generator:
     """The run's model on this rank, its objective, text encoder and VAE."""
 
     def __init__(self, run: RunFiles, layout: ParallelLayout, frames: int | None = None,
                  height: int | None = None, width: int | None = None, prefer_ema: bool = True):
-        if run.manifest is None:
+        if run.manifest is None and run.data_dir != "natural":
             raise ValueError(f"{run.run_dir} trained on --data synthetic: there is no VAE to "
-                             "decode its latents; train on shards (--data default or DIR)")
+                             "decode its latents; train on shards (--data default or DIR) "
+                             "or --data natural")
         self.run = run
-        video = run.manifest["video"]
+        if run.data_dir == "natural":
+            self.vae = self.text_encoder = NaturalCodec(run.config)
+            video = self.vae.video
+        else:
+            video = run.manifest["video"]
+            self.vae, self.text_encoder = load_encoders(run.manifest)
         self.frames = frames or video["frames"]
         self.height, self.width = height or video["height"], width or video["width"]
-        self.vae, self.text_encoder = load_encoders(run.manifest)
         self.latent_shape = self.vae.latent_shape(self.frames, self.height, self.width)
         try:
             self.config = model_config(run.config, self.latent_shape, layout)
@@ -145,6 +184,8 @@ class Generator:
     def decode(self, latents_BCFHW: torch.Tensor) -> np.ndarray:
         """Normalised latents -> uint8 frames [B, F, H, W, 3] (the precompute's inverse)."""
         vae = self.vae
+        if isinstance(vae, NaturalCodec):
+            return vae.decode(latents_BCFHW)
         if vae.kind == "wan":
             shape = (1, -1, 1, 1, 1)
             mu = latents_BCFHW * vae._std_C.view(shape) + vae._mean_C.view(shape)

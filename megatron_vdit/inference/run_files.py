@@ -28,7 +28,8 @@ class RunFiles:
     manifest: dict | None
     """The shard manifest of the run's data (None for --data synthetic)."""
     data_dir: str | None = None
-    """The shard directory the run trained on (None for --data synthetic)."""
+    """The shard directory the run trained on ("natural" for the in-memory animated
+    photographs, None for --data synthetic)."""
 
 
 def find_field(config: dict, name: str, default=None):
@@ -73,9 +74,11 @@ def open_run(run_dir: str) -> RunFiles:
     config = state["config"]
     # The shards the run trained on: recorded with the checkpoint; older checkpoints
     # have only the config's (resolved) `data`.
-    data = state["data_dir"] if "data_dir" in state else find_field(config, "data")
+    data = state.get("data_dir") or find_field(config, "data")  # in-memory data: no dir
     if data in (None, "synthetic"):
         return RunFiles(root, checkpoint, config, None, None)
+    if data == "natural":  # a fixed, invertible encoding: no shards, no VAE to rebuild
+        return RunFiles(root, checkpoint, config, None, "natural")
     return RunFiles(root, checkpoint, config, _read_manifest(data), data)
 
 
