@@ -10,16 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 import run_sweep  # noqa: E402
 
-BASE = """data: synthetic
-in_channels: 4
-latent_frames: 2
-latent_height: 8
-latent_width: 8
-text_hidden_size: 32
-max_text_tokens: 12
-eval_samples: 8
-log_interval: 1
-"""
+# The tiny base config shared with the other sweep tests.
+BASE = (ROOT / "tests" / "tools" / "tiny_sweep_base.yaml").read_text()
 
 
 def test_sweep_runs_records_and_resumes(tmp_path):
