@@ -4,7 +4,14 @@ Tiny-VAE latents [4, 2, 4, 4] (5 frames of 32x32), 2 layers of width 64, 2 heads
 TP2 and CP2 Ulysses divide them), 8 video tokens; 6 steps on the embedded default data
 with caption dropout and EMA, checkpoint at the end.
 """
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+
+REPO = Path(__file__).resolve().parents[2]
 
 TRAIN_ARGS = ["--data", "default", "--num-layers", "2", "--hidden-size", "64",
               "--num-attention-heads", "2", "--latent-frames", "2", "--latent-height", "4",
@@ -18,13 +25,16 @@ TRAIN_ARGS = ["--data", "default", "--num-layers", "2", "--hidden-size", "64",
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    from megatron_vdit.training.config import load_config
-    from megatron_vdit.training.loop import train
+    """Trained in a subprocess: training in the pytest process would leave threads and
+    library state behind that the gloo worlds these tests fork can inherit mid-lock (a
+    forked rank then hangs reading a checkpoint)."""
     root = tmp_path_factory.mktemp("inference_run")
     run_dir = root / "run"
-    train(load_config(TRAIN_ARGS + ["--default-data-dir", str(root / "data"),
-                                    "--run-dir", str(run_dir)]))
-    import torch.distributed as dist
-    if dist.is_initialized():  # forked gloo worlds of the tests must start clean
-        dist.destroy_process_group()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-m", "megatron_vdit.train", *TRAIN_ARGS,
+                           "--default-data-dir", str(root / "data"), "--run-dir", str(run_dir)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
