@@ -9,8 +9,11 @@ and states its assumptions; it picks a starting layout, not a tuned one:
   bytes autograd keeps for backward, measured on this model's block (tests/parallel/
   test_memory_plan.py counts the saved tensors): about 86 * s * d without recomputation
   (GPT blocks keep about 34 s d, Korthikanti et al. 2022; ours adds cross-attention,
-  the adaLN modulations and RoPE in float32), 82 * s * d with selective recomputation
-  (only the attention outputs are dropped), 2 * s * d with full recomputation (the
+  the adaLN modulations and RoPE in float32), 82 * s * d kept for selective recomputation
+  as a conservative bound (torch's op-level selective checkpointing keeps matmul and
+  attention outputs and recomputes norms, modulation, RoPE and GELU: about 47% of the
+  no-recompute bytes measured in tests/parallel/test_recompute.py; the planner does not
+  pick it), 2 * s * d with full recomputation (the
   block's input), with s = tokens / CP, divided by TP (sequence parallel); under 1F1B
   the first stage holds PP micro-batches of L / PP blocks, i.e. all L blocks' worth;
 - a fixed reserve for the CUDA context, NCCL buffers and fragmentation.

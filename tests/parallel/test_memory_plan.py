@@ -50,7 +50,11 @@ def _saved_activation_bytes(model, recompute) -> int:
     return sum(saved.values())
 
 
-@pytest.mark.parametrize("recompute", [None, "selective", "full"])
+# "selective" is torch's op-level selective checkpointing: the outputs it keeps live in the
+# checkpoint's own cache, which saved-tensor hooks do not see, so this probe would read
+# only the block input. Its kept bytes are measured in tests/parallel/test_recompute*.py;
+# the planner's constant for it stays the no-recompute bound (it never picks selective).
+@pytest.mark.parametrize("recompute", [None, "full"])
 @pytest.mark.parametrize("hidden,heads", [(64, 2), (128, 4)])
 def test_activation_constants_bound_the_saved_tensors(tp_group, recompute, hidden, heads):
     """Bytes per token and hidden unit that one block keeps, measured as the difference
