@@ -12,6 +12,7 @@ Results travel back pickled, so return tensors/floats/dicts, not modules.
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import pickle
@@ -56,8 +57,17 @@ def spawn_world(fn: Callable, world_size: int, *args, timeout_s: float = 300,
     with tempfile.TemporaryDirectory(prefix="vdit_dist_") as tmp:
         procs = [ctx.Process(target=_worker, args=(r, world_size, tmp, fn, args, kwargs),
                              daemon=True) for r in range(world_size)]
-        for p in procs:
-            p.start()
+        # Garbage left by earlier tests (process groups, loaders, their C++ objects) is
+        # destroyed here, where the threads its destructors wait for still exist; frozen,
+        # what remains is never collected in a rank, whose copy of those threads is gone
+        # (a rank collecting it hung forever).
+        gc.collect()
+        gc.freeze()
+        try:
+            for p in procs:
+                p.start()
+        finally:
+            gc.unfreeze()
         deadline = time.monotonic() + timeout_s  # one deadline for the world, not per rank
         for p in procs:
             p.join(max(0.0, deadline - time.monotonic()))
