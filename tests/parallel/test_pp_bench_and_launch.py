@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -41,9 +42,16 @@ def _check(result: dict, tokens: int, world: int) -> None:
     assert result["peak_memory_gib"] > 0
 
 
-def test_bench_tiny_single_process():
-    [results] = spawn_world(_run_bench, 1, ["--tiny", "--tokens", "12", "24", "--steps", "2",
-                                            "--warmup", "1", "--peak-tflops", "1"])
+def test_bench_tiny_single_process(tmp_path):
+    """One process, as a user runs it: a plain subprocess (no launcher, no forked world)."""
+    out = tmp_path / "bench.jsonl"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu_step.py"), "--tiny",
+                           "--tokens", "12", "24", "--steps", "2", "--warmup", "1",
+                           "--peak-tflops", "1", "--json-out", str(out)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["tokens_per_sample"] for r in results] == [12, 24]
     for r in results:
         _check(r, r["tokens_per_sample"], 1)
