@@ -1,6 +1,5 @@
 """End-to-end training on the embedded default with a tiny model (in-process, world of one)."""
 import json
-import math
 
 import pytest
 import torch
@@ -158,12 +157,3 @@ def test_bf16_keeps_timesteps_in_float32(tmp_path):
     assert seen[0].dtype == torch.float32 and seen[0].tolist() == [997.0, 999.0]
     assert next(model.blocks.parameters()).dtype == torch.float32  # fp32 master weights
 
-
-def test_step_with_non_finite_grad_norm_is_skipped(tmp_path):
-    trainer = Trainer(tiny(tmp_path, "--train-iters", "3"))
-    before = [p.detach().clone() for p in trainer.engine.parameters()]
-    trainer.engine.clip_grad_norm_ = lambda max_norm: float("inf")  # an overflowed gradient
-    loss, grad_norm, _ = trainer.train_step()
-    assert math.isfinite(loss) and grad_norm == float("inf")
-    assert trainer.skipped_steps == 1
-    assert all(torch.equal(a, p) for a, p in zip(before, trainer.engine.parameters()))
