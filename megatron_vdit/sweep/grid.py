@@ -63,6 +63,8 @@ def make_job(spec: SweepSpec, out: Path, group: str, size: Size, lr: float, batc
             "--eval-interval", str(eval_interval), "--save-interval",
             str(max(1, iters // SAVES_PER_RUN)), "--save-keep", "1", "--run-dir", str(run_dir),
             "--seed", str(spec.seed if seed is None else seed), "--wandb-mode", "disabled"]
+    if spec.base.get("data") == "natural":
+        argv += ["--natural-cache-dir", str(out / "data_cache")]   # rendered once per sweep
     if f:
         argv += ["--lr-decay-style", "wsd", "--lr-wsd-decay-fraction", f"{f:g}",
                  "--eval-cooldown-fraction", f"{f:g}"]
@@ -86,8 +88,8 @@ def bracket(spec: SweepSpec, lrs: list, batches: list, results: dict, added: dic
         return lrs, batches, []
     best_lr, best_b = min(finite, key=finite.get)
     notes = []
-    rules = (("lr", lrs, best_lr, lambda x: float(f"{x / spec.lr_factor:.3g}"),
-              lambda x: float(f"{x * spec.lr_factor:.3g}")),
+    rules = (("lr", lrs, best_lr, lambda x: spec.on_lattice(x, -1),
+              lambda x: spec.on_lattice(x, 1)),
              ("batch", batches, best_b, lambda x: x // spec.batch_factor,
               lambda x: x * spec.batch_factor))
     new = {"lr": list(lrs), "batch": list(batches)}

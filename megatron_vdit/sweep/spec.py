@@ -81,17 +81,25 @@ class SweepSpec:
         """(lr, batch in samples) the prior law gives this size."""
         p = self.prior
         ratio = size.params_nonembed(self.base) / float(p.get("reference_params", 1e6))
-        lr = float(p.get("lr", 1e-3)) * ratio ** float(p.get("lr_exponent", 0.0))
+        lr = self.on_lattice(float(p.get("lr", 1e-3)) * ratio ** float(p.get("lr_exponent", 0.0)))
         batch = float(p.get("batch_samples", 16)) * ratio ** float(p.get("batch_exponent", 0.0))
         return lr, max(1, 2 ** round(math.log2(batch)))
+
+    def on_lattice(self, lr: float, steps: int = 0) -> float:
+        """The lr level nearest ``lr``, moved ``steps`` levels. Levels are one lattice
+        prior.lr * lr_factor^k shared by every size (3 significant figures): the sizes'
+        heat maps line up, and a re-centred prior reuses the runs it already has."""
+        lr0 = float(self.prior.get("lr", 1e-3))
+        k = round(math.log(lr / lr0) / math.log(self.lr_factor)) + steps
+        return float(f"{lr0 * self.lr_factor ** k:.3g}")
 
     def grid(self, size: Size) -> tuple[list[float], list[int]]:
         """The lr and batch levels of a size: log-spaced, centred on the prior."""
         lr, batch = self.centre(size)
-        lrs = [lr * self.lr_factor ** (k - (self.lr_points - 1) / 2) for k in range(self.lr_points)]
+        lrs = [self.on_lattice(lr, k - (self.lr_points - 1) // 2) for k in range(self.lr_points)]
         lo = -(self.batch_points // 2)
         batches = [int(batch * self.batch_factor ** (lo + k)) for k in range(self.batch_points)]
-        return [float(f"{x:.3g}") for x in lrs], [b for b in batches if b >= 1]
+        return lrs, [b for b in batches if b >= 1]
 
 
 def _size(entry, where: str, base_default_tokens=None) -> Size:

@@ -84,6 +84,10 @@ class DataConfig:
                     "tools/precompute_latents.py", resume=True)
     default_data_dir: str = opt("runs/default_data", "cache directory of --data default",
                                 result=False)
+    natural_cache_dir: Optional[str] = opt(None, "directory where --data natural keeps its "
+                                           "rendered clips for other runs to read (a sweep "
+                                           "shares one); default: render in memory",
+                                           result=False)
     default_data_train_clips: int = opt(256, "train clips of --data default", unit="clips")
     default_data_val_clips: int = opt(64, "validation clips of --data default", unit="clips")
     data_seed: int = opt(0, "data order; independent of --seed so runs stay comparable",

@@ -46,7 +46,8 @@ class SyntheticSource(_Source):
         if job.data.data == "natural":
             from ..data.natural import NaturalClips
             self.data = NaturalClips(m.latent_frames, m.latent_height, m.latent_width,
-                                     m.text_hidden_size, m.max_text_tokens, seed=job.data.data_seed)
+                                     m.text_hidden_size, m.max_text_tokens, seed=job.data.data_seed,
+                                     cache_dir=job.data.natural_cache_dir)
         else:
             from ..data.synthetic import SyntheticLatents
             self.data = SyntheticLatents(m.in_channels, m.latent_frames, m.latent_height,

@@ -1,6 +1,7 @@
 """--data natural: animated photographs, a fixed invertible pixel-space encoding."""
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("skimage")
 from megatron_vdit.data import natural  # noqa: E402
@@ -67,3 +68,42 @@ def test_latents_are_roughly_standardised_and_batches_have_the_model_shape():
     assert tuple(batch["text_emb"].shape) == (64, 24, 32)
     lat = batch["latent"].numpy()
     assert abs(lat.mean()) < 0.3 and 0.6 < lat.std() < 1.4
+
+
+def test_bilinear_view_matches_scipy_map_coordinates_in_mirror_mode():
+    """The renderer's own bilinear gather against scipy's order-1 interpolation, including
+    coordinates far outside the image (mirrored)."""
+    from scipy.ndimage import map_coordinates
+    image = natural.load_photo("astronaut")
+    rng = np.random.default_rng(3)
+    ys = rng.uniform(-400, 500, size=(40, 40)).astype(np.float32)
+    xs = rng.uniform(-400, 600, size=(40, 40)).astype(np.float32)
+    expected = np.stack([map_coordinates(image[..., c], [ys, xs], order=1, mode="mirror")
+                         for c in range(3)], axis=-1)
+    np.testing.assert_allclose(natural._bilinear(image, ys, xs), expected, atol=1e-6)
+
+
+def test_clip_cache_is_bit_identical_shared_and_repairs_a_damaged_chunk(tmp_path, monkeypatch):
+    monkeypatch.setattr(natural, "CHUNK", 8)
+    plain = natural.NaturalClips(2, 8, 8, 16, 8, seed=5)
+    cached = natural.NaturalClips(2, 8, 8, 16, 8, seed=5, cache_dir=str(tmp_path))
+    indices = [6, 7, 8, 9]                       # spans two chunks
+    first = cached.batch("train", indices)
+    expected = plain.batch("train", indices)
+    for key in natural.CACHED_KEYS:
+        assert torch.equal(first[key], expected[key]), key
+    files = sorted(tmp_path.rglob("*.npz"))
+    assert [f.name for f in files] == ["train-000000.npz", "train-000001.npz"]
+    # Another run reads the files instead of rendering.
+    monkeypatch.setattr(natural.NaturalClips, "_render_chunk",
+                        lambda *a: (_ for _ in ()).throw(AssertionError("rendered again")))
+    other = natural.NaturalClips(2, 8, 8, 16, 8, seed=5, cache_dir=str(tmp_path))
+    assert torch.equal(other.batch("train", indices)["latent"], expected["latent"])
+    # A torn chunk is rendered again and replaced, not trusted.
+    monkeypatch.undo()
+    monkeypatch.setattr(natural, "CHUNK", 8)
+    files[0].write_bytes(files[0].read_bytes()[:100])
+    again = natural.NaturalClips(2, 8, 8, 16, 8, seed=5, cache_dir=str(tmp_path))
+    assert torch.equal(again.batch("train", indices)["latent"], expected["latent"])
+    with np.load(files[0]) as archive:
+        assert archive["latent"].shape[0] == 8
