@@ -19,7 +19,7 @@ from scaling_laws.compute import BILLION
 def _held_out_cells(runs, largest, opts):
     keep = hyperopt.same_size(runs.params_nonembed, largest)
     cells, _ = hyperopt.build_cells(runs.subset(keep), opts.window, opts.min_tokens_ratio,
-                                    hyperopt.num_surface_params(opts.surface))
+                                    form=opts.surface)
     out = []
     for cell in cells:
         cell.accounting = opts.compute

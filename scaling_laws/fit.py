@@ -29,7 +29,8 @@ class FitOptions:
     num_resamples: int = 1000
     seed: int = 0
     window: float = 0.20          # surface uses points within 20% of the cell's best loss
-    surface: str = "cubic"        # hyperopt.SURFACE_TERMS: the cell surface's form
+    surface: str = "auto"         # hyperopt.SURFACE_TERMS or "auto" (cubic where the cell's
+                                  # grid allows it, else quadratic: hyperopt.resolve_form)
     # Windows the bootstrap rows cycle through (empty: ``window`` only), so intervals
     # carry the sensitivity of the optimum to the window as well as to the runs. Off by
     # default: on the recovery design it lowered coverage (docs/scaling_laws.md).
@@ -60,7 +61,8 @@ def cell_surfaces(cell, weights_R: np.ndarray, opts: FitOptions) -> dict:
     through ``opts.bootstrap_windows`` (each about its own plain fit)."""
     surface = _df_correct(hyperopt.fit_surface(cell, weights_R, opts.surface))
     windows = opts.bootstrap_windows
-    num_params = hyperopt.num_surface_params(opts.surface)
+    num_params = hyperopt.num_surface_params(
+        cell.form if opts.surface == "auto" else opts.surface)
     for i, window in enumerate(windows):
         rows = np.arange(1 + i, len(weights_R), len(windows))
         mask = hyperopt.window_mask(cell, window, num_params)
@@ -135,7 +137,7 @@ def loss_fn_rows(loss_RP: np.ndarray):
 def core_fit(runs: RunSet, opts: FitOptions) -> dict:
     """All fitted quantities as arrays over rows (plain fit + resamples)."""
     cells, skipped = hyperopt.build_cells(runs, opts.window, opts.min_tokens_ratio,
-                                          hyperopt.num_surface_params(opts.surface))
+                                          form=opts.surface)
     _check_cells(cells, skipped, runs)
     for cell in cells:
         cell.accounting = opts.compute

@@ -44,6 +44,7 @@ class Cell:
     in_window: np.ndarray   # bool: used by the surface
     interpolated: int = 0
     accounting: str = "video"  # compute.ACCOUNTINGS: how ``flops`` counts
+    form: str = "quadratic"    # the surface form it is fitted with (resolve_form)
 
     @property
     def n_billion(self) -> float:
@@ -123,14 +124,25 @@ def _choose_window(log_loss, log_lr, log_batch, window: float,
     return np.ones_like(keep)  # a window 2^64 times the loss: every run (bounded loop)
 
 
+def resolve_form(form: str, num_settings: int) -> str:
+    """``auto``: the cubic surface where the cell has enough (eta, B) settings for it
+    to keep two residual degrees of freedom (12: a 4 x 3 grid), else the quadratic (a
+    3 x 3 grid has 9 settings, fewer than the cubic's 10 coefficients)."""
+    if form != "auto":
+        return form
+    return "cubic" if num_settings >= len(SURFACE_TERMS["cubic"]) + 2 else "quadratic"
+
+
 def build_cells(runs: RunSet, window: float = 0.20, min_tokens_ratio: float = 1.25,
-                num_params: int = MIN_SETTINGS):
+                num_params: int = MIN_SETTINGS, form: str | None = None):
     """Group loss points into (N, T) cells. Returns ``(cells, skipped)``.
 
     Token targets per size are the distinct token counts of its points (3 significant
     figures), thinned from the top so neighbours differ by ``min_tokens_ratio``; a run
     contributes at a target by an exact point or by interpolating its curve (never
     extrapolating). ``skipped`` lists (N, T, reason) for targets with too few settings.
+    ``form`` (a surface form or ``auto``) sets each cell's surface and with it the
+    ``num_params`` its window must leave identifiable.
     """
     size_label = size_labels(runs.params_nonembed)
     cells, skipped = [], []
@@ -142,7 +154,7 @@ def build_cells(runs: RunSet, window: float = 0.20, min_tokens_ratio: float = 1.
         for target in candidates[::-1]:
             if kept_targets and kept_targets[-1] / target < min_tokens_ratio:
                 continue
-            cell, reason = _make_cell(runs, members, target, window, num_params)
+            cell, reason = _make_cell(runs, members, target, window, num_params, form)
             if cell is None:
                 skipped.append((float(np.median(runs.params_nonembed[members])), target, reason))
                 continue
@@ -152,7 +164,7 @@ def build_cells(runs: RunSet, window: float = 0.20, min_tokens_ratio: float = 1.
 
 
 def _make_cell(runs: RunSet, members: np.ndarray, target: float, window: float,
-               num_params: int):
+               num_params: int, form: str | None = None):
     rows, losses, interpolated = [], [], 0
     for r in members:
         sel = runs.point_run == r
@@ -172,11 +184,16 @@ def _make_cell(runs: RunSet, members: np.ndarray, target: float, window: float,
                       f"eta and {len(np.unique(log_batch.round(6)))} B values: a surface "
                       f"needs >= {MIN_SETTINGS} settings and >= {MIN_LEVELS} values per axis")
     log_loss = np.log(np.array(losses))
+    resolved = "quadratic"
+    if form is not None:
+        settings = len({(a, b) for a, b in zip(log_lr.round(6), log_batch.round(6))})
+        resolved = resolve_form(form, settings)
+        num_params = len(SURFACE_TERMS[resolved])
     keep = _choose_window(log_loss, log_lr, log_batch, window, num_params)
     cell = Cell(float(np.median(runs.params_nonembed[rows])), float(target),
                 float(np.median(runs.hidden_size[rows])),
                 float(np.median(runs.tokens_per_sample[rows])), rows, log_lr, log_batch,
-                log_loss, keep, interpolated)
+                log_loss, keep, interpolated, form=resolved)
     return cell, ""
 
 
@@ -209,7 +226,8 @@ def _design(dx, dy, form: str) -> np.ndarray:
 
 
 def num_surface_params(form: str) -> int:
-    return len(SURFACE_TERMS[form])
+    """Coefficients of a surface form; ``auto`` counts as its smaller choice."""
+    return len(SURFACE_TERMS["quadratic" if form == "auto" else form])
 
 
 def _grad_hess(coef_RP, form: str, px, py):
@@ -272,6 +290,8 @@ def fit_surface(cell: Cell, weights_R_runs: np.ndarray, form: str = "quadratic",
     (R,2,2) there, ``valid`` (identifiable, convex, minimum inside the sampled box).
     Invalid resamples hold NaN.
     """
+    if form == "auto":
+        form = cell.form
     if form == "near_set":
         return _near_set_optimum(cell, weights_R_runs)
     m = cell.in_window if in_window is None else in_window
