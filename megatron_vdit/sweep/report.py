@@ -58,6 +58,49 @@ def best_runs(out: Path) -> list[str]:
     return rows
 
 
+def loss_by_size_and_tokens(out: Path) -> dict:
+    """{N: {fraction of the run's tokens: best val loss over the size's grid runs}}, the
+    fractions being each run's evaluation points (cooldown branches and the end) rounded
+    to quarters."""
+    best: dict = {}
+    for path in sorted((out / "runs").glob("*/run.json")):
+        rec = json.loads(path.read_text())
+        if rec.get("status") != "completed" or not rec.get("train_tokens"):
+            continue
+        row = best.setdefault(rec["params_nonembed"], {})
+        for point in rec.get("val_loss_curve") or []:
+            if point.get("tokens") and point.get("val_loss") is not None:
+                frac = round(4 * point["tokens"] / rec["train_tokens"]) / 4
+                row[frac] = min(row.get(frac, float("inf")), point["val_loss"])
+    return best
+
+
+def scaling_checks(out: Path, noise: float | None) -> tuple[list[str], dict]:
+    """Does the loss fall with size (by how many seed-noise sds) and with tokens?"""
+    best = loss_by_size_and_tokens(out)
+    sizes = sorted(best)
+    fracs = sorted({f for row in best.values() for f in row})
+    rows = ["| N (non-embedding) | " + " | ".join(f"best loss at {f:g} T" for f in fracs)
+            + " | falls with tokens |", "|---" * (len(fracs) + 2) + "|"]
+    falls = {}
+    for n in sizes:
+        values = [best[n].get(f) for f in fracs]
+        known = [v for v in values if v is not None]
+        falls[n] = all(b < a for a, b in zip(known, known[1:]))
+        rows.append(f"| {n:,} | " + " | ".join(_fmt(v, ".5f") for v in values)
+                    + f" | {'yes' if falls[n] else 'no'} |")
+    finals = [min(best[n].values()) for n in sizes]
+    drops = [a / b - 1 for a, b in zip(finals, finals[1:])]
+    summary = {"loss_falls_with_tokens_at_every_size": bool(sizes) and all(falls.values()),
+               "size_drops_rel": drops,
+               "smallest_size_drop_over_noise": (min(drops) / noise) if drops and noise else None}
+    rows += ["", "Best loss (any token point) from one size to the next: "
+             + (", ".join(f"{d:+.2%}" for d in drops) or "-")
+             + (f"; the smallest drop is {summary['smallest_size_drop_over_noise']:.1f}x the seed "
+                f"noise ({noise:.2%})" if summary["smallest_size_drop_over_noise"] is not None else "")]
+    return rows, summary
+
+
 def _sizes_table(spec: SweepSpec, levels: dict) -> list[str]:
     rows = ["| size | N (non-embedding) | train tokens | lr levels | batch levels (samples) |",
             "|---|---|---|---|---|"]
@@ -78,6 +121,8 @@ def write_report(out: Path, spec: SweepSpec, levels: dict, notes: list, progress
     lines += [f"- {x}" for x in headline(val, law)]
     lines += ["", "## Sizes and grids", ""] + _sizes_table(spec, levels)
     lines += ["", "## Best run per size", ""] + best_runs(out)
+    lines += ["", "## Loss against size and tokens", ""]
+    lines += scaling_checks(out, val.get("seed_noise_rel"))[0]
     lines += ["", "## Grid growth (bracketing)", ""]
     lines += [f"- {n}" for n in notes] or ["- every best run was interior: no point added"]
     lines += ["", "## Excluded runs", ""]
