@@ -23,7 +23,8 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from .layout import ZERO_STAGES, ParallelGroups
-from .tensor_parallel import allreduce_coalesced, local_grad, param_role, tag_params
+from .tensor_parallel import (all_reduce_sum, allreduce_coalesced, local_grad, param_role,
+                              tag_params)
 
 
 def apply_data_parallel(model: nn.Module, groups: ParallelGroups, *, zero_stage: int = 2,
@@ -161,11 +162,11 @@ def clip_grad_norm_(model_params, max_norm: float, groups: ParallelGroups,
         if counted:
             replicated = param_role(p).tp_partition_dim is None
             sq_sharded_replicated[int(replicated)] += local_grad(p).double().pow(2).sum()
-    dist.all_reduce(sq_sharded_replicated[:1], group=groups.tp)
+    all_reduce_sum(sq_sharded_replicated[:1], groups.tp)
     total_sq = sq_sharded_replicated.sum()
     if fsdp.pop():  # each dp_cp rank holds a disjoint shard of every parameter
-        dist.all_reduce(total_sq, group=groups.dp_cp)
-    dist.all_reduce(total_sq, group=groups.pp)
+        all_reduce_sum(total_sq, groups.dp_cp)
+    all_reduce_sum(total_sq, groups.pp)
     total = total_sq.sqrt().float()
     clip_coef = (max_norm / (total + 1e-6)).clamp(max=1.0)  # no host sync
     torch._foreach_mul_([local_grad(p) for p, _ in pairs], clip_coef)

@@ -25,7 +25,7 @@ from ..models.config import VDiTConfig
 from . import checkpoint, parallelize, pipeline
 from .data_parallel import ZERO_STAGES, reshard, set_microbatch_sync
 from .layout import ParallelGroups, ParallelLayout
-from .tensor_parallel import param_role, tag_params
+from .tensor_parallel import all_reduce_sum, param_role, tag_params
 
 
 def _default_device() -> torch.device:
@@ -168,8 +168,8 @@ class ParallelEngine:
             torch.zeros((), device=dev)
         local = local / factor
         # Only the last stage holds losses; CP and TP ranks hold the same value.
-        dist.all_reduce(local, group=self.groups.pp)
-        dist.all_reduce(local, group=self.groups.dp)
+        all_reduce_sum(local, self.groups.pp)
+        all_reduce_sum(local, self.groups.dp)
         return local.item()
 
     def _run_microbatches(self, inputs, num_microbatches: int, train: bool):
