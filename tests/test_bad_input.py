@@ -262,8 +262,10 @@ def test_refused_by_name_and_nothing_changes(workdir, name, cli, args, named):
 
 def test_refusals_need_no_torch():
     """Flags, paths and captions are checked before torch is imported; scaling_laws never
-    imports it."""
-    code = ("import sys, megatron_vdit.cli.precompute_latents, scaling_laws.__main__; "
+    imports it. The command lines load torch only once the input is checked."""
+    code = ("import sys, megatron_vdit.cli.precompute_latents, scaling_laws.__main__, "
+            "megatron_vdit.cli.sample, megatron_vdit.cli.sweep, megatron_vdit.cli.predict_config, "
+            "megatron_vdit.train, megatron_vdit.training.prepare, megatron_vdit.training.dry_run; "
             "sys.exit('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": REPO},
                             capture_output=True, text=True, timeout=120)
@@ -275,7 +277,8 @@ def test_console_scripts_resolve():
     are wrappers over the same functions)."""
     with open(os.path.join(REPO, "setup.py")) as handle:
         scripts = re.findall(r'"([\w-]+)=([\w.]+):(\w+)"', handle.read())
-    assert {name for name, _, _ in scripts} >= {"vdit-train", "vdit-precompute", "vdit-plan"}
+    assert {name for name, _, _ in scripts} >= {"vdit-train", "vdit-precompute", "vdit-plan",
+                                                 "vdit-sweep", "vdit-sample"}
     for _, module, function in scripts:
         assert callable(getattr(importlib.import_module(module), function))
 

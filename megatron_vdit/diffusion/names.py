@@ -1,5 +1,6 @@
-"""Names of the diffusion objectives and noise schedules, with no torch import, so the
-job config (`training/config.py`) can offer them as choices before torch is loaded."""
+"""Names of the diffusion objectives, noise schedules and samplers, with no torch import,
+so the command lines can offer them as choices (and refuse others) before torch loads."""
 
 OBJECTIVES = ("ddpm", "v", "flow")
 BETA_SCHEDULES = ("linear", "cosine")
+SAMPLERS = ("ddpm", "ddim", "euler", "heun")
