@@ -272,6 +272,31 @@ def test_refusals_need_no_torch():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_sample_refusals_need_no_torch(tmp_path):
+    """The sampler refuses a bad flag, output or run directory before importing torch."""
+    code = ("import sys\n"
+            "from megatron_vdit.cli.sample import main\n"
+            "for argv in sys.argv[1:]:\n"
+            "    try:\n"
+            "        main(argv.split())\n"
+            "    except SystemExit as stop:\n"
+            "        assert stop.code == 2, stop.code\n"
+            "sys.exit(10 if 'torch' in sys.modules else 0)\n")
+    out = str(tmp_path / "a.mp4")
+    cases = [f"--run-dir {tmp_path}/nope --prompt x --out {out}",
+             f"--run-dir {tmp_path} --prompt x --out {tmp_path}/a.gif",
+             f"--run-dir {tmp_path} --prompt x --out {out} --num-steps 0",
+             f"--run-dir {tmp_path} --prompt x --out {out}"]  # no checkpoint in it
+    result = subprocess.run([sys.executable, "-c", code, *cases],
+                            env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("sample.py: error:")]
+    assert len(errors) == len(cases), result.stderr[-2000:]
+    assert "--run-dir" in errors[0] and "--out" in errors[1] and "--num-steps" in errors[2]
+    assert "no checkpoint" in errors[3]
+
+
 def test_console_scripts_resolve():
     """Every console script of setup.py names a callable that exists (the tools/ scripts
     are wrappers over the same functions)."""

@@ -189,6 +189,9 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     A world of one still gets a real (gloo) process group so single-process runs take
     the same code path as parallel ones.
     """
+    require_torch()  # fail here, with the fix, rather than deep inside a parallel step
+    import torch
+    import torch.distributed as dist
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     if backend is None:
