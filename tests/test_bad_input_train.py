@@ -157,6 +157,8 @@ CASES = [
     # data
     Case("data-missing-dir", SYNTHETIC + ["--data", "{d}/nothing", "--run-dir", "{d}/run"],
          ["--data", "does not exist"]),
+    Case("natural-data-channels", MODEL + ["--data", "natural", "--train-iters", "2"],
+         ["--data natural", "12 channels", "--in-channels=4"]),
     Case("data-is-file", SYNTHETIC + ["--data", "{d}/f", "--run-dir", "{d}/run"],
          ["--data", "is a file"], _file("f", "x")),
     Case("manifest-missing", SHARD_ARGS, ["shards", "manifest.json"],
@@ -206,8 +208,8 @@ def test_bad_input_is_refused_by_name(tmp_path, case):
 # Refused by the checks that run before torch is imported (one per kind of check).
 TORCH_FREE = ["config-syntax", "flag-bad-type", "iters-vs-tokens", "heads-vs-hidden",
               "tp-vs-world", "vpp-without-pp", "run-dir-is-file", "load-missing-strict",
-              "data-missing-dir", "manifest-corrupt", "shard-corrupt", "shard-shape-mismatch",
-              "eval-samples-vs-val", "dry-run-bad-world"]
+              "data-missing-dir", "natural-data-channels", "manifest-corrupt", "shard-corrupt",
+              "shard-shape-mismatch", "eval-samples-vs-val", "dry-run-bad-world"]
 
 
 def test_refusals_come_before_torch_is_imported(tmp_path):
