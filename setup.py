@@ -53,6 +53,8 @@ setup(
             "vdit-train=megatron_vdit.train:main",
             "vdit-precompute=megatron_vdit.cli.precompute_latents:main",
             "vdit-plan=megatron_vdit.cli.predict_config:main",
+            "vdit-sweep=megatron_vdit.cli.sweep:main",
+            "vdit-sample=megatron_vdit.cli.sample:main",
         ]
     },
 )

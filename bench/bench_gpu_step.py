@@ -29,15 +29,13 @@ import warnings
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 warnings.filterwarnings("ignore")
 from megatron_vdit.models import accounting  # noqa: E402
 from megatron_vdit.models.config import VDiTConfig  # noqa: E402
-from megatron_vdit.parallel.context_parallel import (default_cp_comm_type,  # noqa: E402
-                                                     transformer_engine_problem)
+from megatron_vdit.parallel.context_parallel import transformer_engine_problem  # noqa: E402
 from megatron_vdit.parallel.engine import ParallelEngine  # noqa: E402
 from megatron_vdit.parallel.layout import (ParallelLayout, build_parallel_groups,  # noqa: E402
-                                           init_distributed)
+                                           default_cp_comm_type, init_distributed)
 
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s per GPU.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "B200": 2250.0}

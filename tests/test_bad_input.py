@@ -262,12 +262,39 @@ def test_refused_by_name_and_nothing_changes(workdir, name, cli, args, named):
 
 def test_refusals_need_no_torch():
     """Flags, paths and captions are checked before torch is imported; scaling_laws never
-    imports it."""
-    code = ("import sys, megatron_vdit.cli.precompute_latents, scaling_laws.__main__; "
+    imports it. The command lines load torch only once the input is checked."""
+    code = ("import sys, megatron_vdit.cli.precompute_latents, scaling_laws.__main__, "
+            "megatron_vdit.cli.sample, megatron_vdit.cli.sweep, megatron_vdit.cli.predict_config, "
+            "megatron_vdit.train, megatron_vdit.training.prepare, megatron_vdit.training.dry_run; "
             "sys.exit('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": REPO},
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_sample_refusals_need_no_torch(tmp_path):
+    """The sampler refuses a bad flag, output or run directory before importing torch."""
+    code = ("import sys\n"
+            "from megatron_vdit.cli.sample import main\n"
+            "for argv in sys.argv[1:]:\n"
+            "    try:\n"
+            "        main(argv.split())\n"
+            "    except SystemExit as stop:\n"
+            "        assert stop.code == 2, stop.code\n"
+            "sys.exit(10 if 'torch' in sys.modules else 0)\n")
+    out = str(tmp_path / "a.mp4")
+    cases = [f"--run-dir {tmp_path}/nope --prompt x --out {out}",
+             f"--run-dir {tmp_path} --prompt x --out {tmp_path}/a.gif",
+             f"--run-dir {tmp_path} --prompt x --out {out} --num-steps 0",
+             f"--run-dir {tmp_path} --prompt x --out {out}"]  # no checkpoint in it
+    result = subprocess.run([sys.executable, "-c", code, *cases],
+                            env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("sample.py: error:")]
+    assert len(errors) == len(cases), result.stderr[-2000:]
+    assert "--run-dir" in errors[0] and "--out" in errors[1] and "--num-steps" in errors[2]
+    assert "no checkpoint" in errors[3]
 
 
 def test_console_scripts_resolve():
@@ -275,7 +302,8 @@ def test_console_scripts_resolve():
     are wrappers over the same functions)."""
     with open(os.path.join(REPO, "setup.py")) as handle:
         scripts = re.findall(r'"([\w-]+)=([\w.]+):(\w+)"', handle.read())
-    assert {name for name, _, _ in scripts} >= {"vdit-train", "vdit-precompute", "vdit-plan"}
+    assert {name for name, _, _ in scripts} >= {"vdit-train", "vdit-precompute", "vdit-plan",
+                                                 "vdit-sweep", "vdit-sample"}
     for _, module, function in scripts:
         assert callable(getattr(importlib.import_module(module), function))
 

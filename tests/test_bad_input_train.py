@@ -157,6 +157,8 @@ CASES = [
     # data
     Case("data-missing-dir", SYNTHETIC + ["--data", "{d}/nothing", "--run-dir", "{d}/run"],
          ["--data", "does not exist"]),
+    Case("natural-data-channels", MODEL + ["--data", "natural", "--train-iters", "2"],
+         ["--data natural", "12 channels", "--in-channels=4"]),
     Case("data-is-file", SYNTHETIC + ["--data", "{d}/f", "--run-dir", "{d}/run"],
          ["--data", "is a file"], _file("f", "x")),
     Case("manifest-missing", SHARD_ARGS, ["shards", "manifest.json"],
@@ -201,6 +203,39 @@ def test_bad_input_is_refused_by_name(tmp_path, case):
     after = snapshot(tmp_path)
     assert {k: after.get(k) for k in before} == before, "a file that existed was changed"
     assert not (tmp_path / "run" / "run.json").exists(), "no run record for a refused run"
+
+
+# Refused by the checks that run before torch is imported (one per kind of check).
+TORCH_FREE = ["config-syntax", "flag-bad-type", "iters-vs-tokens", "heads-vs-hidden",
+              "tp-vs-world", "vpp-without-pp", "run-dir-is-file", "load-missing-strict",
+              "data-missing-dir", "natural-data-channels", "manifest-corrupt", "shard-corrupt",
+              "shard-shape-mismatch", "eval-samples-vs-val", "dry-run-bad-world"]
+
+
+def test_refusals_come_before_torch_is_imported(tmp_path):
+    """Config, layout, path and manifest mistakes cost no torch or megatron-core import
+    (seconds of CPU): every such case, run through `main` in one fresh interpreter, is
+    refused with exit 2 and leaves both out of `sys.modules`."""
+    by_id = {c.id: c for c in CASES}
+    argvs = []
+    for name in TORCH_FREE:
+        (tmp_path / name).mkdir()
+        by_id[name].setup(tmp_path / name)
+        argvs.append([a.replace("{d}", str(tmp_path / name)) for a in by_id[name].args])
+    script = ("import json, sys\n"
+              "from megatron_vdit.train import main\n"
+              "codes = [main(argv) for argv in json.loads(sys.argv[1])]\n"
+              "heavy = [m for m in ('torch', 'megatron.core') if m in sys.modules]\n"
+              "print(json.dumps({'codes': codes, 'heavy': heavy}))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("VDIT_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(argvs)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["codes"] == [2] * len(TORCH_FREE), (result, proc.stderr[-3000:])
+    assert result["heavy"] == [], result
+    assert proc.stderr.count(f"{PROG}: error:") == len(TORCH_FREE), proc.stderr[-3000:]
 
 
 # -- the run directory: finished runs are kept, resumes work ------------------------------

@@ -25,64 +25,20 @@ S = text tokens, D = text embedding width.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tarfile
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from megatron_vdit.data import shard_format
-from megatron_vdit.data.shard_format import DataError
+from megatron_vdit.data.shard_format import DataError, read_manifest, verify_shards  # noqa: F401
 from megatron_vdit.data.default_dataset import ensure_default_shards  # noqa: F401  (public API)
 
 __all__ = ["DataError", "ShardLoader", "ensure_default_shards", "read_manifest", "verify_shards"]
 
 _STATE_VERSION = 1
-
-
-def read_manifest(root: str) -> dict:
-    """The precompute's manifest.json; DataError naming the file if absent or unreadable."""
-    path = os.path.join(root, "manifest.json")
-    if not os.path.exists(path):
-        raise DataError(f"{root} has no manifest.json: not a (finished) precompute output; "
-                        "run tools/precompute_latents.py or rerun it to completion")
-    try:
-        with open(path) as handle:
-            manifest = json.load(handle)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path} is not readable JSON ({err}); rerun the precompute") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
-        raise DataError(f"{path} has no 'splits' mapping: not a precompute manifest")
-    return manifest
-
-
-def verify_shards(root: str, manifest: dict, *, checksum: bool, part: tuple[int, int] = (0, 1),
-                  progress: bool = False) -> int:
-    """Check every shard named by the manifest against its recorded size (and sha256 when
-    `checksum` and the manifest has one); DataError naming the first bad shard.
-
-    `part = (i, n)` checks only every n-th shard from the i-th, so n ranks share the
-    reading. Returns the number of shards checked. A shard cut short (disk full, an
-    interrupted copy) fails the size check without reading it."""
-    entries = [(split, shard) for split, info in sorted(manifest["splits"].items())
-               for shard in info.get("shards", [])]
-    mine = entries[part[0]::part[1]]
-    for split, shard in tqdm(mine, desc="verify shards", unit="shard",
-                             disable=not progress or not checksum):
-        path = os.path.join(root, split, shard["name"])
-        if not os.path.isfile(path):
-            raise DataError(f"shard {path} is listed in {root}/manifest.json but missing")
-        size, want = os.path.getsize(path), shard.get("bytes")
-        if want is not None and size != want:
-            raise DataError(f"shard {path} has {size} bytes but the manifest records {want}: "
-                            "truncated or replaced; copy it again or rerun the precompute")
-        if checksum and shard.get("sha256") and shard_format.file_sha256(path) != shard["sha256"]:
-            raise DataError(f"shard {path} does not match its sha256 in {root}/manifest.json: "
-                            "corrupt; copy it again or rerun the precompute")
-    return len(mine)
 
 
 def _iter_shard(path: str):

@@ -3,7 +3,9 @@
 A shard is a plain WebDataset tar: members ``<key>.latent.npy``, ``<key>.text_emb.npy``,
 ``<key>.text_mask.npy`` and ``<key>.json``, samples contiguous, in plan order. Tar headers
 carry fixed metadata (mtime 0, uid 0, mode 0444) so a shard's bytes are a pure function of
-its samples: a resumed or multi-rank run writes byte-identical shards.
+its samples: a resumed or multi-rank run writes byte-identical shards. The manifest is
+read and checked here too (`read_manifest`, `verify_shards`): numpy and stdlib only, so
+the training CLI checks shards before it imports torch.
 
 Shape legend: C = latent channels, F = latent frames, H/W = latent height/width,
 S = text tokens, D = text embedding width.
@@ -109,6 +111,49 @@ def shard_problem(path: str, num_bytes: int | None = None, sha256: str | None = 
     if names is not None and [name for name, _ in found] != names:
         return f"holds {len(found)} members, {len(names)} recorded"
     return None
+
+
+def read_manifest(root: str) -> dict:
+    """The precompute's manifest.json; DataError naming the file if absent or unreadable."""
+    path = os.path.join(root, "manifest.json")
+    if not os.path.exists(path):
+        raise DataError(f"{root} has no manifest.json: not a (finished) precompute output; "
+                        "run tools/precompute_latents.py or rerun it to completion")
+    try:
+        with open(path) as handle:
+            manifest = json.load(handle)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path} is not readable JSON ({err}); rerun the precompute") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise DataError(f"{path} has no 'splits' mapping: not a precompute manifest")
+    return manifest
+
+
+def verify_shards(root: str, manifest: dict, *, checksum: bool, part: tuple[int, int] = (0, 1),
+                  progress: bool = False) -> int:
+    """Check every shard named by the manifest against its recorded size (and sha256 when
+    `checksum` and the manifest has one); DataError naming the first bad shard.
+
+    `part = (i, n)` checks only every n-th shard from the i-th, so n ranks share the
+    reading. Returns the number of shards checked. A shard cut short (disk full, an
+    interrupted copy) fails the size check without reading it."""
+    entries = [(split, shard) for split, info in sorted(manifest["splits"].items())
+               for shard in info.get("shards", [])]
+    mine = entries[part[0]::part[1]]
+    from tqdm import tqdm
+    for split, shard in tqdm(mine, desc="verify shards", unit="shard",
+                             disable=not progress or not checksum):
+        path = os.path.join(root, split, shard["name"])
+        if not os.path.isfile(path):
+            raise DataError(f"shard {path} is listed in {root}/manifest.json but missing")
+        size, want = os.path.getsize(path), shard.get("bytes")
+        if want is not None and size != want:
+            raise DataError(f"shard {path} has {size} bytes but the manifest records {want}: "
+                            "truncated or replaced; copy it again or rerun the precompute")
+        if checksum and shard.get("sha256") and file_sha256(path) != shard["sha256"]:
+            raise DataError(f"shard {path} does not match its sha256 in {root}/manifest.json: "
+                            "corrupt; copy it again or rerun the precompute")
+    return len(mine)
 
 
 def write_json_atomic(path: str, obj, indent: int | None = 1) -> None:

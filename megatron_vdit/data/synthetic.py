@@ -19,7 +19,6 @@ import hashlib
 import math
 
 import numpy as np
-import torch
 
 from .procedural import render_clip
 
@@ -84,6 +83,7 @@ class SyntheticLatents:
 
 def stack_samples(samples: list[dict], split: str, indices: list[int]) -> dict:
     """Samples (numpy latent, text_emb, text_mask) as one batch of tensors."""
+    import torch  # only here: the CLIs check --data natural's shapes before loading torch
     return {
         "latent": torch.from_numpy(np.stack([s["latent"] for s in samples])),
         "text_emb": torch.from_numpy(np.stack([s["text_emb"] for s in samples])),

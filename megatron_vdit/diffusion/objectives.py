@@ -16,8 +16,7 @@ import math
 
 import torch
 
-OBJECTIVES = ("ddpm", "v", "flow")
-BETA_SCHEDULES = ("linear", "cosine")
+from .names import BETA_SCHEDULES, OBJECTIVES
 NUM_TRAIN_TIMESTEPS = 1000
 
 

@@ -36,9 +36,8 @@ from typing import Callable
 
 import torch
 
+from .names import SAMPLERS
 from .objectives import DiffusionObjective, seed_for, shift_flow_time
-
-SAMPLERS = ("ddpm", "ddim", "euler", "heun")
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(x_t [B, ...], model timesteps [B] in [0, 1000)) -> raw model output, same shape as x_t."""

@@ -29,7 +29,7 @@ from ..parallel.checkpoint import saved_keys
 from ..parallel.layout import ParallelLayout, build_parallel_groups
 from ..parallel.parallelize import build_parallel_model
 from ..parallel.tensor_parallel import param_role
-from .run_files import RunFiles, find_field, load_encoders
+from .run_files import RunFiles, find_field, latents_path, load_encoders
 
 FPS = 8
 
@@ -211,6 +211,3 @@ def write_outputs(out_paths: list[str], frames_BFHWC: np.ndarray, latents_BCFHW:
                  meta=json.dumps({**meta, "prompt": meta["prompts"][i], "index": i}))
         os.replace(tmp_latents, latents_path(path))
 
-
-def latents_path(video_path: str) -> str:
-    return video_path[:-len(".mp4")] + ".latents.npz"

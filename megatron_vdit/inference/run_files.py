@@ -8,7 +8,8 @@ checkpoint path, or a tiny built-in config and its seed, with a hash of the weig
 The sampler rebuilds the same encoder and decoder from that record and checks the hash,
 so a sample is decoded by exactly the VAE whose latents the model learned.
 
-Config lookup tolerates flat and nested config layouts (`find_field`).
+Config lookup tolerates flat and nested config layouts (`find_field`). Torch-free, so
+the sampling CLI finds a wrong run directory before it imports torch.
 """
 from __future__ import annotations
 
@@ -82,8 +83,13 @@ def open_run(run_dir: str) -> RunFiles:
     return RunFiles(root, checkpoint, config, _read_manifest(data), data)
 
 
+def latents_path(video_path: str) -> str:
+    """Where the sampler writes the latents of `FILE.mp4`: `FILE.latents.npz`."""
+    return video_path[:-len(".mp4")] + ".latents.npz"
+
+
 def _read_manifest(data: str) -> dict:
-    from ..data.loader import read_manifest
+    from ..data.shard_format import read_manifest
     try:
         return read_manifest(data)
     except ValueError as err:

@@ -1,12 +1,15 @@
 """The one model config: megatron-core's TransformerConfig plus the video fields.
 
-Validation of what depends only on the model lives here (`validate_model_config`);
-what depends on a parallel layout lives in `megatron_vdit.parallel.layout`.
+Validation of what depends only on the model lives in `validation` (torch-free, applied
+here by `validate_model_config`); what depends on a parallel layout lives in
+`megatron_vdit.parallel.layout`.
 """
 from __future__ import annotations
 
 import dataclasses
 import warnings
+
+from .validation import rope_axis_dims, validate_model_shape  # noqa: F401  (rope: public API)
 
 with warnings.catch_warnings():
     # megatron-core warns at import time that TransformerEngine/apex are absent; we
@@ -64,27 +67,10 @@ class VDiTConfig(TransformerConfig):
         return f * h * w
 
 
-def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
-    """Split of the head dim over (t, h, w) for 3D RoPE; each part even, h == w."""
-    hw = 2 * (head_dim // 6)
-    return head_dim - 2 * hw, hw, hw
-
-
 def validate_model_config(cfg: VDiTConfig) -> None:
     """Raise ValueError naming the offending values; call before building anything."""
-    if cfg.hidden_size % cfg.num_attention_heads:
-        raise ValueError(f"num_attention_heads={cfg.num_attention_heads} does not divide "
-                         f"hidden_size={cfg.hidden_size}")
-    if cfg.head_dim % 2 or min(rope_axis_dims(cfg.head_dim)) < 2:
-        raise ValueError(f"head dim {cfg.head_dim} (hidden_size={cfg.hidden_size} / "
-                         f"heads={cfg.num_attention_heads}) must be even and >= 6 for 3D RoPE")
-    for axis, size, patch in (("frames", cfg.latent_frames, cfg.patch_size_t),
-                              ("height", cfg.latent_height, cfg.patch_size_h),
-                              ("width", cfg.latent_width, cfg.patch_size_w)):
-        if patch < 1 or size < 1:
-            raise ValueError(f"latent {axis}={size} and patch size {patch} must be positive")
-        if size % patch:
-            raise ValueError(f"patch size {patch} does not divide latent {axis}={size}")
-    if cfg.max_text_tokens < 1 or cfg.text_hidden_size < 1:
-        raise ValueError(f"max_text_tokens={cfg.max_text_tokens} and text_hidden_size="
-                         f"{cfg.text_hidden_size} must be positive")
+    validate_model_shape(
+        hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_attention_heads,
+        latent=(cfg.latent_frames, cfg.latent_height, cfg.latent_width),
+        patch=(cfg.patch_size_t, cfg.patch_size_h, cfg.patch_size_w),
+        max_text_tokens=cfg.max_text_tokens, text_hidden_size=cfg.text_hidden_size)

@@ -234,21 +234,6 @@ def ring_attention(q_BHLE, k_BHLE, v_BHLE, group: dist.ProcessGroup, num_tokens:
 
 
 # --- choosing a flavour and a backend ---------------------------------------------------
-def default_cp_comm_type(num_attention_heads: int, tensor_model_parallel_size: int,
-                         context_parallel_size: int) -> str:
-    """The fastest CP flavour the head count allows.
-
-    Ulysses ("a2a") when the heads per TP rank divide over CP: two all-to-alls per
-    attention and one full-sequence fused kernel, where the ring runs CP smaller kernels
-    and CP - 1 KV exchanges. Otherwise the hybrid ("a2a+p2p") when some Ulysses degree
-    > 1 divides both, and the ring ("p2p") when none does.
-    """
-    local_heads = num_attention_heads // tensor_model_parallel_size
-    if local_heads % context_parallel_size == 0:
-        return "a2a"
-    return "a2a+p2p" if math.gcd(local_heads, context_parallel_size) > 1 else "p2p"
-
-
 def transformer_engine_problem() -> str | None:
     """Why the TransformerEngine CP backend cannot run here (None when it can)."""
     try:

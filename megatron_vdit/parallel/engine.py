@@ -17,15 +17,19 @@ frames/height/width, X text tokens, T text-encoder width, S video tokens, D hidd
 """
 from __future__ import annotations
 
-import torch
-import torch.distributed as dist
-from torch import nn
+from ..torch_floor import require_torch
 
-from ..models.config import VDiTConfig
-from . import checkpoint, parallelize, pipeline
-from .data_parallel import ZERO_STAGES, reshard, set_microbatch_sync
-from .layout import ParallelGroups, ParallelLayout
-from .tensor_parallel import all_reduce_sum, param_role, tag_params
+require_torch()  # before the torch imports: an old torch fails here, with the fix
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch import nn  # noqa: E402
+
+from ..models.config import VDiTConfig  # noqa: E402
+from . import checkpoint, parallelize, pipeline  # noqa: E402
+from .data_parallel import ZERO_STAGES, reshard, set_microbatch_sync  # noqa: E402
+from .layout import ParallelGroups, ParallelLayout  # noqa: E402
+from .tensor_parallel import all_reduce_sum, param_role, tag_params  # noqa: E402
 
 
 def _default_device() -> torch.device:

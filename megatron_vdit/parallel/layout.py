@@ -4,16 +4,23 @@ Rank order follows Megatron-LM's default "tp-cp-dp-pp": tensor parallel ranks ar
 adjacent (fastest varying, same node), then context, then data, then pipeline. Groups
 come from a torch DeviceMesh so FSDP2 can shard over the flattened (dp, cp) mesh.
 Everything downstream receives `ParallelGroups` explicitly; no global getters.
+
+The layout and its validation need no torch (the training CLI checks a job before it
+imports torch); torch is imported where groups are built, after the torch floor check.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import os
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from ..torch_floor import require_torch
+
+if TYPE_CHECKING:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import DeviceMesh
 
 CP_COMM_TYPES = ("p2p", "a2a", "a2a+p2p")
 CP_BACKENDS = ("native", "te")  # core attention under CP: ours or TransformerEngine's
@@ -105,6 +112,21 @@ class ParallelLayout:
                                   self.pipeline_model_parallel_size, per_virtual)
 
 
+def default_cp_comm_type(num_attention_heads: int, tensor_model_parallel_size: int,
+                         context_parallel_size: int) -> str:
+    """The fastest CP flavour the head count allows.
+
+    Ulysses ("a2a") when the heads per TP rank divide over CP: two all-to-alls per
+    attention and one full-sequence fused kernel, where the ring runs CP smaller kernels
+    and CP - 1 KV exchanges. Otherwise the hybrid ("a2a+p2p") when some Ulysses degree
+    > 1 divides both, and the ring ("p2p") when none does.
+    """
+    local_heads = num_attention_heads // tensor_model_parallel_size
+    if local_heads % context_parallel_size == 0:
+        return "a2a"
+    return "a2a+p2p" if math.gcd(local_heads, context_parallel_size) > 1 else "p2p"
+
+
 def default_schedule(layers_per_virtual_stage: int | None) -> str:
     """Megatron-LM's rule: --num-layers-per-virtual-pipeline-stage selects interleaving."""
     return "interleaved" if layers_per_virtual_stage is not None else "1f1b"
@@ -157,6 +179,7 @@ class ParallelGroups:
     """Ring (p2p) part of the CP group: CP ranks with the same Ulysses index."""
 
     def rank_in(self, name: str) -> int:
+        import torch.distributed as dist
         return dist.get_rank(getattr(self, name))
 
 
@@ -166,6 +189,9 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     A world of one still gets a real (gloo) process group so single-process runs take
     the same code path as parallel ones.
     """
+    require_torch()  # fail here, with the fix, rather than deep inside a parallel step
+    import torch
+    import torch.distributed as dist
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     if backend is None:
@@ -189,6 +215,9 @@ def build_parallel_groups(layout: ParallelLayout, device_type: str = "cpu", *,
     `num_attention_heads` fixes the default Ulysses degree of a2a+p2p (not needed when
     `layout.ulysses_size` is set, nor for other comm types).
     """
+    require_torch()
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
     world = dist.get_world_size()
     if layout.world_size != world:
         raise ValueError(f"layout world size {layout.world_size} != torch.distributed world "
@@ -225,6 +254,7 @@ def _build_cp_subgroups(layout: ParallelLayout, mesh: DeviceMesh,
         return None, mesh.get_group("cp")
     if layout.cp_comm_type == "a2a":
         return mesh.get_group("cp"), None
+    import torch.distributed as dist
     ulysses = layout.ulysses_degree(num_attention_heads)
     cp_groups = mesh.mesh.permute(0, 1, 3, 2).reshape(-1, cp).tolist()  # (pp, dp, tp) x cp
     ulysses_lists = [ranks[i:i + ulysses] for ranks in cp_groups for i in range(0, cp, ulysses)]

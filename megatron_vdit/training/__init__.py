@@ -1,3 +1,5 @@
-from ..torch_floor import require_torch as _require_torch
+"""The training job: config, validation, run directory, data, loop.
 
-_require_torch()  # fail here, with the fix, rather than deep inside a parallel step
+`config`, `resolved`, `prepare`, `rundir`, `records`, `checkpoint` and `dry_run` import
+no torch: the CLI validates a job with them, then imports `loop` (torch, megatron-core).
+"""

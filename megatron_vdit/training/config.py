@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
-from ..diffusion.objectives import BETA_SCHEDULES, OBJECTIVES
+from ..diffusion.names import BETA_SCHEDULES, OBJECTIVES
 from ..models.accounting import PRESETS
 from ..parallel.layout import CP_BACKENDS, CP_COMM_TYPES, ZERO_STAGES
 

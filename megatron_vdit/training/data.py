@@ -4,14 +4,15 @@ A source hands each data-parallel rank its slice of every global batch and can r
 exactly: `state_dict()` records the position, `load_state_dict()` restores it.
 Validation iterates a fixed held-out set in a fixed order; each DP rank takes the
 samples whose index is congruent to its rank, so the set is covered exactly once.
+
+The checks (`check_data_paths`, `check_manifest`, `prepare_data` on shards) import no
+torch; the sources do, when they are built.
 """
 from __future__ import annotations
 
 import os
 
-import torch
-
-from ..data.shard_format import DataError
+from ..data.shard_format import DataError, read_manifest, verify_shards
 from .config import JobConfig
 from .resolved import Resolved
 
@@ -70,6 +71,7 @@ class SyntheticSource(_Source):
             batch = self.data.batch("val", missing)
             for j, i in enumerate(missing):
                 self._val_cache[i] = {k: batch[k][j] for k in ("latent", "text_emb", "text_mask")}
+        import torch
         return {k: torch.stack([self._val_cache[i][k] for i in indices])
                 for k in ("latent", "text_emb", "text_mask")}
 
@@ -121,6 +123,7 @@ class ShardSource(_Source):
             if count >= num_samples:
                 break
         assert count >= num_samples, "prepare_data checks the val split's size"
+        import torch
         return {k: torch.cat(v)[:num_samples] for k, v in parts.items()}
 
     def state_dict(self) -> dict:
@@ -201,7 +204,6 @@ def prepare_data(job: JobConfig, r: Resolved, rank: int = 0, world_size: int = 1
                                      d.default_data_val_clips, frames, height, width,
                                      seed=d.data_seed, text_tokens=m.max_text_tokens)
     manifest = check_manifest(job, r, root)
-    from ..data.loader import verify_shards
     verify_shards(root, manifest, checksum=job.data.data_verify == "checksum",
                   part=(rank, world_size), progress=rank == 0)
     return root
@@ -209,7 +211,6 @@ def prepare_data(job: JobConfig, r: Resolved, rank: int = 0, world_size: int = 1
 
 def check_manifest(job: JobConfig, r: Resolved, root: str) -> dict:
     """The manifest of a shard directory, checked against the config (no shard is read)."""
-    from ..data.loader import read_manifest
     manifest = read_manifest(root)
     manifest_path = os.path.join(root, "manifest.json")
     try:
@@ -219,8 +220,7 @@ def check_manifest(job: JobConfig, r: Resolved, root: str) -> dict:
         train_shards = sum(1 for s in splits["train"]["shards"] if s["num_samples"] > 0)
     except (KeyError, TypeError) as err:
         raise DataError(f"{manifest_path} lacks {err}: not a precompute manifest") from None
-    check_data_shapes(job, {"latent": torch.empty([1] + latent_shape),
-                            "text_emb": torch.empty([1] + text_shape)}, where=manifest_path)
+    check_data_shapes(job, latent_shape, text_shape, where=manifest_path)
     s = job.schedule
     if val_samples < s.eval_samples:
         raise ValueError(f"--eval-samples={s.eval_samples} but the val split of {root} "
@@ -232,17 +232,17 @@ def check_manifest(job: JobConfig, r: Resolved, root: str) -> dict:
     return manifest
 
 
-def check_data_shapes(job: JobConfig, batch: dict, where: str = "data") -> None:
-    """Fail (before the model exists, and on the first batch) if the data does not match
-    the model config."""
+def check_data_shapes(job: JobConfig, latent_shape, text_shape, where: str = "data") -> None:
+    """Fail (before the model exists, and on the first batch) if one sample's latent
+    [C, F, H, W] and text [X, T] shapes do not match the model config."""
     m = job.model
     want = (m.in_channels, m.latent_frames, m.latent_height, m.latent_width)
-    got = tuple(batch["latent"].shape[1:])
+    got = tuple(latent_shape)
     if got != want:
         raise DataError(f"{where}: latents have shape [C, F, H, W] = {list(got)} but the model "
                          f"expects {list(want)} (--in-channels --latent-frames --latent-height "
                          f"--latent-width)")
-    text = tuple(batch["text_emb"].shape[1:])
+    text = tuple(text_shape)
     if text != (m.max_text_tokens, m.text_hidden_size):
         raise DataError(f"{where}: text embeddings have shape [X, T] = {list(text)} but the "
                          f"model expects {[m.max_text_tokens, m.text_hidden_size]} "

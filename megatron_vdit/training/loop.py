@@ -8,10 +8,8 @@ resumed run the same randomness) -> engine forward/backward with gradient accumu
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -22,44 +20,18 @@ from tqdm import tqdm
 from ..diffusion.guidance import drop_captions
 from ..diffusion.objectives import DiffusionObjective, seed_for
 from ..models import accounting
-from ..models.config import VDiTConfig
 from ..parallel.engine import ParallelEngine
 from ..parallel.layout import build_parallel_groups, init_distributed
 from . import checkpoint as ckpt
 from . import preemption
 from .config import JobConfig
-from .data import IN_MEMORY_DATA, build_source, check_data_shapes, data_identity, prepare_data
+from .data import IN_MEMORY_DATA, build_source, check_data_shapes
 from .ema import EMA
+from .prepare import Prepared, prepare
 from .records import (MetricsLog, RUN_RECORD, build_run_record, plot_losses, truncate_metrics,
                       write_json_atomic)
-from .resolved import Resolved, model_config, resolve, resolved_flat, world_size_from_env
-from .rundir import TRAINER_STATE, StartPoint, find_start, save_dir
+from .rundir import TRAINER_STATE, StartPoint, save_dir
 from .schedule import learning_rate
-
-
-@dataclasses.dataclass(frozen=True)
-class Prepared:
-    """Everything checked and derived before any process group, model or data loader."""
-
-    job: JobConfig
-    resolved: Resolved
-    model: VDiTConfig
-    identity: dict
-    """The resolved flat config stored in run.json and checkpoints."""
-    data_root: str | None
-    """Shard directory (None: synthetic)."""
-    start: StartPoint
-
-
-def prepare(job: JobConfig) -> Prepared:
-    """Validate everything that can be validated before any group or model exists."""
-    rank, world = int(os.environ.get("RANK", "0")), world_size_from_env()
-    r = resolve(job, world)
-    mc = model_config(job, r)
-    identity = resolved_flat(job, r, data_identity(job))
-    start = find_start(job, identity, warn=print if rank == 0 else lambda _: None)
-    data_root = None if start.finished_record else prepare_data(job, r, rank, world)
-    return Prepared(job, r, mc, identity, data_root, start)
 
 
 class Trainer:
@@ -140,7 +112,7 @@ class Trainer:
             group["lr"] = lr
         batch = self.source.next()
         if self.iteration == 0:
-            check_data_shapes(self.job, batch)
+            check_data_shapes(self.job, batch["latent"].shape[1:], batch["text_emb"].shape[1:])
         x_t, t, target = self._examples(batch["latent"])
         text, mask = drop_captions(batch["text_emb"], batch["text_mask"],
                                    self.job.model.text_dropout,

@@ -3,7 +3,8 @@
 `resolve(job, world_size)` checks every value of the (never mutated) `JobConfig`, fills
 in what the user left to defaults (shape from a preset, global batch, iterations from
 tokens, data-parallel size from the world) and returns a frozen `Resolved`. It needs no
-process group, model or data, so every mistake it finds costs nothing.
+process group, model or data, and no torch (megatron-core is imported by `model_config`
+only), so every mistake it finds costs nothing.
 """
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ import dataclasses
 import math
 import os
 import warnings
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..models.accounting import PRESETS, preset_shape
-from ..models.config import VDiTConfig, validate_model_config
-from ..parallel.context_parallel import default_cp_comm_type, transformer_engine_problem
-from ..parallel.layout import ParallelLayout
+from ..models.validation import validate_model_shape
+from ..parallel.layout import ParallelLayout, default_cp_comm_type
 from .config import FIELDS, JobConfig
+
+if TYPE_CHECKING:
+    from ..models.config import VDiTConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,13 +94,19 @@ def resolve(job: JobConfig, world_size: int) -> Resolved:
     resolved = Resolved(layers, hidden, heads, batch, iters, tokens, layout, n_ctx,
                         job.schedule.micro_batch_size, eval_micro_batch)
     check_schedule(job, resolved)
-    mc = model_config(job, resolved)
-    layout.validate(world_size, mc.num_layers, mc.num_attention_heads, mc.tokens_per_sample)
+    m = job.model
+    validate_model_shape(hidden_size=hidden, num_attention_heads=heads,
+                         latent=(m.latent_frames, m.latent_height, m.latent_width),
+                         patch=m.patch_size, max_text_tokens=m.max_text_tokens,
+                         text_hidden_size=m.text_hidden_size)
+    layout.validate(world_size, layers, heads, n_ctx)
     return resolved
 
 
 def model_config(job: JobConfig, r: Resolved) -> VDiTConfig:
-    """The model's config; parallel degrees stay in `r.layout` (one place each)."""
+    """The model's config; parallel degrees stay in `r.layout` (one place each). Imports
+    megatron-core (seconds): call after `resolve`."""
+    from ..models.config import validate_model_config
     with warnings.catch_warnings():  # megatron-core's deprecation noise on every config
         warnings.filterwarnings("ignore", message="full scope is deprecated")
         mc = _vdit_config(job, r)
@@ -107,6 +115,9 @@ def model_config(job: JobConfig, r: Resolved) -> VDiTConfig:
 
 
 def _vdit_config(job: JobConfig, r: Resolved) -> VDiTConfig:
+    import torch
+
+    from ..models.config import VDiTConfig
     m = job.model
     pt, ph, pw = m.patch_size
     return VDiTConfig(
@@ -236,13 +247,14 @@ def check_cp_backend(job: JobConfig) -> None:
     """--cp-backend te where TransformerEngine cannot run is a usage error, found here
     rather than when the first attention layer is built."""
     if job.parallel.cp_backend == "te":
+        from ..parallel.context_parallel import transformer_engine_problem
         problem = transformer_engine_problem()
         if problem is not None:
             raise ValueError(f"--cp-backend te: {problem}")
 
 
 def check_schedule(job: JobConfig, r: Resolved) -> None:
-    """The LR schedule; model-shape checks run in `validate_model_config`."""
+    """The LR schedule; model-shape checks run in `validate_model_shape`."""
     o, s = job.optimizer, job.schedule
     if not o.lr > 0:
         raise ValueError(f"--lr={o.lr} must be > 0")

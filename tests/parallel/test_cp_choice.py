@@ -9,8 +9,8 @@ import pytest
 
 from dist_utils import spawn_world
 from test_pp_bench_and_launch import _run_bench
-from megatron_vdit.parallel.context_parallel import (default_cp_comm_type,
-                                                     transformer_engine_problem)
+from megatron_vdit.parallel.context_parallel import transformer_engine_problem
+from megatron_vdit.parallel.layout import default_cp_comm_type
 
 ROOT = Path(__file__).resolve().parents[2]
 

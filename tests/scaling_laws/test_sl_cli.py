@@ -3,14 +3,17 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from scaling_laws import lawfile, pipeline, planner, report
+from scaling_laws import lawfile, loss_law, pipeline, planner, report
 from scaling_laws.fit import FitOptions
 from scaling_laws.records import prepare
-from scaling_laws.synthetic import PlantedSweep
+from scaling_laws.synthetic import PAPER_BATCH, PAPER_ETA, PLANTED_LOSS, PlantedSweep
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+# The paper's compute-allocation law (Yin et al. 2025), C in FLOPs, N in parameters.
+PAPER_N_OPT = lambda budget: 0.8705 * budget ** 0.4294  # noqa: E731
 
 
 @pytest.fixture(scope="module")
@@ -29,21 +32,40 @@ def test_paper_preset_hyperparameters(tokens, lr, batch):
     assert point["batch_tokens"] == pytest.approx(batch, rel=0.01)
 
 
-@pytest.mark.parametrize("budget, params", [(5.85e20, 0.72e9), (1e22, 2.43e9)])
-def test_paper_preset_n_opt(budget, params):
+@pytest.mark.parametrize("budget, published", [(5.85e20, 0.72e9), (1e22, 2.43e9)])
+def test_paper_preset_n_opt(budget, published):
+    """The preset follows the published formula, which gives the paper's own
+    validation points (0.72B at 5.85e20 FLOPs, about 2.43B at 1e22)."""
     result = planner.plan("paper", budget)
-    assert result["params_nonembed"] == pytest.approx(params, rel=0.01)
+    assert result["params_nonembed"] == pytest.approx(PAPER_N_OPT(budget), rel=1e-9)
+    assert result["params_nonembed"] == pytest.approx(published, rel=0.01)
     assert "loss" not in result and "unverified" in result["loss_note"]
     assert any("loss-law coefficients" in c for c in result["warnings"])
 
 
-def test_law_file_schema_and_intervals(fitted_law):
+def _planted_n_opt(budget: float) -> float:
+    """The compute-optimal N of the planted loss law, by brute force over N."""
+    compute = PlantedSweep().compute
+    grid = np.logspace(7, 12, 200001)
+    tokens = compute.tokens_for_budget(grid, budget)
+    return float(grid[np.argmin(loss_law.predict_loss(PLANTED_LOSS, grid / 1e9, tokens / 1e9))])
+
+
+def test_law_file_intervals_hold_the_planted_truth(fitted_law):
+    """The records come from known laws (`PlantedSweep`): every 95% interval in law.json
+    holds the planted coefficient, each exponent's is narrower than +-0.075, and N_opt's
+    interval holds the planted loss law's brute-force optimum."""
     law = json.loads(fitted_law.read_text())
-    for key, names in (("eta_opt", "alpha beta gamma"), ("batch_opt", "alpha beta gamma"),
-                       ("loss", "T_c alpha_T N_c alpha_N L_inf"), ("n_opt", "k a")):
-        for name in names.split():
+    for key, truth in (("eta_opt", PAPER_ETA), ("batch_opt", PAPER_BATCH),
+                       ("loss", PLANTED_LOSS)):
+        for name, value in truth.items():
             low, high = law["ci95"][key][name]
-            assert low <= law[key][name] <= high, (key, name)
+            assert low < value < high, (key, name, value, (low, high))
+            if name in ("beta", "gamma", "alpha_T", "alpha_N"):
+                assert high - low < 0.15, (key, name, (low, high))
+    for budget in (1e19, 1e21):  # inside the fitted range of budgets
+        _, (low, high) = lawfile.n_opt_params(law, budget)
+        assert low < _planted_n_opt(budget) < high, (budget, (low, high))
     assert set(law["units"]) >= {"N", "T", "B", "C"}
     assert law["provenance"]["runs_used"] and law["provenance"]["runs_excluded"]
     assert law["diagnostics"]["runs_excluded"]["status=diverged"] > 0
@@ -56,8 +78,9 @@ def test_planner_max_params_costs_loss(fitted_law):
     capped = planner.plan(str(fitted_law), 1e21, max_params=free["params_nonembed"] / 3)
     assert capped["train_tokens"] > free["train_tokens"]
     assert capped["loss_increase"] > 0 and capped["loss"] > free["loss"]
-    low, high = free["loss_ci95"]
-    assert low <= free["loss"] <= high
+    low, high = free["loss_ci95"]  # holds the planted law's loss at the planned (N, T)
+    assert low < loss_law.predict_loss(PLANTED_LOSS, free["params_nonembed"] / 1e9,
+                                       free["train_tokens"] / 1e9) < high
     assert free["batch_samples"] == round(free["batch_tokens"] / free["tokens_per_sample"])
     assert abs(planner.round_trip_check(str(fitted_law), 1e21)) < 0.1
     assert "loss cost vs N_opt" in planner.format_plan(capped)
@@ -110,7 +133,7 @@ def test_cli_errors_are_clear(tmp_path):
     assert out.returncode == 2 and "need >= 3 model sizes" in out.stderr
     assert not (tmp_path / "law.json").exists()
     plan = _run("-m", "scaling_laws", "plan", "--budget", "1e22")
-    assert plan.returncode == 0 and "2.435B" in plan.stdout
+    assert plan.returncode == 0 and f"{PAPER_N_OPT(1e22) / 1e9:.3f}B" in plan.stdout
 
 
 @pytest.mark.parametrize("window", [0.0, float("nan"), -0.1])

@@ -1,15 +1,11 @@
 """The run record the trainer writes (megatron_vdit.training.records) is one we accept."""
 import json
 
-import pytest
-
+from megatron_vdit.training import config, records, resolved
 from scaling_laws.records import REQUIRED, prepare
 
 
 def test_trainer_run_record_is_accepted():
-    config = pytest.importorskip("megatron_vdit.training.config")
-    records = pytest.importorskip("megatron_vdit.training.records")
-    resolved = pytest.importorskip("megatron_vdit.training.resolved")
     job = config.JobConfig().replace(global_batch_size=16, num_layers=2, hidden_size=64,
                                      num_attention_heads=2, train_iters=10)
     cfg = resolved.resolve(job, 1)

@@ -6,10 +6,8 @@ import sys
 import pytest
 
 from slurm_cluster import ROOT
+from megatron_vdit.cli import sweep as run_sweep
 from megatron_vdit.sweep.slurm_executor import Job, run_array
-
-sys.path.insert(0, str(ROOT / "tools"))
-import run_sweep  # noqa: E402
 
 # The tiny base config shared with the other sweep tests.
 BASE = (ROOT / "tests" / "tools" / "tiny_sweep_base.yaml").read_text()

@@ -1,14 +1,13 @@
 """The sweep runner launches real training subprocesses and resumes by skipping done runs."""
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from megatron_vdit.cli import sweep as run_sweep
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-import run_sweep  # noqa: E402
 
 # The tiny base config shared with the other sweep tests.
 BASE = (ROOT / "tests" / "tools" / "tiny_sweep_base.yaml").read_text()

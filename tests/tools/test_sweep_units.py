@@ -1,15 +1,14 @@
 """Sweep pieces with hand-computed expectations: bad input, grid growth, validation.json."""
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
+from megatron_vdit.cli import sweep as run_sweep
+from megatron_vdit.sweep import grid, heldout
+from megatron_vdit.sweep.spec import load_spec
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-import run_sweep  # noqa: E402
-from megatron_vdit.sweep import grid, heldout  # noqa: E402
-from megatron_vdit.sweep.spec import load_spec  # noqa: E402
 
 PLAIN = ["--presets", "cpu-0.13m", "--train-tokens", "3072", "--lrs", "1e-3",
          "--batch-sizes", "8", "--tokens-per-sample", "192", "--dry-run"]
