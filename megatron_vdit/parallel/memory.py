@@ -102,3 +102,85 @@ def suggest_layout(*, params_total: float, num_layers: int, hidden_size: int,
                          f"per GPU ({smallest.memory_gib:.1f} GiB estimate + {RESERVE_GIB} GiB "
                          f"reserve; {smallest.flags()}); use more GPUs")
     return min(candidates, key=lambda item: item[0])[1]
+
+
+# -- the layout-aware model the planner uses (docs/planning.md, "Memory model") ----------
+COMPUTE_BYTES = 2          # bf16 parameters and activations
+MASTER_AND_ADAM_BYTES = 12  # fp32 master weights + two fp32 AdamW moments, always sharded
+GRAD_BYTES = 4             # fp32 gradient accumulators
+SP_GATHERED_PER_TOKEN_DIM = 6  # qkv, cross-q, fc1 keep their all-gathered bf16 input
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryBreakdown:
+    """Per-GPU bytes on the first pipeline stage (the one holding most activations)."""
+
+    model_states: float
+    activations: float
+    buffers: float
+
+    @property
+    def total(self) -> float:
+        return self.model_states + self.activations + self.buffers
+
+
+def model_state_bytes(params_total: float, num_layers: int, *, tp: int, pp: int, dp: int,
+                      cp: int, zero_stage: int) -> float:
+    """Parameters, gradients and optimizer state per rank under FSDP2's ZeRO stages
+    (parallel/data_parallel.py): master + moments sharded over DP x CP always; stage 1
+    keeps bf16 params and fp32 grads unsharded, stage 2 bf16 params, stage 3 two blocks."""
+    local = params_total / (tp * pp)
+    shards = dp * cp
+    states = MASTER_AND_ADAM_BYTES * local / shards
+    if zero_stage == 1:
+        return states + (COMPUTE_BYTES + GRAD_BYTES) * local
+    states += GRAD_BYTES * local / shards
+    if zero_stage == 2:
+        return states + COMPUTE_BYTES * local
+    return states + 2 * COMPUTE_BYTES * params_total / num_layers / tp
+
+
+def block_activation_bytes(tokens_local: float, hidden_size: int, tp: int,
+                           recompute: str | None) -> float:
+    """Bytes one block keeps for backward for one sample of ``tokens_local`` tokens.
+    Under sequence parallelism everything is split over TP except the gathered inputs
+    of the column-parallel linears, which autograd keeps whole."""
+    per = ACTIVATION_BYTES_PER_TOKEN_DIM[recompute]
+    if recompute == "full":
+        return per * tokens_local * hidden_size / tp
+    if tp == 1:
+        return per * tokens_local * hidden_size
+    sharded = (per - SP_GATHERED_PER_TOKEN_DIM) / tp + SP_GATHERED_PER_TOKEN_DIM
+    return sharded * tokens_local * hidden_size
+
+
+def in_flight_microbatches(pp: int, vpp: int, num_microbatches: int) -> float:
+    """Micro-batches whose activations the first stage holds at the 1F1B peak, in units
+    of one micro-batch through all of the stage's layers: ``pp`` under 1F1B, plus
+    ``(pp - 1) / vpp`` chunks' worth when interleaved (Megatron-LM's warm-up depth)."""
+    if pp == 1:
+        return 1.0
+    depth = pp + ((pp - 1) / vpp if vpp > 1 else 0)
+    return min(depth, num_microbatches)
+
+
+def layout_memory(*, params_total: float, num_layers: int, hidden_size: int,
+                  tokens_per_sample: int, tp: int, cp: int, pp: int, dp: int, vpp: int = 1,
+                  zero_stage: int = 2, micro_batch_size: int = 1, num_microbatches: int = 1,
+                  recompute: str | None = None) -> MemoryBreakdown:
+    """Per-GPU bytes of one layout (the module docstring and docs/planning.md list the
+    assumptions); the reserve (CUDA context, NCCL) is not included."""
+    states = model_state_bytes(params_total, num_layers, tp=tp, pp=pp, dp=dp, cp=cp,
+                               zero_stage=zero_stage)
+    tokens_local = tokens_per_sample / cp
+    per_block = block_activation_bytes(tokens_local, hidden_size, tp, recompute)
+    stage_layers = num_layers / pp
+    acts = (per_block * stage_layers * micro_batch_size
+            * in_flight_microbatches(pp, vpp, num_microbatches))
+    if recompute == "full":  # one block recomputed at a time holds its full activations
+        acts += block_activation_bytes(tokens_local, hidden_size, tp, None) * micro_batch_size
+    # Pipeline send/receive buffers (two per direction) of one micro-batch's hidden
+    # states, sharded over TP under SP, plus ring attention's two K/V chunks in flight.
+    hidden_bytes = COMPUTE_BYTES * tokens_local * hidden_size / tp * micro_batch_size
+    buffers = (4 * hidden_bytes if pp > 1 else 0.0) + (4 * hidden_bytes if cp > 1 else 0.0)
+    return MemoryBreakdown(states, acts, buffers)
