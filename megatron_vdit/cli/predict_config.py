@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_arguments(parser)
     parser.add_argument("--write-config", default=None, metavar="PATH",
                         help="write the training config (YAML) for the chosen layout")
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="with --write-config: the latents directory to train on "
+                             "(default: the placeholder 'synthetic', overridden at launch)")
     parser.add_argument("--force", action="store_true", help="overwrite --write-config")
     add_debug_flag(parser)
     return parser
@@ -150,8 +153,9 @@ def _main(argv) -> int:
     plan = flagship.make_plan(base, law, latent, cond, cluster(args), args.max_params)
     plan.update(warmup_steps=args.warmup_steps, num_gpus=args.gpus, gpu=args.gpu, mfu=args.mfu)
     if target is not None:
-        write_config.write_config(plan, cond, target)
-        print(f"wrote {target}", file=sys.stderr)
+        write_config.write_config(plan, cond, target, args.data)
+        print(f"wrote {target}" + ("" if args.data else " (data: synthetic placeholder; "
+                                   "launch with --data DIR)"), file=sys.stderr)
     print(json.dumps(lawfile.to_jsonable(plan), indent=1) if args.json
           else report.format_plan(plan))
     return 0

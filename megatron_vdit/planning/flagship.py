@@ -70,7 +70,7 @@ def choose_layout(shape, latent, cond, cluster, batch_samples, train_samples) ->
                          f"model; {need}; use more GPUs or a larger GPU")
     best = fits[0]
     return {"best": best, "top": fits[:5],
-            "why": layouts.explain(best, fits, every, cluster.gpu.memory_gib)}
+            "why": layouts.explain(best, fits, every, cluster.gpu.memory_gib, train_samples)}
 
 
 def layout_json(best: layouts.Layout, shape: dict) -> dict:

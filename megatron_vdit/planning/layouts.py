@@ -123,22 +123,54 @@ def search(run: StepInputs, heads: int, batch_target: float, train_samples: floa
     return sorted(fits, key=key), sorted(every, key=key)
 
 
-def explain(best: Layout, fits: list[Layout], every: list[Layout], gpu_gib: float) -> list[str]:
-    """Why the winner wins: what the faster layouts would need, what the runner-up loses."""
+def _component_days(x: Layout, train_samples: float) -> dict:
+    return {k: v * train_samples / x.global_batch / 86400 for k, v in x.times.items()}
+
+
+def _without(best: Layout, fits: list[Layout], every: list[Layout]) -> list[str]:
+    """For each kind of model parallelism or recompute the winner uses: what doing
+    without it costs (the fastest fitting layout without it), or why it cannot."""
+    out = []
+    tests = (("context parallelism", best.cp > 1, lambda x: x.cp == 1),
+             ("tensor parallelism", best.tp > 1, lambda x: x.tp == 1),
+             ("pipeline parallelism", best.pp > 1, lambda x: x.pp == 1),
+             ("full recompute", best.recompute == "full", lambda x: x.recompute is None))
+    for name, used, lacks in tests:
+        if not used:
+            continue
+        fitting = [x for x in fits if lacks(x)]
+        if fitting:
+            out.append(f"without {name} the fastest fitting layout ({fitting[0].label()}) "
+                       f"takes {fitting[0].train_days / best.train_days - 1:.1%} longer")
+            continue
+        rest = [x for x in every if lacks(x)]
+        if rest:
+            small = min(rest, key=lambda x: x.memory.total)
+            out.append(f"without {name} nothing fits: the smallest such layout needs "
+                       f"{small.memory_gib:.1f} GiB ({small.label()})")
+    return out
+
+
+def explain(best: Layout, fits: list[Layout], every: list[Layout], gpu_gib: float,
+            train_samples: float) -> list[str]:
+    """Why the winner wins: what it needs memory for, what the runner-up loses."""
     lines = [f"fits {best.memory_gib:.1f} of {gpu_gib:.1f} GiB "
              f"(states {best.memory.model_states / GIB:.1f} + activations "
              f"{best.memory.activations / GIB:.1f} + buffers {best.memory.buffers / GIB:.1f} + "
              f"reserve {RESERVE_GIB:g})"]
+    lines += _without(best, fits, every)
     faster = [x for x in every if x.train_days < best.train_days]
     if faster:
-        lines.append(f"{len(faster)} faster layouts do not fit, the fastest "
-                     f"({faster[0].label()}) needs {faster[0].memory_gib:.1f} GiB")
+        lines.append(f"{len(faster)} faster layouts do not fit")
     if len(fits) > 1:
         other = fits[1]
-        diffs = {k: other.times[k] - best.times[k] for k in best.times if k != "total"}
+        mine, theirs = _component_days(best, train_samples), _component_days(other, train_samples)
+        diffs = {k: theirs[k] - mine[k] for k in mine if k != "total"}
         cause = max(diffs, key=diffs.get)
-        lines.append(f"runner-up {other.label()} is {other.train_days / best.train_days - 1:.1%} "
-                     f"slower, mostly {cause.replace('_', ' ')} (+{diffs[cause]:.3g} s/step)")
+        why = (f"mostly {cause.replace('_', ' ')} (+{diffs[cause]:.3g} days)"
+               if diffs[cause] > 1e-3 else "a tie on time, broken by memory")
+        lines.append(f"runner-up {other.label()} takes {other.train_days - best.train_days:.3g} "
+                     f"days longer: {why}")
     t = best.times
     parts = ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in t.items()
                       if k != "total" and v > 0)

@@ -44,9 +44,12 @@ def latent_from_video(frames: int, height: int, width: int, temporal: int = 4,
 
 
 def latent_for_tokens(tokens: int, patch=(1, 2, 2)) -> LatentShape:
-    """A latent shape of exactly ``tokens`` patches: square frames, as few as possible."""
+    """A latent shape of exactly ``tokens`` patches: square frames at least as many
+    patches wide as there are latent frames, as many frames as that allows (73728 ->
+    32 x 48 x 48 patches, Movie Gen's; 1280 -> 5 x 16 x 16, the paper's)."""
     pt, ph, pw = patch
-    for side in range(math.isqrt(tokens), 0, -1):
-        if tokens % (side * side) == 0:
-            return LatentShape(tokens // (side * side) * pt, side * ph, side * pw, tuple(patch))
-    raise AssertionError("side 1 always divides")
+    for side in range(1, math.isqrt(tokens) + 1):
+        frames = tokens // (side * side)
+        if tokens % (side * side) == 0 and frames <= side:
+            return LatentShape(frames * pt, side * ph, side * pw, tuple(patch))
+    return LatentShape(tokens * pt, ph, pw, tuple(patch))  # a prime: one patch per frame

@@ -1,8 +1,10 @@
 """The plan as a training config: flat YAML of ``training/config.py`` field names that
 ``python -m megatron_vdit.train --config PATH`` and ``examples/slurm/train.sbatch`` take.
 
-No ``data`` key: the data directory (made by ``tools/precompute_latents.py``) is the
-launcher's to give (``--data DIR``), as in ``examples/slurm/flagship_7b.yaml``.
+``data`` is the planner's ``--data DIR`` (a directory made by
+``tools/precompute_latents.py``); without it the file says ``data: synthetic``, a
+placeholder that lets the dry run check the config and the layout, which a launch
+overrides (``sbatch examples/slurm/train.sbatch PATH --data DIR``).
 """
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ from ..utils.atomic_io import write_text_atomic
 EVAL_SAMPLES = 64  # rounded up to a multiple of DP x PP
 
 
-def train_config(plan: dict, cond, run_name: str = "flagship") -> dict:
+def train_config(plan: dict, cond, run_name: str = "flagship", data: str | None = None) -> dict:
     layout = plan["layout"] or {}
     tp, pp, dp = layout.get("tp", 1), layout.get("pp", 1), layout.get("dp", 1)
     frames, height, width = plan["latent_shape"]
     per_eval = dp * pp
     out = {
+        "data": data or "synthetic",
         "num_layers": plan["num_layers"], "hidden_size": plan["hidden_size"],
         "num_attention_heads": plan["num_attention_heads"],
         "in_channels": cond.latent_channels, "latent_frames": frames,
@@ -61,12 +64,14 @@ def check_target(path: str, force: bool) -> pathlib.Path:
     return target
 
 
-def write_config(plan: dict, cond, target: pathlib.Path) -> None:
-    fields = train_config(plan, cond, run_name=target.stem)
+def write_config(plan: dict, cond, target: pathlib.Path, data: str | None = None) -> None:
+    fields = train_config(plan, cond, run_name=target.stem, data=data)
     head = (f"# Written by tools/predict_config.py for C = {plan['budget_flops']:.3g} FLOPs "
             f"(law: {plan['law']}).\n# Layout: {plan['parallel_layout']['flags']}\n"
             if plan.get("parallel_layout") else
             f"# Written by tools/predict_config.py for C = {plan['budget_flops']:.3g} FLOPs "
             f"(law: {plan['law']}); no --gpus, so no layout.\n")
-    head += "# Give the data on the command line: --data DIR (tools/precompute_latents.py).\n"
+    if data is None:
+        head += ("# data: synthetic is a placeholder: launch with --data DIR "
+                 "(tools/precompute_latents.py).\n")
     write_text_atomic(target, head + yaml.safe_dump(fields, sort_keys=False))
