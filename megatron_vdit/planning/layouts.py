@@ -119,7 +119,8 @@ def search(run: StepInputs, heads: int, batch_target: float, train_samples: floa
             every.append(layout)
             if mem.total <= budget_bytes:
                 fits.append(layout)
-    key = (lambda x: (x.train_days, x.memory.total))
+    # Times within 0.1% are a tie (batch rounding, not the layout): less memory wins.
+    key = (lambda x: (float(f"{x.train_days:.3g}"), x.memory.total))
     return sorted(fits, key=key), sorted(every, key=key)
 
 
@@ -159,18 +160,21 @@ def explain(best: Layout, fits: list[Layout], every: list[Layout], gpu_gib: floa
              f"{best.memory.activations / GIB:.1f} + buffers {best.memory.buffers / GIB:.1f} + "
              f"reserve {RESERVE_GIB:g})"]
     lines += _without(best, fits, every)
-    faster = [x for x in every if x.train_days < best.train_days]
+    faster = [x for x in every if float(f"{x.train_days:.3g}") < float(f"{best.train_days:.3g}")]
     if faster:
-        lines.append(f"{len(faster)} faster layouts do not fit")
+        lines.append(f"{len(faster)} faster layout(s) do not fit in memory")
     if len(fits) > 1:
         other = fits[1]
         mine, theirs = _component_days(best, train_samples), _component_days(other, train_samples)
         diffs = {k: theirs[k] - mine[k] for k in mine if k != "total"}
         cause = max(diffs, key=diffs.get)
-        why = (f"mostly {cause.replace('_', ' ')} (+{diffs[cause]:.3g} days)"
-               if diffs[cause] > 1e-3 else "a tie on time, broken by memory")
-        lines.append(f"runner-up {other.label()} takes {other.train_days - best.train_days:.3g} "
-                     f"days longer: {why}")
+        if f"{other.train_days:.3g}" == f"{best.train_days:.3g}":
+            lines.append(f"runner-up {other.label()} ties on time (to 0.1%) but needs "
+                         f"{other.memory_gib:.1f} GiB")
+        else:
+            lines.append(f"runner-up {other.label()} takes "
+                         f"{other.train_days - best.train_days:.3g} days longer, mostly "
+                         f"{cause.replace('_', ' ')} (+{diffs[cause]:.3g} days)")
     t = best.times
     parts = ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in t.items()
                       if k != "total" and v > 0)
