@@ -17,6 +17,14 @@ and states its assumptions; it picks a starting layout, not a tuned one:
   block's input), with s = tokens / CP, divided by TP (sequence parallel); under 1F1B
   the first stage holds PP micro-batches of L / PP blocks, i.e. all L blocks' worth;
 - a fixed reserve for the CUDA context, NCCL buffers and fragmentation.
+
+``layout_memory`` (what the planner and the dry run use) refines this per layout: model
+states by ZeRO stage (FSDP2's: 12 sharded bytes of master weights and moments, plus
+unsharded bf16 parameters and fp32 gradients at stage 1, unsharded bf16 parameters at
+stage 2, two gathered blocks at stage 3), the gathered inputs of the column-parallel
+linears that autograd keeps whole under sequence parallelism, the micro-batches the
+first pipeline stage holds at the 1F1B peak (more when interleaved), and the pipeline
+and ring-attention buffers (docs/planning.md, "Memory model").
 """
 from __future__ import annotations
 
