@@ -136,13 +136,16 @@ def model_state_bytes(params_total: float, num_layers: int, *, tp: int, pp: int,
                       cp: int, zero_stage: int) -> float:
     """Parameters, gradients and optimizer state per rank under FSDP2's ZeRO stages
     (parallel/data_parallel.py): master + moments sharded over DP x CP always; stage 1
-    keeps bf16 params and fp32 grads unsharded, stage 2 bf16 params, stage 3 two blocks."""
+    keeps bf16 params and fp32 grads unsharded, stage 2 bf16 params, stage 3 two blocks.
+    Under PP > 1 torch's pipeline schedule keeps the stage's fp32 gradients unsharded
+    over all micro-batches whatever the stage (docs/parallelism.md), so stage 2 costs
+    what stage 1 does and stage 3 adds the unsharded gradients."""
     local = params_total / (tp * pp)
     shards = dp * cp
     states = MASTER_AND_ADAM_BYTES * local / shards
-    if zero_stage == 1:
+    if zero_stage == 1 or (zero_stage == 2 and pp > 1):
         return states + (COMPUTE_BYTES + GRAD_BYTES) * local
-    states += GRAD_BYTES * local / shards
+    states += GRAD_BYTES * (local if pp > 1 else local / shards)
     if zero_stage == 2:
         return states + COMPUTE_BYTES * local
     return states + 2 * COMPUTE_BYTES * params_total / num_layers / tp

@@ -10,17 +10,25 @@ from megatron_vdit.planning.step_time import StepInputs, step_time
 P, L = 8e9, 32  # params, layers
 
 
-@pytest.mark.parametrize("zero, expected", [
+@pytest.mark.parametrize("zero, expected", [  # PP1: FSDP's own stages
     # 12 bytes sharded over DP x CP = 16; stage 1: + 2 + 4 unsharded; stage 2: fp32 grads
     # sharded, bf16 params whole; stage 3: two blocks' bf16 params (of P / TP).
-    (1, 12 * 1e9 / 16 + 6 * 1e9),
-    (2, 16 * 1e9 / 16 + 2 * 1e9),
-    (3, 16 * 1e9 / 16 + 2 * 2 * 8e9 / 32 / 4),
+    (1, 12 * 2e9 / 16 + 6 * 2e9),
+    (2, 16 * 2e9 / 16 + 2 * 2e9),
+    (3, 16 * 2e9 / 16 + 2 * 2 * 8e9 / 32 / 4),
 ])
 def test_model_states_by_zero_stage(zero, expected):
-    # TP4 x PP2: each rank holds 1e9 of the 8e9 parameters.
-    got = model_state_bytes(P, L, tp=4, pp=2, dp=8, cp=2, zero_stage=zero)
+    # TP4 x PP1 x (DP8 x CP2): each rank's model holds 2e9 of the 8e9 parameters.
+    got = model_state_bytes(P, L, tp=4, pp=1, dp=8, cp=2, zero_stage=zero) * 1.0
     assert got == pytest.approx(expected)
+
+
+def test_pipeline_keeps_unsharded_gradients():
+    # TP4 x PP2 again; under PP the stage's fp32 gradients (4 x 1e9) stay whole.
+    assert model_state_bytes(P, L, tp=4, pp=2, dp=8, cp=2, zero_stage=2) == pytest.approx(
+        model_state_bytes(P, L, tp=4, pp=2, dp=8, cp=2, zero_stage=1))
+    z3 = model_state_bytes(P, L, tp=4, pp=2, dp=8, cp=2, zero_stage=3)
+    assert z3 == pytest.approx(12 * 1e9 / 16 + 4 * 1e9 + 2 * 2 * 8e9 / 32 / 4)
 
 
 def test_sequence_parallel_keeps_gathered_inputs_whole():
