@@ -133,14 +133,17 @@ class MemoryBreakdown:
 
 
 def model_state_bytes(params_total: float, num_layers: int, *, tp: int, pp: int, dp: int,
-                      cp: int, zero_stage: int) -> float:
+                      cp: int, zero_stage: int, params_replicated: float = 0.0) -> float:
     """Parameters, gradients and optimizer state per rank under FSDP2's ZeRO stages
     (parallel/data_parallel.py): master + moments sharded over DP x CP always; stage 1
     keeps bf16 params and fp32 grads unsharded, stage 2 bf16 params, stage 3 two blocks.
     Under PP > 1 torch's pipeline schedule keeps the stage's fp32 gradients unsharded
     over all micro-batches whatever the stage (docs/parallelism.md), so stage 2 costs
-    what stage 1 does and stage 3 adds the unsharded gradients."""
-    local = params_total / (tp * pp)
+    what stage 1 does and stage 3 adds the unsharded gradients. ``params_replicated``:
+    the embeddings and conditioning, which every TP rank and every pipeline stage holds
+    whole (measured: bench/bench_memory_model.py)."""
+    blocks = params_total - params_replicated
+    local = blocks / (tp * pp) + params_replicated
     shards = dp * cp
     states = MASTER_AND_ADAM_BYTES * local / shards
     if zero_stage == 1 or (zero_stage == 2 and pp > 1):
@@ -148,7 +151,7 @@ def model_state_bytes(params_total: float, num_layers: int, *, tp: int, pp: int,
     states += GRAD_BYTES * (local if pp > 1 else local / shards)
     if zero_stage == 2:
         return states + COMPUTE_BYTES * local
-    return states + 2 * COMPUTE_BYTES * params_total / num_layers / tp
+    return states + 2 * COMPUTE_BYTES * blocks / num_layers / tp
 
 
 def block_activation_bytes(tokens_local: float, hidden_size: int, tp: int,
@@ -178,11 +181,12 @@ def in_flight_microbatches(pp: int, vpp: int, num_microbatches: int) -> float:
 def layout_memory(*, params_total: float, num_layers: int, hidden_size: int,
                   tokens_per_sample: int, tp: int, cp: int, pp: int, dp: int, vpp: int = 1,
                   zero_stage: int = 2, micro_batch_size: int = 1, num_microbatches: int = 1,
-                  recompute: str | None = None) -> MemoryBreakdown:
+                  recompute: str | None = None, params_replicated: float = 0.0
+                  ) -> MemoryBreakdown:
     """Per-GPU bytes of one layout (the module docstring and docs/planning.md list the
     assumptions); the reserve (CUDA context, NCCL) is not included."""
     states = model_state_bytes(params_total, num_layers, tp=tp, pp=pp, dp=dp, cp=cp,
-                               zero_stage=zero_stage)
+                               zero_stage=zero_stage, params_replicated=params_replicated)
     tokens_local = tokens_per_sample / cp
     per_block = block_activation_bytes(tokens_local, hidden_size, tp, recompute)
     stage_layers = num_layers / pp

@@ -52,7 +52,8 @@ def step_inputs(shape: dict, latent: LatentShape, cond: Conditioning, cluster: C
         flops_per_sample=accounting.model_flops_per_sample(model, n, cond.text_tokens),
         attention_flops_per_sample=3.0 * shape["num_layers"] * 4 * n * n * d,
         global_batch=max(1, round(batch_target)), num_gpus=cluster.num_gpus, gpu=cluster.gpu,
-        gpus_per_node=cluster.gpus_per_node, mfu=cluster.mfu)
+        gpus_per_node=cluster.gpus_per_node, mfu=cluster.mfu,
+        params_replicated=accounting.embedding_params(model))
 
 
 def choose_layout(shape, latent, cond, cluster, batch_samples, train_samples) -> dict:

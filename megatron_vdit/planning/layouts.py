@@ -109,7 +109,8 @@ def search(run: StepInputs, heads: int, batch_target: float, train_samples: floa
                                 hidden_size=run.hidden_size,
                                 tokens_per_sample=run.tokens_per_sample, tp=tp, cp=cp, pp=pp,
                                 dp=dp, vpp=vpp, zero_stage=zero, micro_batch_size=mbs,
-                                num_microbatches=m, recompute=recompute)
+                                num_microbatches=m, recompute=recompute,
+                                params_replicated=run.params_replicated)
             times = step_time(dataclasses.replace(run, global_batch=batch), tp=tp, cp=cp,
                               pp=pp, dp=dp, vpp=vpp, ulysses=u, zero_stage=zero,
                               micro_batch_size=mbs, recompute=recompute)

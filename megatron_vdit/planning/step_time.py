@@ -41,6 +41,11 @@ class StepInputs:
     gpu: GpuSpec
     gpus_per_node: int
     mfu: float
+    params_replicated: float = 0.0
+    """Embeddings and conditioning: whole on every TP rank and pipeline stage."""
+
+    def params_local(self, tp: int, pp: int) -> float:
+        return (self.params_total - self.params_replicated) / (tp * pp) + self.params_replicated
 
 
 def _bandwidth(stride: int, size: int, run: StepInputs) -> float:
@@ -102,7 +107,7 @@ def _dp_time(run, m, tp, cp, pp, dp, zero_stage, compute, stage_layers) -> float
     shards = dp * cp
     if shards == 1:
         return 0.0
-    local = run.params_total / (tp * pp) * _ring(shards)
+    local = run.params_local(tp, pp) * _ring(shards)
     per = {1: 1, 2: m, 3: m}[zero_stage]
     gathers = {1: 1, 2: 1, 3: 2}[zero_stage]
     moved = per * local * (gathers * PARAM_GATHER_BYTES + GRAD_REDUCE_BYTES)

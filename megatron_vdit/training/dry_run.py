@@ -46,7 +46,8 @@ def dry_run(job: JobConfig, world_size: int | None = None) -> str:
         cp=layout.context_parallel_size, pp=layout.pipeline_model_parallel_size,
         dp=layout.data_parallel_size, vpp=layout.virtual_stages(r.num_layers),
         zero_stage=job.parallel.zero_stage, micro_batch_size=r.micro_batch_size,
-        num_microbatches=r.num_microbatches, recompute=job.parallel.recompute_granularity)
+        num_microbatches=r.num_microbatches, recompute=job.parallel.recompute_granularity,
+        params_replicated=accounting.embedding_params(shape))
     flat = resolved_flat(job, r, data_identity(job))
     start = find_start(job, flat, warn=lambda _: None)
     begins = ("nothing to do (the run dir holds this run, finished)" if start.finished_record

@@ -84,7 +84,7 @@ def test_movie_gen_scale_fits_and_uses_cp(capsys):
     assert "fits" in why and "without context parallelism" in why
     assert p["est_days"] > 0 and p["gpu_hours"] == pytest.approx(p["est_days"] * 24 * 6144)
     assert len(p["layouts_ranked"]) > 1
-    days = [r["est_days"] for r in p["layouts_ranked"]]
+    days = [float(f"{r['est_days']:.3g}") for r in p["layouts_ranked"]]  # ties within 0.1%
     assert days == sorted(days)
 
 
