@@ -41,7 +41,7 @@ def tradeoff_section(p: dict) -> list[str]:
              "  x N_opt   N        shape          tokens      loss penalty   inference"]
     for r in p["tradeoff"]:
         s = r["shape"]
-        penalty = (f"+{r['loss_penalty']:.2e} ({r['loss_penalty_rel']:.2%})"
+        penalty = (f"{r['loss_penalty']:+.2e} ({r['loss_penalty_rel']:+.2%})"
                    if "loss_penalty" in r else "n/a (no loss law)")
         mark = "" if r["within_max_params"] else "  > --max-params"
         lines.append(f"  {r['fraction']:.1f}      {_b(r['params_nonembed']):8s} "

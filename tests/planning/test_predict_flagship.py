@@ -53,6 +53,31 @@ def test_paper_1e22_17x256x256(capsys):
     assert cost == sorted(cost) and rows[-1]["inference_rel"] == pytest.approx(1.0)
 
 
+@pytest.fixture(scope="module")
+def fitted_law(tmp_path_factory):
+    from scaling_laws import lawfile, pipeline
+    from scaling_laws.fit import FitOptions
+    from scaling_laws.records import prepare
+    from scaling_laws.synthetic import PlantedSweep
+    law = pipeline.fit_law(prepare(PlantedSweep().records(seed=2)), FitOptions(num_resamples=20))
+    path = tmp_path_factory.mktemp("law") / "law.json"
+    lawfile.save_law(law, path)
+    return str(path)
+
+
+def test_fitted_law_gives_intervals_penalties_and_the_fixed_hp_comparison(capsys, fitted_law):
+    p = plan(capsys, "--budget", "1e21", "--law", fitted_law, "--gpus", "16")
+    low, high = p["n_opt_params_ci95"]
+    assert low < p["params_nonembed"] < high
+    assert p["predicted_val_loss"] > 0 and p["predicted_val_loss_ci95"]
+    half = p["tradeoff"][0]
+    assert half["fraction"] == 0.5 and half["loss_penalty"] > 0
+    conv = p["conventional"]
+    law = json.load(open(fitted_law))["baselines"]["fixed_hp"]
+    assert conv["params_nonembed"] == pytest.approx(law["k"] * 1e21 ** law["a"], rel=1e-6)
+    assert "loss" in conv and "inference_saving" in conv
+
+
 def test_max_params_picks_the_best_under_the_limit(capsys):
     p = plan(capsys, "--budget", "1e22", "--max-params", "1.5e9")
     assert p["params_nonembed"] == 1.5e9 and p["capped_by_max_params"]
