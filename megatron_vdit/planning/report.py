@@ -81,8 +81,8 @@ def layout_section(p: dict) -> list[str]:
 def format_plan(p: dict) -> str:
     lines = run_section(p) + tradeoff_section(p) + layout_section(p)
     if p.get("est_days") is not None:
-        lines.append(f"4. Wall-clock: {p['est_days']:.2f} days on {p['num_gpus']} x "
-                     f"{p['gpu']} at MFU {p['mfu']:.0%} = {p['gpu_hours']:,.0f} GPU-hours")
+        lines.append(f"4. Wall-clock: {p['est_days']:.3g} days on {p['num_gpus']} x "
+                     f"{p['gpu']} at MFU {p['mfu']:.0%} = {p['gpu_hours']:,.4g} GPU-hours")
     else:
         lines.append("4. Wall-clock: needs --gpus")
     if p["warnings"]:
