@@ -83,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, metavar="DIR",
                         help="with --write-config: the latents directory to train on "
                              "(default: the placeholder 'synthetic', overridden at launch)")
-    parser.add_argument("--force", action="store_true", help="overwrite --write-config")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="also draw the trade-off and the layout ranking (PNG)")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite --write-config / --plot")
     add_debug_flag(parser)
     return parser
 
@@ -139,6 +142,7 @@ def _main(argv) -> int:
         args.budget *= PFLOP_DAY
     target = (write_config.check_target(args.write_config, args.force)
               if args.write_config else None)
+    picture = write_config.check_target(args.plot, args.force, "--plot") if args.plot else None
     gpu_spec(args.gpu)  # an unknown type fails now, with or without --gpus
     law = lawfile.load_law(args.law)
     latent = latent_shape(args, law)
@@ -156,6 +160,10 @@ def _main(argv) -> int:
         write_config.write_config(plan, cond, target, args.data)
         print(f"wrote {target}" + ("" if args.data else " (data: synthetic placeholder; "
                                    "launch with --data DIR)"), file=sys.stderr)
+    if picture is not None:
+        from megatron_vdit.planning.plot import write_plot  # matplotlib only when asked
+        write_plot(plan, picture)
+        print(f"wrote {picture}", file=sys.stderr)
     print(json.dumps(lawfile.to_jsonable(plan), indent=1) if args.json
           else report.format_plan(plan))
     return 0

@@ -51,16 +51,16 @@ def train_config(plan: dict, cond, run_name: str = "flagship", data: str | None 
     return out
 
 
-def check_target(path: str, force: bool) -> pathlib.Path:
+def check_target(path: str, force: bool, flag: str = "--write-config") -> pathlib.Path:
     """Refuse, before any work, a path that exists (without ``--force``) or has no
     directory to go in."""
     target = pathlib.Path(path)
     if target.is_dir():
-        raise ValueError(f"--write-config {target} is a directory; give the YAML file to write")
+        raise ValueError(f"{flag} {target} is a directory; give the file to write")
     if target.exists() and not force:
-        raise ValueError(f"--write-config {target} already exists; pass --force to overwrite it")
+        raise ValueError(f"{flag} {target} already exists; pass --force to overwrite it")
     if not target.parent.is_dir():
-        raise ValueError(f"--write-config {target}: directory {target.parent} does not exist")
+        raise ValueError(f"{flag} {target}: directory {target.parent} does not exist")
     return target
 
 

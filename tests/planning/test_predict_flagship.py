@@ -78,6 +78,14 @@ def test_fitted_law_gives_intervals_penalties_and_the_fixed_hp_comparison(capsys
     assert "loss" in conv and "inference_saving" in conv
 
 
+def test_plot_is_a_png(tmp_path, capsys):
+    path = tmp_path / "plan.png"
+    plan(capsys, "--budget", "1e22", "--gpus", "64", "--plot", str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert predict_config.main(["--budget", "1e22", "--plot", str(path)]) == 2
+    assert "--plot" in capsys.readouterr().err
+
+
 def test_max_params_picks_the_best_under_the_limit(capsys):
     p = plan(capsys, "--budget", "1e22", "--max-params", "1.5e9")
     assert p["params_nonembed"] == 1.5e9 and p["capped_by_max_params"]
@@ -139,6 +147,10 @@ def test_written_config_passes_the_dry_run(tmp_path, capsys):
     # The dry run's estimate is the planner's (same memory model, same layout).
     total = float(out.stdout.split(" GiB, plus a")[0].rsplit("= ", 1)[1])
     assert total + 6 == pytest.approx(p["memory_per_gpu_bytes"] / GIB, abs=0.02)
+    # examples/slurm/train.sbatch reads the run dir through load_config, flags after it.
+    from megatron_vdit.training.config import load_config
+    job = load_config(["--config", str(path), "--data", str(tmp_path)])
+    assert job.logging.run_dir == "runs/flagship" and job.data.data == str(tmp_path)
     # The same config is refused rather than overwritten.
     assert predict_config.main(["--budget", "1e22", "--write-config", str(path)]) == 2
     assert "already exists" in capsys.readouterr().err
