@@ -1,7 +1,6 @@
 """`tools/predict_config.py` from a budget to a launchable plan: the must-show cases of
 docs/planning.md, with expected values from the published laws' closed forms."""
 import json
-import math
 import os
 import subprocess
 import sys
