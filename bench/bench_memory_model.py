@@ -138,12 +138,14 @@ def table(rows: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))
+    parser.add_argument("--hidden", nargs="+", type=int, default=list(HIDDEN))
     args = parser.parse_args()
     torch.set_num_threads(1)
     rank, world = init_distributed("gloo")
     if world != 2:
         sys.exit("bench_memory_model.py: error: run under torchrun with --nproc_per_node 2")
-    rows = [measure(*row) for row in itertools.product(LAYOUTS, HIDDEN, RECOMPUTE)]
+    rows = [measure(*row) for row in itertools.product(args.layouts, args.hidden, RECOMPUTE)]
     if rank == 0:
         print(table(rows))
         if args.out:
