@@ -242,6 +242,22 @@ CASES = [
     ("predict-unknown-flag", PREDICT, ("--budget", "1e21", "--gpu", "8"), ["--gpu"]),
     ("predict-unrecognized-flag", PREDICT, ("--budget", "1e21", "--nodes", "8"), ["--nodes"]),
     ("predict-bad-law", PREDICT, ("--budget", "1e21", "--law", "n_opt_a.json"), ["n_opt.a"]),
+    ("predict-unknown-gpu", PREDICT, ("--budget", "1e22", "--gpus", "8", "--gpu", "v100-16gb"),
+     ["--gpu 'v100-16gb'", "unknown GPU type", "h100-80gb"]),
+    ("predict-cluster-too-small", PREDICT, ("--budget", "1e24", "--gpus", "1"),
+     ["--gpus 1", "no layout fits", "smallest layout needs"]),
+    ("predict-frames-not-causal", PREDICT, ("--budget", "1e22", "--frames", "16", "--height",
+                                            "256", "--width", "256"), ["--frames 16"]),
+    ("predict-video-incomplete", PREDICT, ("--budget", "1e22", "--frames", "17"),
+     ["--height", "--width"]),
+    ("predict-video-and-tokens", PREDICT, ("--budget", "1e22", "--frames", "17", "--height",
+                                           "256", "--width", "256", "--tokens-per-sample",
+                                           "1280"), ["--tokens-per-sample"]),
+    ("predict-mfu", PREDICT, ("--budget", "1e22", "--mfu", "1.5"), ["--mfu"]),
+    ("predict-budget-unit", PREDICT, ("--budget", "1", "--budget-unit", "exaflops"),
+     ["--budget-unit"]),
+    ("predict-write-config-exists", PREDICT, ("--budget", "1e22", "--write-config",
+                                              "n_opt_a.json"), ["--write-config", "exists"]),
 ]
 
 

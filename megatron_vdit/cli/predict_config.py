@@ -1,43 +1,92 @@
-"""Recommend a model size, token count, learning rate and batch size for a FLOP budget.
+"""From a compute budget to a launchable flagship: size, tokens, lr, batch, layout, days.
 
-  vdit-plan --budget 1e22                                  # paper preset
-  vdit-plan --budget 1e21 --law law.json --max-params 5e8 --json
-  vdit-plan --budget 1e24 --gpus 64 --gpu-memory-gib 80    # also a parallel layout
+  vdit-plan --budget 1e22                                   # paper preset, 17x256x256
+  vdit-plan --budget 1e22 --frames 17 --height 256 --width 256 --gpus 64 --gpu h100-80gb
+  vdit-plan --budget 3e24 --tokens-per-sample 73728 --max-params 3e10 --gpus 6144 \\
+            --write-config flagship.yaml --json
 
 (``python tools/predict_config.py`` and ``python -m megatron_vdit.cli.predict_config``
-are the same command.) A thin layer over ``scaling_laws.planner`` that adds a model
-shape from ``megatron_vdit.models.accounting.shape_for_params`` and, with ``--gpus``, the
-cheapest parallel layout that fits (``megatron_vdit.parallel.memory``). Exit 2 when the
-law, a flag, or the request cannot give a usable plan (docs/errors.md).
+are the same command.) ``scaling_laws.planner`` gives N, T, lr and batch from the law;
+``megatron_vdit.planning`` adds the model shape, the inference trade-off, the parallel
+layout (memory model + step-time model) and the wall-clock; docs/planning.md says how.
+Exit 2 when the law, a flag, or the request cannot give a usable plan (docs/errors.md).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
-from megatron_vdit.cli.errors import POSITIVE, add_debug_flag, integer_at_least, run_cli
-from megatron_vdit.models.accounting import (PRESETS, ModelShape, paper_params_nonembed,
-                                             params_total, shape_for_params)
-from megatron_vdit.parallel.memory import suggest_layout
+from megatron_vdit.cli.errors import (POSITIVE, add_debug_flag, finite_number,
+                                      integer_at_least, run_cli)
+from megatron_vdit.models.accounting import PRESETS, paper_params_nonembed, shape_for_params
+from megatron_vdit.planning import flagship, report, video, write_config
+from megatron_vdit.planning.gpus import GPUS, gpu_spec
 from scaling_laws import lawfile, planner
 from scaling_laws.__main__ import add_plan_arguments
 
 # The smallest model worth planning: the smallest shape preset (a CPU test model).
 MIN_PARAMS_NONEMBED = min(paper_params_nonembed(layers, hidden)
                           for layers, hidden, _ in PRESETS.values())
+PFLOP_DAY = 1e15 * 86400
+FRACTION = finite_number(lambda x: 0 < x <= 1, "in (0, 1]")
+MARGIN = finite_number(lambda x: 0 <= x < 1, "in [0, 1)")
+
+
+def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("video (instead of --tokens-per-sample)")
+    for flag, unit in (("--frames", "frames"), ("--height", "pixels"), ("--width", "pixels")):
+        g.add_argument(flag, type=integer_at_least(1), default=None, help=f"clip {unit}")
+    g.add_argument("--vae-temporal", type=integer_at_least(1), default=4,
+                   help="VAE temporal compression, causal: 1 + k*t frames -> 1 + k (default 4)")
+    g.add_argument("--vae-spatial", type=integer_at_least(1), default=8,
+                   help="VAE spatial compression (default 8)")
+    g.add_argument("--patch-size", type=integer_at_least(1), nargs=3, default=[1, 2, 2],
+                   metavar=("T", "H", "W"), help="patch size in latent pixels (default 1 2 2)")
+    g.add_argument("--latent-channels", type=integer_at_least(1), default=16)
+    g.add_argument("--text-hidden-size", type=integer_at_least(1), default=4096,
+                   help="caption embedding width (default 4096, UMT5-XXL)")
+    g.add_argument("--text-tokens", type=integer_at_least(1), default=128,
+                   help="padded caption length (default 128)")
+    g.add_argument("--sampling-steps", type=integer_at_least(1), default=50,
+                   help="model calls per generated video, for inference cost (default 50, "
+                        "with classifier-free guidance)")
+
+
+def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("cluster (a layout and the wall-clock need --gpus)")
+    g.add_argument("--gpus", type=integer_at_least(1), default=None, help="GPUs for the run")
+    g.add_argument("--gpu", default="h100-80gb", metavar="TYPE",
+                   help=f"GPU type: {', '.join(GPUS)} (default h100-80gb; docs/planning.md)")
+    g.add_argument("--gpus-per-node", type=integer_at_least(1), default=None,
+                   help="GPUs per node: TP stays within one (default: the GPU type's, 8)")
+    g.add_argument("--gpu-memory-gib", type=POSITIVE, default=None,
+                   help="override the GPU type's memory (GiB)")
+    g.add_argument("--mfu", type=FRACTION, default=0.4,
+                   help="assumed model-FLOP utilisation of the compute (default 0.4)")
+    g.add_argument("--memory-margin", type=MARGIN, default=0.1,
+                   help="fraction of GPU memory kept free beyond the fixed reserve "
+                        "(default 0.1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_plan_arguments(parser)
-    parser.add_argument("--gpus", type=integer_at_least(1), default=None,
-                        help="also suggest a parallel layout for this many GPUs")
-    parser.add_argument("--gpu-memory-gib", type=POSITIVE, default=80.0,
-                        help="memory of one GPU in GiB (default 80)")
-    parser.add_argument("--gpus-per-node", type=integer_at_least(1), default=8,
-                        help="GPUs per node: tensor parallelism stays within one (default 8)")
+    parser.add_argument("--budget-unit", choices=("flops", "pflop-days"), default="flops",
+                        help="unit of --budget (1 PFLOP/s-day = 8.64e19 FLOPs)")
+    _add_video_arguments(parser)
+    _add_cluster_arguments(parser)
+    parser.add_argument("--write-config", default=None, metavar="PATH",
+                        help="write the training config (YAML) for the chosen layout")
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="with --write-config: the latents directory to train on "
+                             "(default: the placeholder 'synthetic', overridden at launch)")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="also draw the trade-off and the layout ranking (PNG)")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite --write-config / --plot")
     add_debug_flag(parser)
     return parser
 
@@ -59,52 +108,64 @@ def _check_model_size(law: dict, args) -> None:
                      f"this law needs a budget of at least {needed:.3g} FLOPs")
 
 
-def suggested_layout(shape: dict, tokens_per_sample: int, args) -> dict:
-    """The cheapest fitting layout on ``--gpus``; ValueError (exit 2) when none fits."""
-    # Wan-like latents and a UMT5 caption width: what a flagship video DiT trains on.
-    total = params_total(ModelShape(shape["num_layers"], shape["hidden_size"],
-                                    shape["num_attention_heads"], in_channels=16,
-                                    patch_volume=4, text_hidden_size=4096))
-    try:
-        est = suggest_layout(params_total=total, num_layers=shape["num_layers"],
-                             hidden_size=shape["hidden_size"],
-                             num_attention_heads=shape["num_attention_heads"],
-                             tokens_per_sample=tokens_per_sample, num_gpus=args.gpus,
-                             gpu_memory_gib=args.gpu_memory_gib,
-                             gpus_per_node=args.gpus_per_node)
-    except ValueError as err:
-        raise ValueError(f"--gpus {args.gpus} --gpu-memory-gib {args.gpu_memory_gib:g}: "
-                         f"{err}") from err
-    return {"flags": est.flags(), "data_parallel_size": est.data_parallel_size,
-            "memory_gib_per_gpu": round(est.memory_gib, 1),
-            "model_states_gib": round(est.model_states_gib, 1),
-            "activations_gib": round(est.activations_gib, 1)}
+def latent_shape(args, law: dict) -> video.LatentShape:
+    given = [f for f in ("frames", "height", "width") if getattr(args, f) is not None]
+    if given and args.tokens_per_sample is not None:
+        raise ValueError("give the video shape (--frames --height --width) or "
+                         "--tokens-per-sample, not both")
+    if given:
+        if len(given) < 3:
+            missing = sorted({"frames", "height", "width"} - set(given))
+            raise ValueError(f"--frames, --height and --width go together; missing "
+                             f"{', '.join('--' + m for m in missing)}")
+        return video.latent_from_video(args.frames, args.height, args.width,
+                                       args.vae_temporal, args.vae_spatial, args.patch_size)
+    tokens = args.tokens_per_sample or law["compute"]["tokens_per_sample"]
+    if float(tokens) != int(tokens):
+        raise ValueError(f"--tokens-per-sample {tokens:g} is not a whole number")
+    return video.latent_for_tokens(int(tokens), args.patch_size)
+
+
+def cluster(args):
+    if args.gpus is None:
+        return None
+    spec = gpu_spec(args.gpu)
+    if args.gpu_memory_gib is not None:
+        spec = dataclasses.replace(spec, memory_gib=args.gpu_memory_gib)
+    return flagship.Cluster(args.gpus, spec, args.gpus_per_node or spec.gpus_per_node,
+                            args.mfu, args.memory_margin)
 
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
+    if args.budget_unit == "pflop-days":
+        args.budget *= PFLOP_DAY
+    target = (write_config.check_target(args.write_config, args.force)
+              if args.write_config else None)
+    picture = write_config.check_target(args.plot, args.force, "--plot") if args.plot else None
+    gpu_spec(args.gpu)  # an unknown type fails now, with or without --gpus
     law = lawfile.load_law(args.law)
-    # With real shapes, T = C / C_token uses the suggested shape's hidden size rather
-    # than the law's smooth d(N) rule (they differ by a few percent in T).
-    hidden = (lambda n: shape_for_params(float(n))["hidden_size"])
+    latent = latent_shape(args, law)
+    cond = flagship.Conditioning(args.latent_channels, args.text_hidden_size,
+                                 args.text_tokens, args.sampling_steps)
     _check_model_size(law, args)
-    result = planner.plan(law, args.budget, args.tokens_per_sample, args.max_params,
-                          hidden_size_for_params=hidden, warmup_steps=args.warmup_steps)
-    shape = shape_for_params(result["params_nonembed"])
-    layout = (suggested_layout(shape, int(result["tokens_per_sample"]), args)
-              if args.gpus else None)
-    if args.json:
-        result["model_shape"] = shape
-        if layout:
-            result["parallel_layout"] = layout
-        print(json.dumps(lawfile.to_jsonable(result), indent=1))
-        return 0
-    print(planner.format_plan(result, shape))
-    if layout:
-        print(f"  layout on {args.gpus} GPUs  {layout['flags']} (DP "
-              f"{layout['data_parallel_size']}); ~{layout['memory_gib_per_gpu']} GiB/GPU "
-              f"({layout['model_states_gib']} states + {layout['activations_gib']} "
-              "activations, micro-batch 1; estimate, see megatron_vdit/parallel/memory.py)")
+    # With real shapes, T = C / C_token uses the shape's hidden size rather than the
+    # law's smooth d(N) rule (they differ by a few percent in T).
+    base = planner.plan(law, args.budget, latent.tokens, args.max_params,
+                        hidden_size_for_params=lambda n: shape_for_params(float(n))["hidden_size"],
+                        warmup_steps=args.warmup_steps)
+    plan = flagship.make_plan(base, law, latent, cond, cluster(args), args.max_params)
+    plan.update(warmup_steps=args.warmup_steps, num_gpus=args.gpus, gpu=args.gpu, mfu=args.mfu)
+    if target is not None:
+        write_config.write_config(plan, cond, target, args.data)
+        print(f"wrote {target}" + ("" if args.data else " (data: synthetic placeholder; "
+                                   "launch with --data DIR)"), file=sys.stderr)
+    if picture is not None:
+        from megatron_vdit.planning.plot import write_plot  # matplotlib only when asked
+        write_plot(plan, picture)
+        print(f"wrote {picture}", file=sys.stderr)
+    print(json.dumps(lawfile.to_jsonable(plan), indent=1) if args.json
+          else report.format_plan(plan))
     return 0
 
 

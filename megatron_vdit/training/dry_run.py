@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from ..models import accounting
-from ..parallel.memory import RESERVE_GIB, estimate_memory_gib
+from ..parallel.memory import GIB, RESERVE_GIB, layout_memory
 from .config import JobConfig
 from .data import check_data_paths, check_manifest, data_identity
 from .resolved import model_config, resolve, resolved_flat
@@ -40,12 +40,14 @@ def dry_run(job: JobConfig, world_size: int | None = None) -> str:
     layout = r.layout
     shape = accounting.ModelShape.from_config(mc)
     params_total = accounting.params_total(shape)
-    states_gib, acts_gib = estimate_memory_gib(
+    mem = layout_memory(
         params_total=params_total, num_layers=r.num_layers, hidden_size=r.hidden_size,
         tokens_per_sample=r.tokens_per_sample, tp=layout.tensor_model_parallel_size,
         cp=layout.context_parallel_size, pp=layout.pipeline_model_parallel_size,
-        dp=layout.data_parallel_size, micro_batch_size=r.micro_batch_size,
-        recompute=job.parallel.recompute_granularity)
+        dp=layout.data_parallel_size, vpp=layout.virtual_stages(r.num_layers),
+        zero_stage=job.parallel.zero_stage, micro_batch_size=r.micro_batch_size,
+        num_microbatches=r.num_microbatches, recompute=job.parallel.recompute_granularity,
+        params_replicated=accounting.embedding_params(shape))
     flat = resolved_flat(job, r, data_identity(job))
     start = find_start(job, flat, warn=lambda _: None)
     begins = ("nothing to do (the run dir holds this run, finished)" if start.finished_record
@@ -60,9 +62,10 @@ def dry_run(job: JobConfig, world_size: int | None = None) -> str:
         f"(virtual {layout.virtual_stages(r.num_layers)}) CP{layout.context_parallel_size} "
         f"({layout.cp_comm_type}) DP{layout.data_parallel_size}; micro-batch "
         f"{r.micro_batch_size}, {r.num_microbatches} micro-batches per step",
-        f"memory estimate per GPU (parallel/memory.py): model states {states_gib:.2f} GiB + "
-        f"activations {acts_gib:.2f} GiB = {states_gib + acts_gib:.2f} GiB, plus a "
-        f"{RESERVE_GIB:g} GiB reserve",
+        f"memory estimate per GPU (parallel/memory.py, ZeRO-{job.parallel.zero_stage}): "
+        f"model states {mem.model_states / GIB:.2f} GiB + activations "
+        f"{mem.activations / GIB:.2f} GiB + buffers {mem.buffers / GIB:.2f} GiB = "
+        f"{mem.total / GIB:.2f} GiB, plus a {RESERVE_GIB:g} GiB reserve",
         f"data: {flat['data']}; run dir: {job.logging.run_dir}; would start: {begins}",
     ]
     return "\n".join(lines)
