@@ -38,6 +38,8 @@ def parse_args():
     p.add_argument("--num-steps", type=int, default=50)
     p.add_argument("--guidance-scale", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-clip-x0", action="store_true", help="do not clip the clean-latent "
+                   "estimate to valid pixels (inference/generate.py: clip_denoised)")
     p.add_argument("--raw-weights", action="store_true", help="raw weights even with EMA")
     p.add_argument("--png", help="write a grid of sampled and real frames here")
     p.add_argument("--json", help="write the numbers here")
@@ -90,14 +92,16 @@ def main() -> int:
     start = ss.UNSEEN_TRAIN_START if args.split == "train" else 0
     refs = ss.reference_batches(clips, args.ref_batches, args.num_prompts, args.split, start)
     prompts = refs[0][1]
-    options = SampleOptions(args.sampler, args.num_steps, args.guidance_scale, args.seed)
+    options = SampleOptions(args.sampler, args.num_steps, args.guidance_scale, args.seed,
+                            clip_x0=not args.no_clip_x0)
     with tqdm(total=args.num_steps, desc=f"sample ({args.sampler})") as bar:
         latents = gen.sample_latents(prompts, options, progress=lambda _: bar.update(1))
     videos = gen.decode(latents)
     rows = ss.compare(ss.video_statistics(videos), [ss.video_statistics(v) for v, _ in refs])
     iters = find_field(cfg, "train_iters")
     header = (f"run {args.run_dir} ({iters} iters, {gen.weights} weights), {args.sampler} "
-              f"{args.num_steps} steps, guidance {args.guidance_scale}, seed {args.seed}; "
+              f"{args.num_steps} steps, guidance {args.guidance_scale}, seed {args.seed}, "
+              f"x0 {'unclipped' if args.no_clip_x0 else 'clipped'};\n"
               f"{args.num_prompts} samples vs {args.ref_batches} real batches of "
               f"{args.num_prompts} ({args.split} split from clip {start}); "
               f"holds when |z| <= {ss.Z_TOLERANCE}")

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from megatron_vdit.diffusion.objectives import DiffusionObjective
 from megatron_vdit.inference import sample_stats as ss
+from megatron_vdit.inference.generate import clip_denoised
 
 pytest.importorskip("skimage")
 from megatron_vdit.data import natural  # noqa: E402
@@ -92,3 +95,42 @@ def test_trained_natural_model_samples_have_the_data_statistics(natural_run, tmp
     noise = np.random.default_rng(0).standard_normal((BATCH, *latents[0].shape))
     noise_stats = _pixel_stats(np.stack([_uint8(natural.decode(z)) for z in noise]))
     assert (np.abs(noise_stats - references[0]) > tolerance).sum() >= 4
+
+
+def _path(kind: str, t_B: torch.Tensor):
+    """alpha, sigma of each objective's path, from its definition (Ho et al.'s linear betas)."""
+    if kind == "flow":
+        sigma = t_B.double() / 1000
+        return 1 - sigma, sigma
+    alpha_bar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    alpha_bar = alpha_bar[t_B.long()]
+    return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+
+
+def _x0_eps(kind, out, x, alpha, sigma):
+    if kind == "ddpm":
+        return (x - sigma * out) / alpha, out
+    if kind == "v":   # v = alpha eps - sigma x0 and x = alpha x0 + sigma eps
+        return alpha * x - sigma * out, sigma * x + alpha * out
+    return x - sigma * out, x + alpha * out   # flow: u = eps - x0
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "v", "flow"])
+def test_clip_denoised_clips_x0_and_stays_on_the_path(kind):
+    gen = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn(2, 3, 1, 2, 2, generator=gen, dtype=torch.float64)
+    raw = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    t_B = torch.tensor([999.0, 400.0])
+    low, high = torch.tensor([-1.0, -0.5, 0.0]), torch.tensor([1.0, 0.5, 2.0])
+    out = clip_denoised(lambda x_, t_: raw.float(), DiffusionObjective(kind), low, high)(
+        x.float(), t_B).double()
+    alpha, sigma = (v.view(-1, 1, 1, 1, 1) for v in _path(kind, t_B))
+    x0_raw, _ = _x0_eps(kind, raw, x.float().double(), alpha, sigma)
+    x0, eps = _x0_eps(kind, out, x.float().double(), alpha, sigma)
+    box = (low.view(1, -1, 1, 1, 1).double(), high.view(1, -1, 1, 1, 1).double())
+    torch.testing.assert_close(x0, x0_raw.clamp(*box), atol=2e-3, rtol=1e-4)
+    # x0 and eps still decompose x: x = alpha x0 + sigma eps
+    torch.testing.assert_close(alpha * x0 + sigma * eps, x.float().double(), atol=1e-4, rtol=1e-4)
+    wide = clip_denoised(lambda x_, t_: raw.float(), DiffusionObjective(kind),
+                         torch.full((3,), -1e6), torch.full((3,), 1e6))(x.float(), t_B)
+    torch.testing.assert_close(wide, raw.float(), atol=1e-4, rtol=1e-4)
