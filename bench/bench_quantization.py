@@ -27,16 +27,35 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402
 
 PROMPTS = ["a red square moving right", "a blue circle on a white background"]
+# `--data natural` captions (data/natural.py's vocabulary).
+NATURAL_PROMPTS = ["astronaut camera pans left slow zooms steady turns level coins disc moves up fast",
+                   "coffee camera pans down fast zooms in turns clockwise brick disc moves left slow"]
 
 
-def _batches(root: str, split: str, count: int, batch_size: int) -> list[dict]:
+def _batches(run, split: str, count: int, batch_size: int) -> list[dict]:
+    """The first `count` batches of `split`: the run's shards, or, for `--data natural`,
+    clips rendered from the data module (val: the training run's held-out set, indices 0..)."""
+    if run.data_dir == "natural":
+        clips = _natural_clips(run.config)
+        return [clips.batch(split, list(range(b * batch_size, (b + 1) * batch_size)))
+                for b in range(count)]
     from megatron_vdit.data.loader import ShardLoader
+    root = run.data_dir
     out = []
     for batch in ShardLoader(root, split, batch_size, infinite=False):
         out.append(batch)
         if len(out) == count:
             break
     return out
+
+
+def _natural_clips(config: dict):
+    from megatron_vdit.data.natural import NaturalClips
+    from megatron_vdit.inference.run_files import find_field
+    return NaturalClips(*(find_field(config, k) for k in ("latent_frames", "latent_height",
+                                                           "latent_width", "text_hidden_size",
+                                                           "max_text_tokens")),
+                        seed=find_field(config, "data_seed", 0) or 0)
 
 
 def _examples(objective, batches, num_samples: int, seed: int):
@@ -91,13 +110,14 @@ def main() -> int:
     gen = Generator(run, ParallelLayout())
     eval_seed = find_field(run.config, "eval_seed", 0)
     batch = min(16, args.eval_samples)
-    val = _examples(gen.objective, _batches(run.data_dir, "val", -(-args.eval_samples // batch),
+    val = _examples(gen.objective, _batches(run, "val", -(-args.eval_samples // batch),
                                             batch), args.eval_samples, eval_seed)
-    calib = [e[:4] for e in _examples(gen.objective, _batches(run.data_dir, "train",
+    calib = [e[:4] for e in _examples(gen.objective, _batches(run, "train",
                                                               args.calib_batches, 16),
                                       16 * args.calib_batches, eval_seed + 1)]
     options = SampleOptions(args.sampler, args.num_steps, args.guidance_scale, args.seed)
-    ref_latents = gen.sample_latents(PROMPTS, options)
+    prompts = NATURAL_PROMPTS if run.data_dir == "natural" else PROMPTS
+    ref_latents = gen.sample_latents(prompts, options)
     ref_video = gen.decode(ref_latents)
     rows = [{"scheme": "fp32", "weights": gen.weights, "val_loss": val_loss(gen.model, val),
              "val_loss_delta": 0.0, "latent_rel_l2": 0.0, "video_psnr_db": float("inf")}]
@@ -107,7 +127,7 @@ def main() -> int:
             quant.save(quantized, f"{tmp}/{scheme}.pth")
             restored = Generator(run, ParallelLayout())
             quant.restore(restored.model, f"{tmp}/{scheme}.pth")
-        latents = restored.sample_latents(PROMPTS, options)
+        latents = restored.sample_latents(prompts, options)
         loss = val_loss(restored.model, val)
         rows.append({"scheme": scheme, "weights": gen.weights, "val_loss": loss,
                      "val_loss_delta": loss - rows[0]["val_loss"],
@@ -120,7 +140,7 @@ def main() -> int:
     # Do samples have the data's per-channel statistics? Sample the first held-out
     # captions (fp32) and compare with those clips' latents.
     held_out = val[0]
-    data_latents = _batches(run.data_dir, "val", 1, batch)[0]["latent"]
+    data_latents = _batches(run, "val", 1, batch)[0]["latent"]
     samples = gen.sample_from_text(held_out[2], held_out[3], options)
     stats = {"data_mean": _per_channel(data_latents, "mean"), "data_std": _per_channel(data_latents, "std"),
              "sample_mean": _per_channel(samples, "mean"), "sample_std": _per_channel(samples, "std")}

@@ -23,7 +23,7 @@ import torch.distributed.checkpoint as dcp
 
 from ..diffusion.guidance import null_caption
 from ..diffusion.objectives import DiffusionObjective
-from ..diffusion.samplers import combine_guidance, sample
+from ..diffusion.samplers import combine_guidance, predict_x0_eps, sample
 from ..models.config import VDiTConfig, validate_model_config
 from ..parallel.checkpoint import saved_keys
 from ..parallel.layout import ParallelLayout, build_parallel_groups
@@ -42,6 +42,10 @@ class SampleOptions:
     seed: int = 0
     flow_shift: float | None = None
     """None: the run's training shift (1 when it had none)."""
+    clip_x0: bool | None = None
+    """Clip each step's clean-latent estimate to the box of latents the decoder maps
+    into valid pixels (`clip_denoised`); None: when the decoder has such a box (the
+    pixel encoding of --data natural), not for VAE latents, which have none."""
 
 
 def model_config(config: dict, latent_shape_CFHW: tuple[int, int, int, int],
@@ -85,6 +89,36 @@ def load_weights(model: torch.nn.Module, checkpoint: str, tp_group: dist.Process
     return prefix
 
 
+def clip_denoised(denoiser, objective: DiffusionObjective, low_C: torch.Tensor,
+                  high_C: torch.Tensor):
+    """`denoiser` whose clean-latent estimate is clipped per channel to [low_C, high_C].
+
+    Why: an eps-predicting model turns its output into x0 = (x - sigma eps) / alpha, so
+    at the noisiest steps (alpha = 0.0064 at step 999 of the linear schedule) an eps
+    error of 0.1 is an x0 error of 16; the sampler then steers far outside the data and
+    never returns. Ho et al.'s DDPM sampler clips x0 to the pixel range for this reason.
+    The output is rebuilt in the objective's own parametrisation from the clipped x0 and
+    the eps consistent with it, eps = (x - alpha x0) / sigma, so every sampler applies.
+    """
+    shape = (1, -1) + (1,) * 3
+
+    def wrapped(x_BCFHW, t_B):
+        out = denoiser(x_BCFHW, t_B).float().cpu()
+        view = (-1,) + (1,) * (x_BCFHW.dim() - 1)
+        if objective.kind == "flow":
+            sigma = (t_B.double() / objective.num_timesteps).view(view)
+            alpha = 1 - sigma
+        else:
+            alpha_bar = objective._alpha_bar.double()[t_B.round().long()].view(view)
+            alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+        x0, _ = predict_x0_eps(objective.kind, out.double(), x_BCFHW.double(), alpha, sigma)
+        x0 = torch.maximum(torch.minimum(x0, high_C.double().view(shape)), low_C.double().view(shape))
+        eps = (x_BCFHW - alpha * x0) / sigma
+        raw = {"ddpm": eps, "v": alpha * eps - sigma * x0, "flow": eps - x0}[objective.kind]
+        return raw.float()
+    return wrapped
+
+
 class NaturalCodec:
     """The encoding of `--data natural` (data/natural.py) seen as a VAE and a text
     encoder: 2x2 space-to-depth of normalised RGB, captions by the same seeded word
@@ -107,6 +141,14 @@ class NaturalCodec:
             raise ValueError(f"--height {height} --width {width}: --data natural needs "
                              f"multiples of {self.k}")
         return (LATENT_CHANNELS, frames, height // self.k, width // self.k)
+
+    def latent_box(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per latent channel, the values that decode to pixels in [0, 1] [12], [12]."""
+        from ..data.natural import channel_stats
+        mean, std = channel_stats()
+        rgb = np.arange(3 * self.k ** 2) // self.k ** 2    # channel = k*k * rgb + ...
+        return (torch.from_numpy(-mean[rgb] / std[rgb]),
+                torch.from_numpy((1 - mean[rgb]) / std[rgb]))
 
     def encode(self, prompts: list[str]):
         embs, masks = zip(*(self.captions(p) for p in prompts))
@@ -175,8 +217,15 @@ class Generator:
     def sample_from_text(self, text_BXT, mask_BX, options: SampleOptions, progress=None):
         """Latents for already-encoded captions (e.g. the held-out set's embeddings)."""
         shift = self.train_flow_shift if options.flow_shift is None else options.flow_shift
-        return sample(lambda x, t: self.predict(x, t, text_BXT, mask_BX, options.guidance_scale),
-                      self.objective, (text_BXT.shape[0], *self.latent_shape),
+        box = getattr(self.vae, "latent_box", None)
+        if options.clip_x0 and box is None:
+            raise ValueError("clip_x0: this run's latents (a VAE's) have no bounded range")
+
+        def denoiser(x, t):
+            return self.predict(x, t, text_BXT, mask_BX, options.guidance_scale)
+        if box is not None and options.clip_x0 is not False:
+            denoiser = clip_denoised(denoiser, self.objective, *box())
+        return sample(denoiser, self.objective, (text_BXT.shape[0], *self.latent_shape),
                       sampler=options.sampler, num_steps=options.num_steps, seed=options.seed,
                       flow_shift=shift, progress=progress)
 

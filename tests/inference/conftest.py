@@ -1,8 +1,12 @@
-"""A tiny trained run shared by the inference tests (trained once per session, in a temp dir).
+"""Tiny trained runs shared by the inference tests (trained once per session, in temp dirs).
 
-Tiny-VAE latents [4, 2, 4, 4] (5 frames of 32x32), 2 layers of width 64, 2 heads (so
-TP2 and CP2 Ulysses divide them), 8 video tokens; 6 steps on the embedded default data
-with caption dropout and EMA, checkpoint at the end.
+`trained_run`: tiny-VAE latents [4, 2, 4, 4] (5 frames of 32x32), 2 layers of width 64,
+2 heads (so TP2 and CP2 Ulysses divide them), 8 video tokens; 6 steps on the embedded
+default data with caption dropout and EMA, checkpoint at the end.
+
+`natural_run`: `make train`'s config (configs/tiny_natural.yaml: `--data natural`, 4
+frames of 32x32 pixels, 256 tokens) with a smaller model and fewer steps, trained long
+enough that its samples have the data's pixel statistics (test_sample_stats.py).
 """
 import os
 import subprocess
@@ -23,18 +27,37 @@ TRAIN_ARGS = ["--data", "default", "--num-layers", "2", "--hidden-size", "64",
               "--text-dropout", "0.25", "--ema-decay", "0.9"]
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
+NATURAL_ITERS = 60
+NATURAL_TRAIN_ARGS = ["--config", str(REPO / "configs" / "tiny_natural.yaml"),
+                      "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "2",
+                      "--micro-batch-size", "8", "--global-batch-size", "8",
+                      "--train-iters", str(NATURAL_ITERS), "--lr-warmup-samples", "80",
+                      "--eval-interval", str(NATURAL_ITERS), "--eval-samples", "8",
+                      "--wandb-mode", "disabled"]
+
+
+def _train(args: list[str], timeout: int = 900) -> None:
     """Trained in a subprocess: training in the pytest process would leave threads and
     library state behind that the gloo worlds these tests fork can inherit mid-lock (a
     forked rank then hangs reading a checkpoint)."""
-    root = tmp_path_factory.mktemp("inference_run")
-    run_dir = root / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    proc = subprocess.run([sys.executable, "-m", "megatron_vdit.train", *TRAIN_ARGS,
-                           "--default-data-dir", str(root / "data"), "--run-dir", str(run_dir)],
-                          capture_output=True, text=True, env=env, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "megatron_vdit.train", *args],
+                          capture_output=True, text=True, env=env, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inference_run")
+    run_dir = root / "run"
+    _train([*TRAIN_ARGS, "--default-data-dir", str(root / "data"), "--run-dir", str(run_dir)])
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def natural_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("natural_run") / "run"
+    _train([*NATURAL_TRAIN_ARGS, "--run-dir", str(run_dir), "--save", str(run_dir / "checkpoints")])
     return run_dir
