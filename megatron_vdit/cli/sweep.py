@@ -155,7 +155,7 @@ def main_plain(args, executor) -> int:
 
 
 def main_sweep(args, executor) -> int:
-    from ..sweep.report import headline, write_report
+    from ..sweep.report import headline, scaling_checks, write_report
     from ..sweep.spec import load_spec
     spec = load_spec(args.sweep, quick=args.quick)
     out = Path(args.out or ("runs/sweep_quick" if args.quick else "runs/sweep"))
@@ -172,6 +172,7 @@ def main_sweep(args, executor) -> int:
     usable, reasons = driver.law_verdict(rc, law, fit_text)
     val = driver.run_heldout(spec, out, law, usable, reasons, noise, progress, executor)
     progress.bar.close()
+    val["scaling_checks"] = scaling_checks(out, noise)[1]   # loss vs size (in noise sds), tokens
     tmp = out / ".validation.json.tmp"
     tmp.write_text(json.dumps(val, indent=1) + "\n")
     tmp.replace(out / "validation.json")
