@@ -147,6 +147,8 @@ CASES = [
     Case("data-verify-choice", SYNTHETIC + ["--data-verify", "md5"], ["--data-verify"]),
     # output paths
     Case("run-dir-is-file", SYNTHETIC + ["--run-dir", "{d}/f"], ["--run-dir", "/f"], _file("f", "x")),
+    Case("natural-cache-is-file", SYNTHETIC + ["--run-dir", "{d}/run", "--natural-cache-dir", "{d}/f"],
+         ["--natural-cache-dir", "/f"], _file("f", "x")),
     Case("save-is-file", SYNTHETIC + ["--run-dir", "{d}/run", "--save", "{d}/f"], ["--save"],
          _file("f", "x")),
     Case("load-is-file", SYNTHETIC + ["--run-dir", "{d}/run", "--load", "{d}/f"], ["--load"],

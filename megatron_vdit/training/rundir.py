@@ -43,7 +43,8 @@ def save_dir(job: JobConfig) -> str:
 
 def check_output_paths(job: JobConfig) -> None:
     for flag, path in (("--run-dir", job.logging.run_dir), ("--save", job.checkpoint.save),
-                       ("--load", job.checkpoint.load)):
+                       ("--load", job.checkpoint.load),
+                       ("--natural-cache-dir", job.data.natural_cache_dir)):
         if path is not None and os.path.exists(path) and not os.path.isdir(path):
             raise ValueError(f"{flag} {path} is an existing file, not a directory")
 
