@@ -22,12 +22,10 @@ import dataclasses
 import json
 import os
 import resource
-import sys
 import time
 import warnings
 
 import torch
-import torch.distributed as dist
 
 warnings.filterwarnings("ignore")
 from megatron_vdit.models import accounting  # noqa: E402

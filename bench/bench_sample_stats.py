@@ -21,7 +21,6 @@ import pathlib
 import sys
 import warnings
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
 
 
@@ -62,10 +61,9 @@ def write_png(path: str, sampled, real, title: str) -> None:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    from megatron_vdit.utils.atomic_io import save_figure_atomic
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
-    pathlib.Path(tmp).replace(path)
 
 
 def main() -> int:

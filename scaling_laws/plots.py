@@ -17,13 +17,15 @@ import numpy as np  # noqa: E402
 from scaling_laws import lawfile, loss_law  # noqa: E402
 from scaling_laws.compute import BILLION  # noqa: E402
 
+from megatron_vdit.utils.atomic_io import save_figure_atomic  # noqa: E402
+
 
 
 def _save(fig, ax, path: pathlib.Path) -> pathlib.Path:
     """Legend, layout, PNG, close: how every plot here ends."""
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure_atomic(fig, path, dpi=90)
     plt.close(fig)
     return path
 
@@ -57,7 +59,7 @@ def _heatmaps(law, core, out: pathlib.Path) -> list:
         fig.suptitle(f"N = {size / BILLION:.4g}B: loss over the (eta, B) grid")
         fig.tight_layout()
         path = out / f"heatmap_N{size / BILLION:.4g}B.png"
-        fig.savefig(path, dpi=90)
+        save_figure_atomic(fig, path, dpi=90)
         plt.close(fig)
         paths.append(path)
     return paths

@@ -1,13 +1,12 @@
 """The atomic writer: all or nothing at the target, no temp files left, torch-free."""
-import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from megatron_vdit.utils.atomic_io import (atomic_open, write_bytes_atomic, write_json_atomic,
-                                           write_text_atomic)
+from megatron_vdit.utils.atomic_io import (atomic_open, atomic_path, write_bytes_atomic,
+                                           write_json_atomic, write_text_atomic)
 
 
 def test_writes_text_bytes_and_json(tmp_path):
@@ -31,6 +30,32 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
     with pytest.raises(ValueError, match="Out of range float values"):
         write_json_atomic(target, {"loss": float("nan")}, allow_nan=False)
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["run.json"]
+
+
+def test_atomic_path_keeps_the_suffix_and_publishes_only_on_success(tmp_path):
+    """Writers that choose a format by extension (savefig, np.savez) get a temp name with
+    the target's suffix; nothing appears at the target until the block ends."""
+    import numpy as np
+    target = tmp_path / "clip.latents.npz"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".npz" and tmp.name.startswith(".")
+        np.savez(tmp, x=np.arange(3))
+        assert not target.exists()
+    assert np.load(target)["x"].tolist() == [0, 1, 2]
+    assert os.listdir(tmp_path) == ["clip.latents.npz"]
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"torn")
+            raise RuntimeError("killed mid-write")
+    assert np.load(target)["x"].tolist() == [0, 1, 2]
+    assert os.listdir(tmp_path) == ["clip.latents.npz"]
+
+
+def test_atomic_path_whose_block_wrote_nothing_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        with atomic_path(tmp_path / "plot.png"):
+            pass
+    assert os.listdir(tmp_path) == []
 
 
 def test_replaces_and_keeps_normal_permissions(tmp_path):

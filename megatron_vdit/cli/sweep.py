@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import shlex
 import sys
 from pathlib import Path
 
 from ..sweep import driver, grid
-from ..sweep.jobs import Job, Result, is_finished, read_record
+from ..sweep.jobs import Job, Result, is_finished, read_record, write_command
 from ..sweep.local_executor import run_jobs
+from ..utils.atomic_io import write_json_atomic
 
 PROG = "run_sweep"
 
@@ -173,9 +173,7 @@ def main_sweep(args, executor) -> int:
     val = driver.run_heldout(spec, out, law, usable, reasons, noise, progress, executor)
     progress.bar.close()
     val["scaling_checks"] = scaling_checks(out, noise)[1]   # loss vs size (in noise sds), tokens
-    tmp = out / ".validation.json.tmp"
-    tmp.write_text(json.dumps(val, indent=1) + "\n")
-    tmp.replace(out / "validation.json")
+    write_json_atomic(out / "validation.json", val)
     plan_text = driver.plan(out, usable, spec.plan_budget_flops)
     report = write_report(out, spec, levels, notes, progress, val, law, plan_text, noise_losses)
     for note in notes:
@@ -200,8 +198,7 @@ def run_on_slurm(jobs, on_result=None, *, max_retries: int = 2, sbatch_args=()) 
             if on_result:
                 on_result(results[-1])
         else:
-            job.run_dir.mkdir(parents=True, exist_ok=True)
-            (job.run_dir / "command.json").write_text(json.dumps(list(job.argv[1:])))
+            write_command(job)
             todo.append(job)
     if not todo:
         return results

@@ -41,6 +41,7 @@ from megatron_vdit.data.precompute_config import PrecomputeConfig, preflight  # 
 from megatron_vdit.data.sources import SPLITS, Source, read_video_bytes, split_of
 from megatron_vdit.data.video_io import (ClipSpec, VideoError, decode_clips, frames_to_model_input,
                                          plan_clips, probe_video)
+from megatron_vdit.utils.atomic_io import atomic_path, write_json_atomic, write_text_atomic
 
 MANIFEST_FORMAT = "megatron_vdit.latent_shards/1"
 STATE_DIR = state.STATE_DIR
@@ -98,8 +99,8 @@ def probe_all(sources: list[Source], cfg: PrecomputeConfig, ctx: RankContext
         for source_id, outcome in part:
             cache[source_id] = {"stamp": stamps[source_id], "outcome": outcome}
     if ctx.rank == 0 and todo:
-        shard_format.write_json_atomic(cache_path, {i: cache[i] for i in sorted(stamps)},
-                                       indent=None)
+        write_json_atomic(cache_path, {i: cache[i] for i in sorted(stamps)}, indent=None,
+                          sort_keys=True)
     clips, errors = {}, []
     for source in sources:
         outcome = cache[source.source_id]["outcome"]
@@ -222,10 +223,11 @@ def _publish(task: ShardTask, record: dict, output: str) -> None:
     tar = state.tar_path(output, task.split, task.index)
     if os.path.exists(tar):
         os.remove(tar)  # stale or damaged: its record no longer matches it
-    temp = shard_format.write_tar_temp(tar, record.pop("_members"))
-    record["bytes"], record["sha256"] = os.path.getsize(temp), shard_format.file_sha256(temp)
-    shard_format.write_json_atomic(state.record_path(output, task.split, task.index), record)
-    os.replace(temp, tar)
+    with atomic_path(tar) as temp:   # renamed over `tar` when the block ends
+        shard_format.write_tar(temp, record.pop("_members"))
+        record["bytes"], record["sha256"] = os.path.getsize(temp), shard_format.file_sha256(temp)
+        write_json_atomic(state.record_path(output, task.split, task.index), record,
+                          sort_keys=True)
 
 
 def run_tasks(tasks: list[ShardTask], vae: VideoVAE, text_encoder: TextEncoder,
@@ -282,10 +284,7 @@ def finalize(cfg: PrecomputeConfig, tasks: list[ShardTask], early_errors: list[d
     errors = early_errors + [e for r in records.values() for e in r["errors"]]
     errors.sort(key=lambda e: (e["path"], e.get("clip_index", -1), e["reason"]))
     errors_path = os.path.join(cfg.output, "errors.jsonl")
-    with open(errors_path + ".tmp", "w") as handle:
-        for error in errors:
-            handle.write(json.dumps(error, sort_keys=True) + "\n")
-    os.replace(errors_path + ".tmp", errors_path)
+    write_text_atomic(errors_path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
     for split in SPLITS:
         planned = {shard_format.shard_name(t.index) for t in tasks if t.split == split}
         for name in os.listdir(os.path.join(cfg.output, split)):
@@ -305,7 +304,7 @@ def finalize(cfg: PrecomputeConfig, tasks: list[ShardTask], early_errors: list[d
         "num_errors": len(errors), "errors_file": "errors.jsonl",
         "args": cfg.content_args(),
     }
-    shard_format.write_json_atomic(os.path.join(cfg.output, "manifest.json"), manifest)
+    write_json_atomic(os.path.join(cfg.output, "manifest.json"), manifest, sort_keys=True)
     return manifest
 
 

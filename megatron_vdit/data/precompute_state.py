@@ -21,6 +21,7 @@ import shutil
 
 from megatron_vdit.data import shard_format
 from megatron_vdit.data.sources import SPLITS
+from megatron_vdit.utils.atomic_io import write_json_atomic
 
 STATE_DIR = "_state"
 
@@ -115,7 +116,7 @@ def record_args(output: str, wanted: dict, state: str) -> None:
             elif os.path.exists(path):
                 os.remove(path)
     if state != "same":
-        shard_format.write_json_atomic(os.path.join(state_dir, "args.json"), wanted)
+        write_json_atomic(os.path.join(state_dir, "args.json"), wanted, sort_keys=True)
 
 
 def shard_problem(output: str, split: str, index: int, item_ids: list) -> str | None:
@@ -133,7 +134,7 @@ def shard_problem(output: str, split: str, index: int, item_ids: list) -> str | 
     problem = shard_format.shard_problem(tar, record.get("bytes"), record.get("sha256"), names)
     if problem is None and "sha256" not in record:
         record["bytes"], record["sha256"] = os.path.getsize(tar), shard_format.file_sha256(tar)
-        shard_format.write_json_atomic(record_file, record)
+        write_json_atomic(record_file, record, sort_keys=True)
     return problem
 
 

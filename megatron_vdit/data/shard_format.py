@@ -20,6 +20,8 @@ import tarfile
 
 import numpy as np
 
+from ..utils.atomic_io import atomic_path
+
 LATENT = "latent.npy"
 TEXT_EMB = "text_emb.npy"
 TEXT_MASK = "text_mask.npy"
@@ -55,13 +57,9 @@ def sample_members(key: str, latent_CFHW: np.ndarray, text_emb_SD: np.ndarray,
             (f"{key}.{META}", meta_bytes)]
 
 
-def write_tar_temp(path: str, members: list[tuple[str, bytes]]) -> str:
-    """Write ``members`` to the temp file of ``path`` (fsynced); returns the temp path.
-
-    Publishing is ``os.replace(temp, path)``: a reader sees no shard or a complete one.
-    """
-    temp_path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
-    with open(temp_path, "wb") as handle:
+def write_tar(path, members: list[tuple[str, bytes]]) -> None:
+    """Write ``members`` to a new tar at ``path`` (a temp path of `atomic_path`, usually)."""
+    with open(path, "xb") as handle:
         with tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as archive:
             for name, payload in members:
                 info = tarfile.TarInfo(name)
@@ -69,14 +67,12 @@ def write_tar_temp(path: str, members: list[tuple[str, bytes]]) -> str:
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
                 archive.addfile(info, io.BytesIO(payload))
-        handle.flush()
-        os.fsync(handle.fileno())
-    return temp_path
 
 
 def write_tar_atomic(path: str, members: list[tuple[str, bytes]]) -> int:
-    """Write ``members`` to ``path`` via a temp file + fsync + rename; returns the byte size."""
-    os.replace(write_tar_temp(path, members), path)
+    """Write ``members`` to ``path`` atomically (temp + fsync + rename); returns the byte size."""
+    with atomic_path(path) as temp:
+        write_tar(temp, members)
     return os.path.getsize(path)
 
 
@@ -154,14 +150,6 @@ def verify_shards(root: str, manifest: dict, *, checksum: bool, part: tuple[int,
             raise DataError(f"shard {path} does not match its sha256 in {root}/manifest.json: "
                             "corrupt; copy it again or rerun the precompute")
     return len(mine)
-
-
-def write_json_atomic(path: str, obj, indent: int | None = 1) -> None:
-    temp_path = f"{path}.tmp"
-    with open(temp_path, "w") as handle:
-        json.dump(obj, handle, indent=indent, sort_keys=True)
-        handle.write("\n")
-    os.replace(temp_path, path)
 
 
 def file_sha256(path: str, chunk_bytes: int = 1 << 22) -> str:

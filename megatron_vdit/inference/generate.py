@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from ..parallel.checkpoint import saved_keys
 from ..parallel.layout import ParallelLayout, build_parallel_groups
 from ..parallel.parallelize import build_parallel_model
 from ..parallel.tensor_parallel import param_role
+from ..utils.atomic_io import atomic_path
 from .run_files import RunFiles, find_field, latents_path, load_encoders
 
 FPS = 8
@@ -251,12 +251,9 @@ def write_outputs(out_paths: list[str], frames_BFHWC: np.ndarray, latents_BCFHW:
     """Each video to its mp4 and its latents to `<stem>.latents.npz`, atomically."""
     from ..data.video_io import write_video
     for i, path in enumerate(out_paths):
-        stem = path[:-len(".mp4")]
-        tmp_video = f"{stem}.tmp-{os.getpid()}.mp4"
-        write_video(tmp_video, frames_BFHWC[i], FPS)
-        os.replace(tmp_video, path)
-        tmp_latents = f"{stem}.tmp-{os.getpid()}.latents.npz"
-        np.savez(tmp_latents, latents=latents_BCFHW[i].numpy(),
-                 meta=json.dumps({**meta, "prompt": meta["prompts"][i], "index": i}))
-        os.replace(tmp_latents, latents_path(path))
+        with atomic_path(path) as tmp:
+            write_video(str(tmp), frames_BFHWC[i], FPS)
+        with atomic_path(latents_path(path)) as tmp:
+            np.savez(tmp, latents=latents_BCFHW[i].numpy(),
+                     meta=json.dumps({**meta, "prompt": meta["prompts"][i], "index": i}))
 

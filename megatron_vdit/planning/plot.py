@@ -7,9 +7,7 @@ conventional (fixed-HP) size and the ``--max-params`` cap marked. Right, with
 """
 from __future__ import annotations
 
-import os
 import pathlib
-import tempfile
 
 import matplotlib
 
@@ -17,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from scaling_laws.compute import BILLION  # noqa: E402
+
+from ..utils.atomic_io import save_figure_atomic  # noqa: E402
 
 
 def _tradeoff(ax, plan: dict) -> None:
@@ -66,12 +66,7 @@ def write_plot(plan: dict, target: pathlib.Path) -> None:
     if with_layout:
         _layouts(axes[1], plan)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, target)
+        save_figure_atomic(fig, target, dpi=90)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..utils.atomic_io import write_text_atomic
 from . import grid, heldout
 from .jobs import Job, Result
-from .local_executor import run_jobs
 from .spec import SweepSpec
 
 
@@ -101,7 +101,7 @@ def fit(spec: SweepSpec, out: Path, resamples: int) -> tuple[int, dict | None, s
            str(out / "law.json"), "--plots", str(out / "plots"), "--resamples", str(resamples)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     text = proc.stdout + proc.stderr
-    (out / "fit.log").write_text(text)
+    write_text_atomic(out / "fit.log", text)
     law = json.loads((out / "law.json").read_text()) if (out / "law.json").exists() else None
     return proc.returncode, law, text
 
@@ -145,5 +145,5 @@ def plan(out: Path, law_usable: bool, budget: float) -> str:
                                "--law", str(out / "law.json")], capture_output=True, text=True,
                               cwd=Path(__file__).resolve().parents[2])
         text = proc.stdout + proc.stderr
-    (out / "plan.txt").write_text(text)
+    write_text_atomic(out / "plan.txt", text)
     return text

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from ..utils.atomic_io import write_text_atomic
 from .jobs import Job
 from .spec import Size, SweepSpec
 
@@ -27,9 +28,7 @@ def base_config_path(spec: SweepSpec, out: Path) -> Path:
     path = out / f"base-{hashlib.sha1(text.encode()).hexdigest()[:8]}.yaml"
     if not path.exists():
         out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_text_atomic(path, text)
     return path
 
 

@@ -13,6 +13,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ..utils.atomic_io import write_json_atomic
+
 FINAL_STATUSES = ("completed", "diverged")
 
 
@@ -38,6 +40,12 @@ def read_record(run_dir: Path) -> dict | None:
         return json.loads(path.read_text()) if path.exists() else None
     except json.JSONDecodeError:
         return None  # a torn write cannot happen (atomic publish), but never crash on one
+
+
+def write_command(job: Job) -> None:
+    """Record the argv a run is started with (before it starts); `is_finished` compares it."""
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(job.run_dir / "command.json", list(job.argv[1:]), indent=None)
 
 
 def is_finished(job: Job) -> bool:

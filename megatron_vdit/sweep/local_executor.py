@@ -9,7 +9,6 @@ that the rerun is about to resume.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from .jobs import Job, Result, is_finished, read_record, status_of
+from .jobs import Job, Result, is_finished, read_record, status_of, write_command
 
 PR_SET_PDEATHSIG = 1
 
@@ -30,8 +29,7 @@ def _die_with_parent() -> None:
 
 
 def _start(job: Job, threads: int) -> subprocess.Popen:
-    job.run_dir.mkdir(parents=True, exist_ok=True)
-    (job.run_dir / "command.json").write_text(json.dumps(list(job.argv[1:])))
+    write_command(job)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads)}
     log = open(job.run_dir / "stdout.log", "a")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..utils.atomic_io import write_json_atomic, write_text_atomic
 from .spec import SweepSpec
 
 
@@ -137,10 +138,8 @@ def write_report(out: Path, spec: SweepSpec, levels: dict, notes: list, progress
     lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
     lines += ["", "## Plan", "", "```", plan_text.rstrip(), "```", ""]
     path = out / "report.md"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
-    (out / "sweep_state.json").write_text(json.dumps(
-        {"levels": levels, "bracketing": notes, "diverged": progress.diverged,
-         "failed": progress.failed}, indent=1))
+    write_text_atomic(path, "\n".join(lines))
+    write_json_atomic(out / "sweep_state.json",
+                      {"levels": levels, "bracketing": notes, "diverged": progress.diverged,
+                       "failed": progress.failed})
     return path

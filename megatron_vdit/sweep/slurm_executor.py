@@ -28,6 +28,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..utils.atomic_io import write_json_atomic
+
 FINISHED = ("completed", "diverged")
 MANIFEST = "jobs.json"
 
@@ -78,10 +80,7 @@ def _slurm(cmd: list[str], timeout_s: float = 60) -> str:
 def write_manifest(jobs: list[Job], work_dir: Path) -> Path:
     work_dir.mkdir(parents=True, exist_ok=True)
     path = work_dir / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps([{"argv": list(j.argv), "run_dir": str(j.run_dir)} for j in jobs],
-                              indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, [{"argv": list(j.argv), "run_dir": str(j.run_dir)} for j in jobs])
     return path
 
 

@@ -92,7 +92,7 @@ def plot_losses(run_dir: Path) -> Path | None:
     ax.set_title(Path(run_dir).name)
     out = Path(run_dir) / "loss.png"
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    atomic_io.save_figure_atomic(fig, out, dpi=100)
     plt.close(fig)
     return out
 

@@ -30,6 +30,38 @@ def fsync_dir(directory) -> None:
         os.close(fd)
 
 
+def temp_path(path) -> Path:
+    """A hidden temp file next to `path` that keeps its suffix, so writers that pick a
+    format by extension (savefig, np.savez, video muxers, tarfile) write the same file."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """A temp path for writers that need a file name; what the block writes there is
+    fsynced and moved over `path` when the block succeeds, and removed when it fails.
+
+        with atomic_path("plot.png") as tmp:
+            fig.savefig(tmp)
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)   # FileNotFoundError: the block wrote nothing
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode: str = "w") -> Iterator[IO]:
     """`open(path, mode)` whose result appears at `path` only when the block succeeds.
@@ -37,20 +69,16 @@ def atomic_open(path, mode: str = "w") -> Iterator[IO]:
     `mode` is "w" (text, UTF-8) or "wb"."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     encoding = None if "b" in mode else "utf-8"
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, mode.replace("w", "x"), encoding=encoding) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+
+
+def save_figure_atomic(fig, path, **savefig_kwargs) -> None:
+    """`fig.savefig(path, ...)` atomically (the format follows `path`'s suffix)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **savefig_kwargs)
 
 
 def write_text_atomic(path, text: str) -> None:

@@ -1,15 +1,12 @@
 """EMA weights: the update rule by hand, and checkpoints that carry them across layouts."""
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "parallel"))
-import pp_testlib as lib  # noqa: E402
-from dist_utils import spawn_world  # noqa: E402
+import pp_testlib as lib
+from dist_utils import spawn_world
 
-from megatron_vdit.training.ema import EMA  # noqa: E402
+from megatron_vdit.training.ema import EMA
 
 
 def test_update_rule_by_hand():

@@ -8,11 +8,7 @@ must match a world of one within float tolerance: the layouts only re-associate 
 import pytest
 import torch
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "parallel"))
-from dist_utils import spawn_world  # noqa: E402
+from dist_utils import spawn_world
 
 PROMPTS = ["a red square moving right", "a blue circle"]
 

@@ -1,12 +1,9 @@
 """PTQ runs, quantizes the blocks' TP linears, and save/restore round-trips exactly."""
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "parallel"))
-from dist_utils import spawn_world  # noqa: E402
+from dist_utils import spawn_world
 
 pytest.importorskip("modelopt.torch.quantization",
                     reason="nvidia-modelopt not installed (optional extra: pip install -e .[quant])")

@@ -1,9 +1,6 @@
 """The sweep runner launches real training subprocesses and resumes by skipping done runs."""
 import json
-import subprocess
 from pathlib import Path
-
-import pytest
 
 from megatron_vdit.cli import sweep as run_sweep
 
