@@ -10,6 +10,24 @@ def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * hw, hw, hw
 
 
+def output_bottleneck(*, hidden_size: int, in_channels: int,
+                      patch: tuple[int, int, int]) -> str | None:
+    """Why the output layer cannot represent its target (None when it can).
+
+    Each token predicts in_channels x patch values through a linear map from the hidden
+    state, so with hidden_size below that count the prediction is rank-limited and the
+    loss cannot fall below the part of the target outside that rank. Measured on the
+    natural sweep data (12 channels, patch 1x2x2, 48 values per token; 2 layers, 327k
+    tokens, batch 16): hidden 32 ends at loss 0.40, 40 at 0.24, 48 at 0.10."""
+    values = in_channels * patch[0] * patch[1] * patch[2]
+    if hidden_size >= values:
+        return None
+    return (f"hidden_size={hidden_size} is below the {values} values each token predicts "
+            f"(in_channels {in_channels} x patch {'x'.join(map(str, patch))}): the output "
+            "layer is rank-limited and the loss plateaus; use hidden_size >= "
+            f"{values} or a smaller patch")
+
+
 def validate_model_shape(*, hidden_size: int, num_attention_heads: int,
                          latent: tuple[int, int, int], patch: tuple[int, int, int],
                          max_text_tokens: int, text_hidden_size: int) -> None:

@@ -15,7 +15,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 from ..models.accounting import PRESETS, preset_shape
-from ..models.validation import validate_model_shape
+from ..models.validation import output_bottleneck, validate_model_shape
 from ..parallel.layout import ParallelLayout, default_cp_comm_type
 from .config import FIELDS, JobConfig
 
@@ -100,6 +100,9 @@ def resolve(job: JobConfig, world_size: int) -> Resolved:
                          patch=m.patch_size, max_text_tokens=m.max_text_tokens,
                          text_hidden_size=m.text_hidden_size)
     layout.validate(world_size, layers, heads, n_ctx)
+    problem = output_bottleneck(hidden_size=hidden, in_channels=m.in_channels, patch=m.patch_size)
+    if problem:
+        warnings.warn(problem, stacklevel=2)
     return resolved
 
 

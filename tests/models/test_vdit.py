@@ -65,3 +65,26 @@ def test_forward_shape_and_text_mask(tp_group):
 def test_invalid_model_configs(overrides, message):
     with pytest.raises(ValueError, match=message):
         validate_model_config(tiny_config(**overrides))
+
+
+@pytest.mark.parametrize("hidden", [12, 24])
+def test_output_bottleneck_warning_matches_the_output_rank(tp_group, hidden):
+    """The warning's claim, checked on the model: a token's prediction (in_channels x patch
+    = 16 values here) spans at most hidden_size directions, so hidden 12 cannot reach all 16."""
+    from megatron_vdit.models.validation import output_bottleneck
+    cfg = tiny_config(hidden_size=hidden, num_attention_heads=2)
+    torch.manual_seed(0)
+    model = VideoDiT(cfg, tp_group)
+    with torch.no_grad():
+        for p in model.parameters():  # adaLN-zero starts the output at 0: randomise all
+            p.normal_(0, 0.3)
+    x = torch.randn(4, 4, 2, 8, 6)
+    out = model(x, torch.tensor([10.0, 200.0, 500.0, 900.0]), torch.randn(4, 8, 16),
+                torch.ones(4, 8, dtype=torch.bool))
+    tokens = patchify(out, (1, 2, 2)).reshape(-1, 16).double()   # [B * tokens, 16 values]
+    rank = torch.linalg.matrix_rank(tokens - tokens.mean(0), rtol=1e-5).item()   # float32 outputs
+    problem = output_bottleneck(hidden_size=hidden, in_channels=4, patch=(1, 2, 2))
+    if hidden < 16:
+        assert rank <= hidden and problem and "below the 16 values" in problem
+    else:
+        assert rank == 16 and problem is None
