@@ -66,9 +66,9 @@ def test_compare_z_scores_by_hand():
     assert not any(r["ok"] for r in ss.compare({k: 6.1 for k in ss.STATISTICS}, refs))
 
 
-@pytest.mark.xfail(strict=False, reason="measured: the ddpm default model's samples miss the data's "
-                   "std and difference statistics (its x0 estimate at high noise is worse than "
-                   "the mean; docs/inference.md); kept so a better default shows up as XPASS")
+@pytest.mark.xfail(strict=False, reason="measured: make train's v-prediction model gets the "
+                   "data's colour statistics but not its neighbour/frame differences (2-4x the "
+                   "data's; docs/inference.md); kept so a better default shows up as XPASS")
 def test_trained_natural_model_samples_have_the_data_statistics(natural_run, tmp_path):
     clips = natural.NaturalClips(frames=4, height=16, width=16, text_width=64, max_text_tokens=24)
     references, captions = [], []
