@@ -10,6 +10,8 @@ PY := $(VENV)/bin/python
 TORCH_CPU_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 SWEEP_ARGS ?=
+# test: pytest and friends; quant: nvidia-modelopt (its tests skip without it)
+EXTRAS ?= test,quant
 
 .PHONY: venv train test sweep bench clean
 
@@ -20,7 +22,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_CPU_VERSION)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 train: venv
