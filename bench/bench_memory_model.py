@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from megatron_vdit.models import accounting
 from megatron_vdit.models.config import VDiTConfig
+from megatron_vdit.parallel.activation_memory import saved_activation_bytes
 from megatron_vdit.parallel.engine import ParallelEngine
 from megatron_vdit.parallel.layout import (ParallelLayout, build_parallel_groups,
                                            init_distributed)
@@ -64,25 +65,7 @@ def _engine(layout, groups, layers, hidden, recompute):
 def saved_bytes(engine) -> int:
     """Bytes autograd keeps after one sample's forward, parameters left out."""
     (model,) = engine.model_chunks
-    saved = {}
-
-    def ptr(t):
-        try:
-            return t.untyped_storage().data_ptr()
-        except RuntimeError:  # a sharded FSDP parameter whose storage is freed
-            return None
-
-    def pack(t):
-        params = {ptr(_local(p)) for p in model.parameters()}
-        here = ptr(t)
-        if here is not None and here not in params:
-            saved[here] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(*_inputs(engine.config))
-    del out
-    return sum(saved.values())
+    return saved_activation_bytes(model, lambda: model(*_inputs(engine.config)))
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,8 @@ from .gpus import GpuSpec
 RECOMPUTE_EXTRA = {None: 0.0, "selective": 0.1, "full": 1 / 3}  # extra forward work
 GRAD_REDUCE_BYTES = 4   # fp32 gradient reduction
 PARAM_GATHER_BYTES = 2  # bf16 parameters
+ACT_BYTES = 2           # bf16 activations
+RING_GRAD_BYTES = 4     # ring attention's fp32 dK/dV accumulators
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +70,7 @@ def step_time(run: StepInputs, *, tp, cp, pp, dp, vpp, ulysses, zero_stage,
     out = {"compute": compute}
     out["pipeline_bubble"] = compute * (pp - 1) / (vpp * m) if pp > 1 else 0.0
     stage_layers = run.num_layers / pp
-    act_bytes = 2 * run.tokens_per_sample / cp * run.hidden_size * micro_batch_size
+    act_bytes = ACT_BYTES * run.tokens_per_sample / cp * run.hidden_size * micro_batch_size
     # TP: 3 all-gathers + 3 reduce-scatters of the full-sequence activation per block
     # forward, as many backward, and the forward's again when a block is recomputed.
     per_block = (12 + (6 if recompute == "full" else 0)) * act_bytes * _ring(tp)
@@ -84,8 +86,10 @@ def step_time(run: StepInputs, *, tp, cp, pp, dp, vpp, ulysses, zero_stage,
 
 def _cp_time(run, m, stage_layers, shard_bytes, tp, cp, ulysses, block_compute) -> float:
     """Ulysses: 4 all-to-alls forward (q, k, v, out), 4 backward, exposed. Ring over
-    cp / ulysses ranks: K and V forward, K, V and their grads backward, each hidden
-    behind the attention of the previous chunk."""
+    cp / ulysses ranks: K and V forward and again backward (ring - 1 shifts each), and
+    the float32 dK/dV accumulators, which make ring shifts to return to their owner
+    (twice the bf16 shard's bytes), each hidden behind the attention of the previous
+    chunk. Both counts are measured exactly by bench/bench_cp_scaling.py."""
     if cp == 1:
         return 0.0
     a2a = 0.0
@@ -94,7 +98,7 @@ def _cp_time(run, m, stage_layers, shard_bytes, tp, cp, ulysses, block_compute) 
     ring = cp // ulysses
     p2p = 0.0
     if ring > 1:
-        moved = 6 * shard_bytes * (ring - 1)
+        moved = shard_bytes * (4 * (ring - 1) + 2 * ring * RING_GRAD_BYTES / ACT_BYTES)
         comm = moved / _bandwidth(tp * ulysses, ring, run)
         attention = block_compute * run.attention_flops_per_sample / run.flops_per_sample
         p2p = max(0.0, comm - attention * (ring - 1) / ring)
