@@ -15,7 +15,10 @@ that, i.e. what the model, its gradients, the AdamW state and the step's activat
 add on top of the interpreter and libraries. RSS rather than tracemalloc, because
 tracemalloc does not see torch's C++ allocations; the reset, because a plain
 getrusage peak would still hold the import's transient peak. The probes run before
-the timing, the two of a preset side by side (memory does not depend on speed).
+the timing, the two of a preset side by side (memory does not depend on speed), with
+glibc's mmap threshold fixed at 64 KiB (MALLOC_MMAP_THRESHOLD_): large tensors then
+come from mmap and go back on free, so RSS follows live memory; with glibc's default,
+adaptive threshold the same probe varied by +-20 MiB from run to run at cpu-16m.
 
 What differs by design (both count it in their parameters): Wan normalises q and k with
 one RMSNorm across all heads (weight of width D), ours per head (width D / heads); Wan
@@ -174,8 +177,8 @@ def measure_memory(preset: str, args) -> dict[str, float]:
     """Peak MiB per model, each from its own subprocess (both run side by side)."""
     procs = {which: subprocess.Popen(
         [sys.executable, __file__, "--memory-probe", which, preset, "--warmup", str(args.warmup),
-         *shape_args(args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for which in MODELS}
+         *shape_args(args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}) for which in MODELS}
     peaks = {}
     for which, proc in procs.items():
         out, err = proc.communicate()
