@@ -26,7 +26,11 @@ embeds patches with a Conv3d, ours with a Linear over the same patch features (s
 parameter count); ours masks padded text tokens in cross-attention (an all-ones mask
 here), Wan takes no text mask.
 
-    python bench/bench_vs_diffusers.py [--presets cpu-0.6m cpu-4.7m cpu-16m] [--repeats 7]
+Diagnostics: --profile TOP lists the ops whose torch.profiler self CPU time differs most
+between the models; --saved TOP counts the bytes autograd saves for backward, by module.
+
+    python bench/bench_vs_diffusers.py [--presets cpu-0.6m cpu-4.7m cpu-16m] [--repeats 15]
+        [--profile 8] [--saved 12] [--json OUT]       # --smoke: the test suite's tiny run
 """
 from __future__ import annotations
 
@@ -114,25 +118,65 @@ def build(which: str, cfg: VDiTConfig):
     raise ValueError(f"unknown model {which!r}; known: {', '.join(MODELS)}")
 
 
-def make_step(which: str, model, cfg: VDiTConfig, batch: int):
-    """A closure running one training step of `model` on a fixed random batch."""
+def make_forward(which: str, model, cfg: VDiTConfig, batch: int):
+    """(forward closure, target) on a fixed random batch; the closure returns the output."""
     g = torch.Generator().manual_seed(1)
     shape = (batch, cfg.in_channels, cfg.latent_frames, cfg.latent_height, cfg.latent_width)
     latent, target = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
     t = torch.randint(0, 1000, (batch,), generator=g).float()
     text = torch.randn(batch, cfg.max_text_tokens, cfg.text_hidden_size, generator=g)
     mask = torch.ones(batch, cfg.max_text_tokens, dtype=torch.bool)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     if which == "ours":
-        forward = lambda: model(latent, t, text, mask)  # noqa: E731
-    else:
-        forward = lambda: model(latent, t, text, return_dict=False)[0]  # noqa: E731
+        return (lambda: model(latent, t, text, mask)), target
+    return (lambda: model(latent, t, text, return_dict=False)[0]), target
+
+
+def make_step(which: str, model, cfg: VDiTConfig, batch: int):
+    """A closure running one training step of `model` on a fixed random batch."""
+    forward, target = make_forward(which, model, cfg, batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
         F.mse_loss(forward(), target).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return step
+
+
+def saved_mib(which: str, model, cfg: VDiTConfig, batch: int) -> dict[str, float]:
+    """MiB autograd saves for backward in one forward, by the module saving it.
+
+    Storages are counted once (at the first module that saves them) and parameters not
+    at all; module paths drop layer indices, so "blocks.mlp" sums every block's MLP.
+    """
+    forward, _ = make_forward(which, model, cfg, batch)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    stack, seen, by_module = [""], set(), {}
+
+    def enter(module, inputs, name):
+        stack.append(".".join(part for part in name.split(".") if not part.isdigit()))
+
+    def leave(module, inputs, output):
+        stack.pop()
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in seen and ptr not in params:
+            seen.add(ptr)
+            by_module[stack[-1]] = by_module.get(stack[-1], 0.0) + storage.nbytes() / 2 ** 20
+        return tensor
+
+    handles = [h for name, m in model.named_modules() for h in (
+        m.register_forward_pre_hook(functools.partial(enter, name=name or "(top)")),
+        m.register_forward_hook(leave))]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return by_module
 
 
 def timed(step) -> float:
@@ -203,6 +247,8 @@ def bench_preset(preset: str, args) -> dict:
             times[which].append(timed(step))
     tokens = args.batch * cfg.tokens_per_sample
     profile = profile_ops(steps) if args.profile else None
+    saved = ({which: saved_mib(which, m, cfg, args.batch) for which, m in models.items()}
+             if args.saved else None)
     return {
         "preset": preset, "tokens_per_step": tokens, "shape": shapes,
         "params": {which: sum(p.numel() for p in m.parameters()) for which, m in models.items()},
@@ -211,6 +257,7 @@ def bench_preset(preset: str, args) -> dict:
         "ratio_diffusers_over_ours": (statistics.median(times["diffusers"])
                                       / statistics.median(times["ours"])),
         "profile_self_cpu_ms": profile,
+        "saved_for_backward_mib": saved,
     }
 
 
@@ -238,6 +285,18 @@ def profile_table(preset: str, ops: dict[str, dict[str, float]], top: int) -> st
     for name in sorted(names, key=lambda n: -abs(diff(n)))[:top]:
         rows.append(f"| {name} | {ops['ours'].get(name, 0.0):.1f} "
                     f"| {ops['diffusers'].get(name, 0.0):.1f} | {diff(name):+.1f} |")
+    return "\n".join(rows)
+
+
+def saved_table(preset: str, saved: dict[str, dict[str, float]], top: int) -> str:
+    """Each model's saved-for-backward MiB by module, the `top` largest per model."""
+    rows = [f"{preset}: MiB saved for backward in one forward (total ours "
+            f"{sum(saved['ours'].values()):.1f}, diffusers {sum(saved['diffusers'].values()):.1f})",
+            "", "| ours module | MiB | diffusers module | MiB |", "|---|---|---|---|"]
+    ranked = {w: sorted(saved[w].items(), key=lambda kv: -kv[1])[:top] for w in MODELS}
+    for i in range(max(len(r) for r in ranked.values())):
+        cells = [f"{r[i][0]} | {r[i][1]:.1f}" if i < len(r) else " | " for r in ranked.values()]
+        rows.append(f"| {cells[0]} | {cells[1]} |")
     return "\n".join(rows)
 
 
@@ -282,6 +341,9 @@ def parse_args(argv=None):
     parser.add_argument("--profile", type=int, default=0, metavar="TOP",
                         help="after timing, profile one step of each model and print the "
                              "TOP ops whose self CPU time differs most")
+    parser.add_argument("--saved", type=int, default=0, metavar="TOP",
+                        help="count the bytes autograd saves for backward in one forward, "
+                             "by module, and print each model's TOP modules")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny shapes and 2 repeats (the test suite's run)")
@@ -330,6 +392,9 @@ def main(argv=None) -> None:
         if result["profile_self_cpu_ms"]:
             print()
             print(profile_table(result["preset"], result["profile_self_cpu_ms"], args.profile))
+        if result["saved_for_backward_mib"]:
+            print()
+            print(saved_table(result["preset"], result["saved_for_backward_mib"], args.saved))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=1)
