@@ -58,7 +58,19 @@ def apply_rope(x_BHSE: torch.Tensor, cos_SE: torch.Tensor, sin_SE: torch.Tensor)
 
     One complex multiply in float32 (fewer kernels than the real-arithmetic form, and
     exact in fp32); bf16 inputs are rotated in fp32 and cast back.
+
+    Memory layout is kept: the blocks pass q/k as [B, H, S, E] views of sequence-first
+    [S, B, H, E] projections, and rotating them in that memory (instead of copying to a
+    contiguous [B, H, S, E]) lets SDPA's output, which follows q's layout, reach the
+    sequence-first output projection without a copy that autograd would then save
+    (measured against diffusers' Wan block: bench/bench_vs_diffusers.py --saved).
     """
+    x_SBHE = x_BHSE.permute(2, 0, 1, 3)
+    if x_SBHE.is_contiguous():
+        pairs = x_SBHE.float().reshape(*x_SBHE.shape[:-1], -1, 2)
+        angle = torch.complex(cos_SE, sin_SE)[:, None, None]
+        rotated = torch.view_as_real(torch.view_as_complex(pairs) * angle).flatten(-2)
+        return rotated.to(x_BHSE.dtype).permute(1, 2, 0, 3)
     pairs = x_BHSE.float().reshape(*x_BHSE.shape[:-1], -1, 2)
     rotated = torch.view_as_complex(pairs) * torch.complex(cos_SE, sin_SE)
     return torch.view_as_real(rotated).flatten(-2).to(x_BHSE.dtype)

@@ -104,11 +104,12 @@ class SelfAttention(_Attention):
     def forward(self, x_SBD, cond: Conditioning):
         qkv, _ = self.linear_qkv(x_SBD)
         s, b = qkv.shape[:2]  # not x's: a sequence-parallel linear gathers tokens
-        qkv_BHS3E = qkv.view(s, b, self.heads, 3, self.head_dim).permute(1, 2, 0, 3, 4)
-        q, k, v = qkv_BHS3E.unbind(3)
-        q = apply_rope(self.q_norm(q), cond.rope_cos_SE, cond.rope_sin_SE)
-        k = apply_rope(self.k_norm(k), cond.rope_cos_SE, cond.rope_sin_SE)
-        return self._project_out(self.core_attention(q, k, v), s, b)
+        q, k, v = qkv.view(s, b, self.heads, 3, self.head_dim).unbind(3)   # [S, B, H, E]
+        # Normed and rotated in sequence-first memory, handed over as [B, H, S, E] views:
+        # the attention output then follows that memory and `_project_out` needs no copy.
+        q = apply_rope(self.q_norm(q).permute(1, 2, 0, 3), cond.rope_cos_SE, cond.rope_sin_SE)
+        k = apply_rope(self.k_norm(k).permute(1, 2, 0, 3), cond.rope_cos_SE, cond.rope_sin_SE)
+        return self._project_out(self.core_attention(q, k, v.permute(1, 2, 0, 3)), s, b)
 
 
 class CrossAttention(_Attention):
@@ -123,7 +124,7 @@ class CrossAttention(_Attention):
         q, _ = self.linear_q(x_SBD)
         kv, _ = self.linear_kv(cond.text_XBD)
         (s, b), x_len = q.shape[:2], kv.shape[0]  # not the inputs': SP linears gather tokens
-        q_BHSE = self.q_norm(q.view(s, b, self.heads, self.head_dim).permute(1, 2, 0, 3))
+        q_BHSE = self.q_norm(q.view(s, b, self.heads, self.head_dim)).permute(1, 2, 0, 3)
         kv_BHX2E = kv.view(x_len, b, self.heads, 2, self.head_dim).permute(1, 2, 0, 3, 4)
         k_BHXE, v_BHXE = kv_BHX2E.unbind(3)
         out_BHSE = self.core_attention(q_BHSE, self.k_norm(k_BHXE), v_BHXE, cond.text_mask_BX)
