@@ -7,9 +7,9 @@ and states its assumptions; it picks a starting layout, not a tuned one:
   DP x CP, megatron TP, PP stages), plus one block's bf16 weights gathered at a time;
 - activations (bf16, flash/SDPA attention so no S^2 term): per block and sample the
   bytes autograd keeps for backward, measured on this model's block (tests/parallel/
-  test_memory_plan.py counts the saved tensors): about 86 * s * d without recomputation
+  test_memory_plan.py counts the saved tensors): about 82 * s * d without recomputation
   (GPT blocks keep about 34 s d, Korthikanti et al. 2022; ours adds cross-attention,
-  the adaLN modulations and RoPE in float32), 82 * s * d kept for selective recomputation
+  the adaLN modulations and RoPE in float32), the same 82 * s * d for selective recomputation
   as a conservative bound (torch's op-level selective checkpointing keeps matmul and
   attention outputs and recomputes norms, modulation, RoPE and GELU: about 47% of the
   no-recompute bytes measured in tests/parallel/test_recompute.py; the planner does not
@@ -33,7 +33,7 @@ import itertools
 
 GIB = 1024 ** 3
 BYTES_PER_PARAM_STATE = 16
-ACTIVATION_BYTES_PER_TOKEN_DIM = {None: 86, "selective": 82, "full": 2}
+ACTIVATION_BYTES_PER_TOKEN_DIM = {None: 82, "selective": 82, "full": 2}
 RESERVE_GIB = 6.0
 
 

@@ -77,15 +77,21 @@ def test_memory_per_rank_halves_at_cp2(result):
         for tokens in TOKENS:
             one, two = rows[(1, "-", tokens)], rows[(2, comm, tokens)]
             # Per block, x CP against CP 1: at least 1 (nothing shrinks faster than
-            # 1/CP) and at most 1.10. What every rank keeps whole (the 8 caption tokens'
-            # K/V, per-sample modulation vectors) and, for Ulysses, its received q/k/v
-            # buffer (one shard more than the ring) measure 2-7% at these sizes.
-            assert 1.0 <= two["block_x_cp_vs_cp1"] <= 1.10, (comm, tokens)
+            # 1/CP) and at most 1.10 for the ring, 1.15 for Ulysses. What every rank keeps
+            # whole (the 8 caption tokens' K/V, per-sample modulation vectors) measures
+            # 1-2% at these sizes; Ulysses also keeps its received q/k/v buffer and hands
+            # the output projection a contiguous all-to-all result, which it saves, where
+            # one process passes a free view of SDPA's sequence-first output (about 10%).
+            bound = 1.15 if comm == "a2a" else 1.10
+            assert 1.0 <= two["block_x_cp_vs_cp1"] <= bound, (comm, tokens)
             assert two["block_x_cp_vs_cp1"] == pytest.approx(
                 2 * two["saved_per_block_bytes"] / one["saved_per_block_bytes"])
             assert 1.0 <= two["total_x_cp_vs_cp1"] <= 1.15, (comm, tokens)
-    # The ring's part that does not split is independent of the length: everything that
-    # grows with tokens is exactly halved.
+    # What the ring does not halve: a part independent of the length, plus exactly one
+    # [S / 2, B, D] float32 tensor per block. The ring's attention output arrives as a
+    # contiguous [B, H, S / 2, E], so its sequence-first copy for the output projection
+    # is saved; one process hands the projection a free view of SDPA's output instead.
     residual = [2 * rows[(2, "p2p", t)]["saved_per_block_bytes"]
                 - rows[(1, "-", t)]["saved_per_block_bytes"] for t in TOKENS]
-    assert residual[0] == residual[1] > 0
+    assert residual[0] > 0
+    assert residual[1] - residual[0] == 2 * (TOKENS[1] - TOKENS[0]) // 2 * HIDDEN * FP32
