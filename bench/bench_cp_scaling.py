@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import multiprocessing as mp
 import os
@@ -46,11 +45,13 @@ import traceback
 import torch
 import torch.distributed as dist
 
+from megatron_vdit.cli.errors import check_output_file, integer_at_least
 from megatron_vdit.models.config import VDiTConfig
 from megatron_vdit.parallel import context_parallel
 from megatron_vdit.parallel.activation_memory import saved_activation_bytes
 from megatron_vdit.parallel.engine import ParallelEngine
 from megatron_vdit.parallel.layout import ParallelLayout, build_parallel_groups
+from megatron_vdit.utils.atomic_io import write_json_atomic
 
 # Model shapes: full run and --smoke. Tokens per frame = (height / 2) x (width / 2).
 FULL = dict(hidden=128, heads=4, layers=2, height=16, width=16, tokens=(128, 256, 512),
@@ -300,12 +301,17 @@ def _machine() -> str:
     return f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ranks", nargs="+", type=int, help="CP sizes (world sizes)")
-    parser.add_argument("--tokens", nargs="+", type=int, help="video tokens per sample")
+def parse_args(argv=None):
+    """Flags checked before any world is forked (bad values: exit 2, one line)."""
+    parser = argparse.ArgumentParser(prog=os.path.basename(__file__),
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", nargs="+", type=integer_at_least(1),
+                        help="CP sizes (world sizes)")
+    parser.add_argument("--tokens", nargs="+", type=integer_at_least(1),
+                        help="video tokens per sample")
     parser.add_argument("--comm", nargs="+", choices=("a2a", "p2p"), default=["a2a", "p2p"])
-    parser.add_argument("--repeats", type=int, help="timed steps per configuration")
+    parser.add_argument("--repeats", type=integer_at_least(1),
+                        help="timed steps per configuration")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32",
                         help="compute dtype (bf16: FSDP2 mixed precision, fp32 master weights)")
     parser.add_argument("--json", help="also write the rows and the run's metadata here")
@@ -313,30 +319,38 @@ def main(argv=None) -> int:
                         help="tiny model and sequences, CP 1 and 2 (a few seconds)")
     args = parser.parse_args(argv)
     shape = dict(SMOKE if args.smoke else FULL)
-    ranks = args.ranks or list(shape["ranks"])
-    tokens_list = args.tokens or list(shape["tokens"])
-    repeats = args.repeats or shape["repeats"]
-    for cp in ranks:
-        if cp < 1:
-            parser.error(f"--ranks {cp}: a CP size is at least 1")
+    args.ranks = args.ranks or list(shape["ranks"])
+    args.tokens = args.tokens or list(shape["tokens"])
+    args.repeats = args.repeats or shape["repeats"]
+    for cp in args.ranks:
         if shape["heads"] % cp and "a2a" in args.comm:
             parser.error(f"--ranks {cp}: Ulysses needs CP to divide the {shape['heads']} heads")
-    for tokens in tokens_list:
+    for tokens in args.tokens:
         try:
             _config(shape, shape["layers"], tokens)
         except ValueError as exc:
             parser.error(str(exc))
+    if args.json:
+        try:
+            check_output_file(args.json, "--json")
+        except ValueError as exc:
+            parser.error(str(exc))
     if dist.is_initialized():
         parser.error("run as a plain process: it forks its own gloo worlds")
-    rows = measure(ranks, tokens_list, args.comm, shape, repeats, args.dtype)
+    return args, shape
+
+
+def main(argv=None) -> int:
+    args, shape = parse_args(argv)
+    rows = measure(args.ranks, args.tokens, args.comm, shape, args.repeats, args.dtype)
     print(table(rows))
     if args.json:
         meta = dict(command=shlex.join([os.path.relpath(sys.argv[0])] + (argv or sys.argv[1:])),
                     machine=_machine(), torch=torch.__version__, python=platform.python_version(),
                     date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     shape=shape, dtype=args.dtype, batch=BATCH, text_tokens=TEXT_TOKENS)
-        with open(args.json, "w") as handle:
-            json.dump(dict(meta, rows=rows), handle, indent=1)
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        write_json_atomic(args.json, dict(meta, rows=rows))
     return 0
 
 

@@ -55,9 +55,13 @@ warnings.filterwarnings("ignore")
 import diffusers  # noqa: E402
 from diffusers import WanTransformer3DModel  # noqa: E402
 
+from megatron_vdit.cli.errors import check_output_file, integer_at_least  # noqa: E402
 from megatron_vdit.models import accounting  # noqa: E402
 from megatron_vdit.models.config import VDiTConfig  # noqa: E402
 from megatron_vdit.models.vdit import VideoDiT  # noqa: E402
+from megatron_vdit.utils.atomic_io import write_json_atomic  # noqa: E402
+
+POS_INT, NON_NEG_INT = integer_at_least(1), integer_at_least(0)
 from megatron_vdit.parallel.layout import ParallelLayout, build_parallel_groups, init_distributed  # noqa: E402
 
 MODELS = ("ours", "diffusers")
@@ -327,21 +331,23 @@ def cpu_model() -> str:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=os.path.basename(__file__),
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["cpu-0.6m", "cpu-4.7m", "cpu-16m"])
-    parser.add_argument("--repeats", type=int, default=7, help="timed steps per model")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--latent", type=int, nargs=3, default=[3, 16, 16], metavar=("F", "H", "W"),
-                        help="latent frames, height, width per sample")
-    parser.add_argument("--channels", type=int, default=4, help="latent channels")
-    parser.add_argument("--text-dim", type=int, default=64, help="text encoder width")
-    parser.add_argument("--text-len", type=int, default=32, help="text tokens per sample")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--profile", type=int, default=0, metavar="TOP",
+    parser.add_argument("--repeats", type=POS_INT, default=7, help="timed steps per model")
+    parser.add_argument("--warmup", type=NON_NEG_INT, default=2,
+                        help="untimed steps per model first")
+    parser.add_argument("--batch", type=POS_INT, default=4, help="samples per step")
+    parser.add_argument("--latent", type=POS_INT, nargs=3, default=[3, 16, 16],
+                        metavar=("F", "H", "W"), help="latent frames, height, width per sample")
+    parser.add_argument("--channels", type=POS_INT, default=4, help="latent channels")
+    parser.add_argument("--text-dim", type=POS_INT, default=64, help="text encoder width")
+    parser.add_argument("--text-len", type=POS_INT, default=32, help="text tokens per sample")
+    parser.add_argument("--threads", type=POS_INT, default=2, help="torch intra-op threads")
+    parser.add_argument("--profile", type=NON_NEG_INT, default=0, metavar="TOP",
                         help="after timing, profile one step of each model and print the "
                              "TOP ops whose self CPU time differs most")
-    parser.add_argument("--saved", type=int, default=0, metavar="TOP",
+    parser.add_argument("--saved", type=NON_NEG_INT, default=0, metavar="TOP",
                         help="count the bytes autograd saves for backward in one forward, "
                              "by module, and print each model's TOP modules")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
@@ -358,8 +364,11 @@ def parse_args(argv=None):
             accounting.preset_shape(preset)
         except ValueError as exc:
             parser.error(str(exc))
-    if args.repeats < 1 or args.warmup < 0:
-        parser.error(f"need --repeats >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}")
+    if args.json:
+        try:
+            check_output_file(args.json, "--json")
+        except ValueError as exc:
+            parser.error(str(exc))
     return args
 
 
@@ -396,8 +405,8 @@ def main(argv=None) -> None:
             print()
             print(saved_table(result["preset"], result["saved_for_backward_mib"], args.saved))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1)
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        write_json_atomic(args.json, {"meta": meta, "results": results})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 import time
 
 from megatron_vdit.cli.errors import (NON_NEGATIVE, POSITIVE, add_debug_flag,
-                                      integer_at_least, run_cli)
+                                      check_output_file, integer_at_least, run_cli)
 from scaling_laws import lawfile, pipeline, planner, records, report
 from scaling_laws.compute import ACCOUNTINGS
 from scaling_laws.fit import FitOptions
@@ -22,16 +22,10 @@ from scaling_laws.fit import FitOptions
 def _check_fit_paths(args) -> None:
     """Before any work: --out is not overwritten unasked, --plots can be a directory."""
     out = pathlib.Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a directory; give the law file to write")
+    check_output_file(out, "--out")
     if out.exists() and not args.force:
         raise ValueError(f"--out {out} already exists; pass --force to overwrite it or "
                          "choose another path")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"--out {out}: {parent} is not a directory")
-            break
     if args.plots is not None:
         plots = pathlib.Path(args.plots)
         if plots.exists() and not plots.is_dir():

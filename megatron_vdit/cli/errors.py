@@ -64,6 +64,20 @@ def integer_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def check_output_file(path, flag: str) -> None:
+    """ValueError unless ``path`` can be written as a file: it is not a directory and its
+    nearest existing ancestor is one (missing directories are created by the writer)."""
+    from pathlib import Path
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a directory; give the file to write")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag} {path}: {parent} is not a directory")
+            return
+
+
 POSITIVE = finite_number(lambda x: x > 0, "> 0")
 NON_NEGATIVE = finite_number(lambda x: x >= 0, ">= 0")
 
