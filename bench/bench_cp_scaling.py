@@ -45,13 +45,14 @@ import traceback
 import torch
 import torch.distributed as dist
 
-from megatron_vdit.cli.errors import check_output_file, integer_at_least
+from megatron_vdit.cli.errors import integer_at_least, output_file
 from megatron_vdit.models.config import VDiTConfig
 from megatron_vdit.parallel import context_parallel
 from megatron_vdit.parallel.activation_memory import saved_activation_bytes
 from megatron_vdit.parallel.engine import ParallelEngine
 from megatron_vdit.parallel.layout import ParallelLayout, build_parallel_groups
 from megatron_vdit.utils.atomic_io import write_json_atomic
+from megatron_vdit.utils.machine import cpu_model
 
 # Model shapes: full run and --smoke. Tokens per frame = (height / 2) x (width / 2).
 FULL = dict(hidden=128, heads=4, layers=2, height=16, width=16, tokens=(128, 256, 512),
@@ -291,14 +292,7 @@ def table(rows: list[dict]) -> str:
 
 
 def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next(line.split(":", 1)[1].strip() for line in handle
-                         if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
+    return f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
 
 
 def parse_args(argv=None):
@@ -314,7 +308,8 @@ def parse_args(argv=None):
                         help="timed steps per configuration")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32",
                         help="compute dtype (bf16: FSDP2 mixed precision, fp32 master weights)")
-    parser.add_argument("--json", help="also write the rows and the run's metadata here")
+    parser.add_argument("--json", type=output_file,
+                        help="also write the rows and the run's metadata here")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny model and sequences, CP 1 and 2 (a few seconds)")
     args = parser.parse_args(argv)
@@ -328,11 +323,6 @@ def parse_args(argv=None):
     for tokens in args.tokens:
         try:
             _config(shape, shape["layers"], tokens)
-        except ValueError as exc:
-            parser.error(str(exc))
-    if args.json:
-        try:
-            check_output_file(args.json, "--json")
         except ValueError as exc:
             parser.error(str(exc))
     if dist.is_initialized():

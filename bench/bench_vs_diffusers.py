@@ -55,11 +55,12 @@ warnings.filterwarnings("ignore")
 import diffusers  # noqa: E402
 from diffusers import WanTransformer3DModel  # noqa: E402
 
-from megatron_vdit.cli.errors import check_output_file, integer_at_least  # noqa: E402
+from megatron_vdit.cli.errors import integer_at_least, output_file  # noqa: E402
 from megatron_vdit.models import accounting  # noqa: E402
 from megatron_vdit.models.config import VDiTConfig  # noqa: E402
 from megatron_vdit.models.vdit import VideoDiT  # noqa: E402
 from megatron_vdit.utils.atomic_io import write_json_atomic  # noqa: E402
+from megatron_vdit.utils.machine import cpu_model  # noqa: E402
 
 POS_INT, NON_NEG_INT = integer_at_least(1), integer_at_least(0)
 from megatron_vdit.parallel.layout import ParallelLayout, build_parallel_groups, init_distributed  # noqa: E402
@@ -318,18 +319,6 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def cpu_model() -> str:
-    """The CPU's model name as lscpu shows it (from /proc/cpuinfo), else the platform's."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog=os.path.basename(__file__),
                                      description=__doc__.splitlines()[0])
@@ -350,7 +339,8 @@ def parse_args(argv=None):
     parser.add_argument("--saved", type=NON_NEG_INT, default=0, metavar="TOP",
                         help="count the bytes autograd saves for backward in one forward, "
                              "by module, and print each model's TOP modules")
-    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
+    parser.add_argument("--json", metavar="OUT", type=output_file,
+                        help="also write the results as JSON here")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny shapes and 2 repeats (the test suite's run)")
     parser.add_argument("--memory-probe", nargs=2, metavar=("MODEL", "PRESET"),
@@ -362,11 +352,6 @@ def parse_args(argv=None):
     for preset in args.presets:
         try:
             accounting.preset_shape(preset)
-        except ValueError as exc:
-            parser.error(str(exc))
-    if args.json:
-        try:
-            check_output_file(args.json, "--json")
         except ValueError as exc:
             parser.error(str(exc))
     return args

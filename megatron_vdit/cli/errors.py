@@ -78,6 +78,15 @@ def check_output_file(path, flag: str) -> None:
             return
 
 
+def output_file(text: str) -> str:
+    """An argparse ``type`` for a file to write: `check_output_file`, flag named by argparse."""
+    try:
+        check_output_file(text, "path")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 POSITIVE = finite_number(lambda x: x > 0, "> 0")
 NON_NEGATIVE = finite_number(lambda x: x >= 0, ">= 0")
 
