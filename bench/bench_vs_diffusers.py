@@ -349,11 +349,15 @@ def parse_args(argv=None):
     if args.smoke:
         for key, value in SMOKE.items():
             setattr(args, key, value)
-    for preset in args.presets:
+    probe_preset = [args.memory_probe[1]] if args.memory_probe else []
+    for preset in args.presets + probe_preset:
         try:
             accounting.preset_shape(preset)
         except ValueError as exc:
             parser.error(str(exc))
+    if args.memory_probe and args.memory_probe[0] not in MODELS:
+        parser.error(f"--memory-probe {args.memory_probe[0]}: unknown model; known: "
+                     f"{', '.join(MODELS)}")
     return args
 
 

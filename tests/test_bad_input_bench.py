@@ -34,6 +34,8 @@ def _cases(tmp):
         ("bench_vs_diffusers", ["--saved", "x"], "--saved"),
         ("bench_vs_diffusers", ["--presets", "no-such-preset"], "no-such-preset"),
         ("bench_vs_diffusers", ["--json", str(tmp)], "--json"),
+        ("bench_vs_diffusers", ["--memory-probe", "theirs", "cpu-0.6m"], "--memory-probe"),
+        ("bench_vs_diffusers", ["--memory-probe", "ours", "cpu-9t"], "cpu-9t"),
         ("bench_vs_diffusers", ["--json", str(a_file / "out.json")], "--json"),
         ("bench_cp_scaling", ["--ranks", "0"], "--ranks"),
         ("bench_cp_scaling", ["--ranks", "3"], "--ranks 3"),   # Ulysses: 3 does not divide 4 heads

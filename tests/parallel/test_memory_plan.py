@@ -28,26 +28,17 @@ def _tiny_model(tp_group, num_layers: int, **overrides):
 def _saved_activation_bytes(model, recompute) -> int:
     """Bytes autograd keeps for backward after one bf16 forward of one sample: every
     saved tensor's storage, once, leaving out the parameters themselves."""
+    from megatron_vdit.parallel.activation_memory import saved_activation_bytes
     from megatron_vdit.parallel.parallelize import apply_recompute
     for p in model.parameters():  # bf16 compute, as FSDP2's param_dtype gives it
         p.data = p.data.to(torch.bfloat16)
     apply_recompute(model, recompute)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            saved[ptr] = t.untyped_storage().nbytes()
-        return t
-
     cfg = model.config
     x = torch.randn(1, cfg.in_channels, cfg.latent_frames, cfg.latent_height, cfg.latent_width,
                     dtype=torch.bfloat16)
     text = torch.randn(1, cfg.max_text_tokens, cfg.text_hidden_size, dtype=torch.bfloat16)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x, torch.tensor([500.0]), text, torch.ones(1, cfg.max_text_tokens, dtype=torch.bool))
-    return sum(saved.values())
+    mask = torch.ones(1, cfg.max_text_tokens, dtype=torch.bool)
+    return saved_activation_bytes(model, lambda: model(x, torch.tensor([500.0]), text, mask))
 
 
 # "selective" is torch's op-level selective checkpointing: the outputs it keeps live in the
