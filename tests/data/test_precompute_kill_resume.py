@@ -12,6 +12,7 @@ import pytest
 from data_testlib import REPO, run_tool, shard_files, tool_command
 from megatron_vdit.data.procedural import render_clip
 from megatron_vdit.data.video_io import write_audio_only, write_video
+from megatron_vdit.utils.atomic_io import temp_path
 
 NUM_VIDEOS = 20  # x 2 clips, one sample per shard: 40 shards, a wide window to kill in
 
@@ -48,7 +49,10 @@ def reference(tmp_path_factory):
 
 
 def _num_shards(output_dir):
-    return sum(len([n for n in os.listdir(os.path.join(output_dir, split)) if n.endswith(".tar")])
+    """Published shards only: a writer's temp file (".shard-….tmp-PID-….tar") also ends
+    in .tar but is hidden, and counting it would count a shard the kill cut short."""
+    return sum(len([n for n in os.listdir(os.path.join(output_dir, split))
+                    if n.startswith("shard-") and n.endswith(".tar")])
                for split in ("train", "val") if os.path.isdir(os.path.join(output_dir, split)))
 
 
@@ -78,7 +82,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(reference):
     done = _num_shards(out)
     assert 3 <= done < 2 * NUM_VIDEOS and not os.path.exists(os.path.join(out, "manifest.json"))
     # A partial shard as a kill during a write leaves it: a temp file, never a final name.
-    with open(os.path.join(out, "train", ".shard-000001.tar.tmp"), "wb") as handle:
+    with open(temp_path(os.path.join(out, "train", "shard-000001.tar")), "wb") as handle:
         handle.write(b"partial")
     result = run_tool(_args(str(root / "in"), out), timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
