@@ -14,8 +14,8 @@ import shutil
 
 from tqdm import tqdm
 
-from megatron_vdit.data.encoders import load_vae
 from megatron_vdit.data.precompute import PrecomputeConfig, run_precompute
+from megatron_vdit.data.precompute_config import vae_compression_before_loading, vae_latent_shape
 from megatron_vdit.data.procedural import render_clip
 from megatron_vdit.data.video_io import write_video
 from megatron_vdit.utils.atomic_io import write_json_atomic
@@ -100,7 +100,8 @@ def ensure_default_shards(root: str, num_train_clips: int, num_val_clips: int, f
             max_samples_per_shard=DEFAULT_SAMPLES_PER_SHARD, val_fraction=0.0, seed=seed,
             batch_size=16, dtype="float32", device="cpu", threads=1)
         cfg.validate()
-        load_vae(config=cfg.vae_config).latent_shape(frames, height, width)  # before rendering
+        vae_latent_shape(*vae_compression_before_loading(None, cfg.vae_config), frames, height,
+                         width)  # before rendering
         _write_videos(video_dir, num_train_clips, num_val_clips, frames, height, width, seed)
         run_precompute(cfg)
         manifest_path = os.path.join(root, "manifest.json")

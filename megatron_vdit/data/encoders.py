@@ -24,15 +24,9 @@ import torch
 
 # Defined with the precompute's arguments, which the CLI checks before importing torch.
 from megatron_vdit.data.precompute_config import TEXT_ENCODER_CONFIGS, VAE_CONFIGS  # noqa: F401
+from megatron_vdit.data.precompute_config import (TINY_COGVIDEOX, TINY_WAN, vae_compression,
+                                                  vae_latent_shape)
 
-# Tiny VAEs: 4 latent channels, 8x spatial and 4x temporal compression like the real
-# ones, 0.1-0.2M parameters. Wan's cost is dominated by its full-resolution stage, so
-# that stage is only 4 channels wide (2x faster than 8).
-_TINY_WAN = dict(base_dim=4, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                 temperal_downsample=[False, True, True],
-                 latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
-_TINY_COGVIDEOX = dict(block_out_channels=(8, 16, 16, 16), latent_channels=4, layers_per_block=1,
-                       norm_num_groups=4, sample_height=64, sample_width=64)
 # Tiny text encoder: byte-level tokenizer (ByT5: 256 bytes + 3 specials + 125 extra ids,
 # no vocab file), 64-wide embeddings.
 _TINY_T5 = dict(vocab_size=384, d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2,
@@ -74,21 +68,17 @@ class VideoVAE:
         if isinstance(model, AutoencoderKLWan):
             self.kind = "wan"
             self.latent_channels = config.z_dim
-            patch = config.patch_size or 1
-            self.temporal_ratio = 2 ** sum(bool(t) for t in config.temperal_downsample)
-            self.spatial_ratio = 2 ** (len(config.dim_mult) - 1) * patch
             self._mean_C = torch.tensor(config.latents_mean, dtype=torch.float32)
             self._std_C = torch.tensor(config.latents_std, dtype=torch.float32)
         elif isinstance(model, AutoencoderKLCogVideoX):
             self.kind = "cogvideox"
             self.latent_channels = config.latent_channels
-            self.temporal_ratio = int(config.temporal_compression_ratio)
-            self.spatial_ratio = 2 ** (len(config.block_out_channels) - 1)
             self._scale = float(config.scaling_factor)
             self._shift = float(config.shift_factor or 0.0)
         else:
             raise ValueError(f"unsupported VAE class {type(model).__name__} from {source}; "
                              "expected AutoencoderKLWan or AutoencoderKLCogVideoX")
+        self.temporal_ratio, self.spatial_ratio = vae_compression(self.kind, dict(config))
         if self.kind == "cogvideox":
             # Tiling changes numerics with input size; clips are small enough without it.
             model.disable_tiling()
@@ -96,21 +86,11 @@ class VideoVAE:
         self._identity = None
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """``(C, F', H', W')`` of one clip; `ValueError` if the VAE cannot take these dims.
-
-        Causal video VAEs encode the first frame alone and then groups of
-        ``temporal_ratio`` frames, so frames must be ``k * temporal_ratio + 1``; any other
-        count would silently drop frames.
-        """
-        t, s = self.temporal_ratio, self.spatial_ratio
-        if num_frames < 1 or (num_frames - 1) % t:
-            valid = ", ".join(str(k * t + 1) for k in range(1, 5))
-            raise ValueError(f"--frames {num_frames} does not fit the {self.kind} VAE "
-                             f"(temporal compression {t}): use k*{t}+1 frames, e.g. {valid}")
-        if height % s or width % s or height < s or width < s:
-            raise ValueError(f"--height {height} / --width {width} must be positive multiples "
-                             f"of the {self.kind} VAE's spatial compression {s}")
-        return (self.latent_channels, (num_frames - 1) // t + 1, height // s, width // s)
+        """``(C, F', H', W')`` of one clip; `ValueError` if the VAE cannot take these dims
+        (`precompute_config.vae_latent_shape`, which the precompute's preflight also runs
+        before loading anything)."""
+        return (self.latent_channels, *vae_latent_shape(
+            self.kind, self.temporal_ratio, self.spatial_ratio, num_frames, height, width))
 
     @torch.no_grad()
     def encode(self, video_BCFHW: torch.Tensor) -> torch.Tensor:
@@ -153,8 +133,8 @@ def load_vae(path: str | None = None, config: str | None = None, seed: int = 0,
         if config not in VAE_CONFIGS:
             raise ValueError(f"unknown VAE config {config!r}; choose from {VAE_CONFIGS}")
         with _seeded(seed):
-            model = (AutoencoderKLCogVideoX(**_TINY_COGVIDEOX) if config == "tiny-cogvideox"
-                     else AutoencoderKLWan(**_TINY_WAN))
+            model = (AutoencoderKLCogVideoX(**TINY_COGVIDEOX) if config == "tiny-cogvideox"
+                     else AutoencoderKLWan(**TINY_WAN))
         if dtype != torch.float32:
             model = model.to(dtype=dtype)
         return VideoVAE(model.to(device), source=f"config:{config}", seed=seed)

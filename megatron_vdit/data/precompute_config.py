@@ -7,6 +7,7 @@ second and before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 
@@ -17,6 +18,76 @@ VAE_CONFIGS = ("tiny", "tiny-wan", "tiny-cogvideox")
 """Names of the tiny random-weight VAEs (``encoders.load_vae``)."""
 TEXT_ENCODER_CONFIGS = ("tiny", "tiny-umt5", "tiny-t5")
 """Names of the tiny random-weight text encoders (``encoders.load_text_encoder``)."""
+
+# Tiny VAEs: 4 latent channels, 8x spatial and 4x temporal compression like the real
+# ones, 0.1-0.2M parameters. Wan's cost is dominated by its full-resolution stage, so
+# that stage is only 4 channels wide (2x faster than 8).
+TINY_WAN = dict(base_dim=4, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                temperal_downsample=[False, True, True],
+                latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+TINY_COGVIDEOX = dict(block_out_channels=(8, 16, 16, 16), latent_channels=4, layers_per_block=1,
+                      norm_num_groups=4, sample_height=64, sample_width=64)
+VAE_CLASSES = {"AutoencoderKLWan": "wan", "AutoencoderKLCogVideoX": "cogvideox"}
+
+
+def vae_compression(kind: str, config: dict) -> tuple[int, int]:
+    """(temporal, spatial) compression of a diffusers video VAE from its config.
+
+    `config` is the model's config (or its config.json); KeyError when a key it needs
+    is absent (a config.json may leave defaults out)."""
+    if kind == "wan":
+        patch = config.get("patch_size") or 1
+        return (2 ** sum(bool(t) for t in config["temperal_downsample"]),
+                2 ** (len(config["dim_mult"]) - 1) * patch)
+    if kind == "cogvideox":
+        return (int(config["temporal_compression_ratio"]),
+                2 ** (len(config["block_out_channels"]) - 1))
+    raise ValueError(f"unknown VAE kind {kind!r}")
+
+
+def vae_latent_shape(kind: str, temporal: int, spatial: int, num_frames: int, height: int,
+                     width: int) -> tuple[int, int, int]:
+    """``(F', H', W')`` of a clip; `ValueError` if the VAE cannot take these dims.
+
+    Causal video VAEs encode the first frame alone and then groups of `temporal`
+    frames, so frames must be ``k * temporal + 1``; any other count would silently drop
+    frames."""
+    t, s = temporal, spatial
+    if num_frames < 1 or (num_frames - 1) % t:
+        valid = ", ".join(str(k * t + 1) for k in range(1, 5))
+        raise ValueError(f"--frames {num_frames} does not fit the {kind} VAE "
+                         f"(temporal compression {t}): use k*{t}+1 frames, e.g. {valid}")
+    if height % s or width % s or height < s or width < s:
+        raise ValueError(f"--height {height} / --width {width} must be positive multiples "
+                         f"of the {kind} VAE's spatial compression {s}")
+    return (num_frames - 1) // t + 1, height // s, width // s
+
+
+def vae_compression_before_loading(vae_path: str | None,
+                                   vae_config: str | None) -> tuple[str, int, int] | None:
+    """(kind, temporal, spatial) of the VAE the precompute will load, read without torch
+    (a tiny config's dict, or the checkpoint's config.json); None when config.json does
+    not say (the loaded model is checked again in any case)."""
+    if vae_config is not None:
+        if vae_config not in VAE_CONFIGS:
+            return None
+        if vae_config == "tiny-cogvideox":  # diffusers' default temporal compression: 4
+            return "cogvideox", *vae_compression(
+                "cogvideox", {"temporal_compression_ratio": 4, **TINY_COGVIDEOX})
+        return "wan", *vae_compression("wan", TINY_WAN)
+    if vae_path is None:
+        return None
+    for candidate in (os.path.join(vae_path, "vae", "config.json"),
+                      os.path.join(vae_path, "config.json")):
+        if os.path.isfile(candidate):
+            try:
+                with open(candidate) as handle:
+                    config = json.load(handle)
+                kind = VAE_CLASSES[config.get("_class_name", "")]
+                return kind, *vae_compression(kind, config)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return None  # load_vae names what is wrong with it
+    return None
 
 
 @dataclasses.dataclass
@@ -110,6 +181,9 @@ def preflight(cfg: PrecomputeConfig) -> tuple[list[Source], list[dict]]:
     """
     cfg.validate()
     state.check_paths(cfg)
+    vae = vae_compression_before_loading(cfg.vae_path, cfg.vae_config)
+    if vae is not None:
+        vae_latent_shape(*vae, cfg.num_frames, cfg.height, cfg.width)
     sources, errors = discover_sources(cfg.inputs, cfg.captions, cfg.output)
     if not sources:
         raise all_rejected(errors, "discovery")

@@ -110,3 +110,18 @@ def test_wan22_style_patchified_vae_shape_rule():
     assert tuple(vae.encode(torch.rand(1, 3, 9, 64, 32) * 2 - 1).shape) == (1, 4, 3, 4, 2)
     with pytest.raises(ValueError, match="spatial compression 16"):
         vae.latent_shape(9, 64, 40)
+
+
+@pytest.mark.parametrize("config", ["tiny", "tiny-wan", "tiny-cogvideox"])
+def test_preflight_reads_the_compression_the_loaded_vae_has(tmp_path, config):
+    """The precompute refuses bad --frames/--height before loading the VAE, from the tiny
+    config or the checkpoint's config.json; it must agree with the loaded model."""
+    from megatron_vdit.data.precompute_config import vae_compression_before_loading
+    vae = load_vae(config=config, seed=0)
+    loaded = (vae.kind, vae.temporal_ratio, vae.spatial_ratio)
+    assert loaded[1:] == (4, 8)  # both tiny VAEs compress like the real ones
+    assert vae_compression_before_loading(None, config) == loaded
+    vae.model.save_pretrained(tmp_path / "pipeline" / "vae")
+    assert vae_compression_before_loading(str(tmp_path / "pipeline"), None) == loaded
+    (tmp_path / "bare").mkdir()
+    assert vae_compression_before_loading(str(tmp_path / "bare"), None) is None

@@ -30,6 +30,18 @@ def _checkpointed_unfinished(out: Path) -> dict:
     return found
 
 
+def _holders(path: Path) -> list[int]:
+    """Pids of live processes with `path` open (an orphaned run keeps its stdout.log open)."""
+    pids = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) == str(path) for fd in fd_dir.iterdir()):
+                pids.append(int(fd_dir.parent.name))
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return pids
+
+
 def test_sigkill_mid_sweep_then_rerun_resumes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd, out = _sweep(tmp_path), tmp_path / "sweep"
@@ -44,7 +56,9 @@ def test_sigkill_mid_sweep_then_rerun_resumes(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     time.sleep(2)  # the children die with the sweep (PR_SET_PDEATHSIG)
+    orphans = {log.parent.name: _holders(log) for log in out.glob("*/stdout.log")}
     caught = [name for name in caught if not (out / name / "run.json").exists()]
+    assert not any(orphans.values()), f"runs outlived the killed sweep: {orphans}"
     marks = {name: (out / name / "stdout.log").stat().st_size for name in caught}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
