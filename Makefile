@@ -9,6 +9,9 @@ VENV_FLAGS ?=
 PY := $(VENV)/bin/python
 TORCH_CPU_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
+# The suite runs on both cores of the development box (pytest-xdist); SLURM tests share
+# one worker (xdist_group "slurm"). TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 SWEEP_ARGS ?=
 # test: pytest and friends; quant: nvidia-modelopt (its tests skip without it)
 EXTRAS ?= test,quant
@@ -30,7 +33,7 @@ train: venv
 		--save runs/default/checkpoints
 
 test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) tests
 
 # The main job on CPU: sweep small models -> fit -> held-out check -> report -> plan.
 # SWEEP_ARGS: --quick, --config FILE, --out DIR (see examples/run_sweep.sh).

@@ -33,8 +33,9 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # pytest-random-order is opt-in (`pytest --random-order`): the default run keeps file order.
+    # pytest-xdist: `make test` runs the suite on 2 workers.
     "test": ["pytest>=8.0", "pytest-timeout>=2.3", "pytest-random-order>=1.1",
-             "scikit-video==1.1.11"],
+             "pytest-xdist>=3.5", "scikit-video==1.1.11"],
     # Post-training quantization (megatron_vdit/inference/quantize.py); its tests skip
     # without it. INT8/FP8 fake-quant runs on CPU.
     "quant": ["nvidia-modelopt==0.47.0"],

@@ -15,6 +15,9 @@ from megatron_vdit.training.loop import train
 from megatron_vdit.training.preemption import EXIT_PREEMPTED, MARKER
 from megatron_vdit.training.resolved import resolve
 
+# One local cluster: its tests share one xdist worker (`make test` runs -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("slurm")
+
 ARGS = ["--data", "synthetic", "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "2",
         "--latent-frames", "2", "--latent-height", "8", "--latent-width", "8",
         "--text-hidden-size", "32", "--max-text-tokens", "12", "--micro-batch-size", "2",

@@ -9,6 +9,9 @@ from slurm_cluster import ROOT
 from megatron_vdit.cli import sweep as run_sweep
 from megatron_vdit.sweep.slurm_executor import Job, run_array
 
+# One local cluster: its tests share one xdist worker (`make test` runs -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("slurm")
+
 # The tiny base config shared with the other sweep tests.
 BASE = (ROOT / "tests" / "tools" / "tiny_sweep_base.yaml").read_text()
 

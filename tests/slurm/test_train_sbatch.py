@@ -15,6 +15,9 @@ import pytest
 
 from slurm_cluster import ROOT, job_state, last_iteration, release_requeued, slurm, wait_for
 
+# One local cluster: its tests share one xdist worker (`make test` runs -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("slurm")
+
 TRAIN_ITERS = 150
 CONFIG = f"""data: synthetic
 num_layers: 2
