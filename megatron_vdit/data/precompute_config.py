@@ -26,7 +26,8 @@ TINY_WAN = dict(base_dim=4, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
                 temperal_downsample=[False, True, True],
                 latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
 TINY_COGVIDEOX = dict(block_out_channels=(8, 16, 16, 16), latent_channels=4, layers_per_block=1,
-                      norm_num_groups=4, sample_height=64, sample_width=64)
+                      norm_num_groups=4, sample_height=64, sample_width=64,
+                      temporal_compression_ratio=4)
 VAE_CLASSES = {"AutoencoderKLWan": "wan", "AutoencoderKLCogVideoX": "cogvideox"}
 
 
@@ -71,9 +72,8 @@ def vae_compression_before_loading(vae_path: str | None,
     if vae_config is not None:
         if vae_config not in VAE_CONFIGS:
             return None
-        if vae_config == "tiny-cogvideox":  # diffusers' default temporal compression: 4
-            return "cogvideox", *vae_compression(
-                "cogvideox", {"temporal_compression_ratio": 4, **TINY_COGVIDEOX})
+        if vae_config == "tiny-cogvideox":
+            return "cogvideox", *vae_compression("cogvideox", TINY_COGVIDEOX)
         return "wan", *vae_compression("wan", TINY_WAN)
     if vae_path is None:
         return None

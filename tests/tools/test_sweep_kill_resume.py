@@ -55,7 +55,7 @@ def test_sigkill_mid_sweep_then_rerun_resumes(tmp_path):
     assert caught, "the sweep ended (or timed out) before a run had checkpointed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(2)  # the children die with the sweep (PR_SET_PDEATHSIG)
+    time.sleep(2)  # the runs die with the sweep (pidfd watch; PR_SET_PDEATHSIG for subprocesses)
     orphans = {log.parent.name: _holders(log) for log in out.glob("*/stdout.log")}
     caught = [name for name in caught if not (out / name / "run.json").exists()]
     assert not any(orphans.values()), f"runs outlived the killed sweep: {orphans}"
