@@ -29,13 +29,11 @@ memory and byte columns are exact. Prints a markdown table (docs/benchmarks.md,
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import multiprocessing as mp
 import os
 import platform
 import queue
-import shlex
 import statistics
 import sys
 import tempfile
@@ -52,7 +50,7 @@ from megatron_vdit.parallel.activation_memory import saved_activation_bytes
 from megatron_vdit.parallel.engine import ParallelEngine
 from megatron_vdit.parallel.layout import ParallelLayout, build_parallel_groups
 from megatron_vdit.utils.atomic_io import write_json_atomic
-from megatron_vdit.utils.machine import cpu_model
+from megatron_vdit.utils.machine import cpu_model, run_meta
 
 # Model shapes: full run and --smoke. Tokens per frame = (height / 2) x (width / 2).
 FULL = dict(hidden=128, heads=4, layers=2, height=16, width=16, tokens=(128, 256, 512),
@@ -335,10 +333,9 @@ def main(argv=None) -> int:
     rows = measure(args.ranks, args.tokens, args.comm, shape, args.repeats, args.dtype)
     print(table(rows))
     if args.json:
-        meta = dict(command=shlex.join([os.path.relpath(sys.argv[0])] + (argv or sys.argv[1:])),
-                    machine=_machine(), torch=torch.__version__, python=platform.python_version(),
-                    date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    shape=shape, dtype=args.dtype, batch=BATCH, text_tokens=TEXT_TOKENS)
+        meta = dict(run_meta([os.path.relpath(sys.argv[0])] + (argv or sys.argv[1:]),
+                             torch=torch.__version__),
+                    machine=_machine(), shape=shape, dtype=args.dtype, batch=BATCH, text_tokens=TEXT_TOKENS)
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         write_json_atomic(args.json, dict(meta, rows=rows))
     return 0

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 
+from megatron_vdit.cli.errors import integer_at_least
 from megatron_vdit.data.procedural import render_clip
 from megatron_vdit.data.video_io import write_video
 
@@ -128,22 +129,28 @@ def _in_process_tables(natural: dict, loader: dict) -> list[str]:
             f"{loader['samples_per_s']:.0f} |"]
 
 
-def smoke(tmp: str) -> dict:
+def smoke(tmp: str) -> list[str]:
     """Tiny in-process cases (the test suite's check that the bench is well formed)."""
     from megatron_vdit.data.loader import ensure_default_shards
     natural = natural_encoding(4, os.path.join(tmp, "natural-cache"), frames=2, side=4,
                                text_width=8, text_tokens=4)
     root = os.path.join(tmp, "default")
     ensure_default_shards(root, 8, 4, 5, 16, 16)
-    loader = loader_throughput(root, 2, 8)
-    return {"natural": natural, "loader": loader, "table": _in_process_tables(natural, loader)}
+    return _in_process_tables(natural, loader_throughput(root, 2, 8))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Flags checked before any clip is rendered (bad values: exit 2, one line)."""
+    parser = argparse.ArgumentParser(prog=os.path.basename(__file__))
+    parser.add_argument("--clips", type=integer_at_least(1), default=256,
+                        help="procedural clips to precompute (and sweep-data clips to render)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="only the in-process rows, at tiny sizes (the test suite runs it)")
+    return parser.parse_args(argv)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--clips", type=int, default=256)
-    parser.add_argument("--smoke", action="store_true")
-    args = parser.parse_args()
+    args = parse_args()
     import av
     import diffusers
     import torch
@@ -152,7 +159,7 @@ def main() -> None:
                               av=av.__version__)) + "\n")
     if args.smoke:
         with tempfile.TemporaryDirectory() as tmp:
-            print("\n".join(smoke(tmp)["table"]))
+            print("\n".join(smoke(tmp)))
         return
     rows = ["| case | clips | clips/s (encode phase) | clips/s (whole command) | wall s |",
             "|---|---|---|---|---|"]

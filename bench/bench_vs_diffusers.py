@@ -35,12 +35,10 @@ between the models; --saved TOP counts the bytes autograd saves for backward, by
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -60,7 +58,7 @@ from megatron_vdit.models import accounting  # noqa: E402
 from megatron_vdit.models.config import VDiTConfig  # noqa: E402
 from megatron_vdit.models.vdit import VideoDiT  # noqa: E402
 from megatron_vdit.utils.atomic_io import write_json_atomic  # noqa: E402
-from megatron_vdit.utils.machine import cpu_model  # noqa: E402
+from megatron_vdit.utils.machine import run_meta  # noqa: E402
 
 POS_INT, NON_NEG_INT = integer_at_least(1), integer_at_least(0)
 from megatron_vdit.parallel.layout import ParallelLayout, build_parallel_groups, init_distributed  # noqa: E402
@@ -367,10 +365,7 @@ def main(argv=None) -> None:
     if args.memory_probe:
         memory_probe(*args.memory_probe, args)
         return
-    meta = {"command": " ".join(["python", *sys.argv]), "machine": cpu_model(),
-            "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    meta = {**run_meta(sys.argv, torch=torch.__version__, diffusers=diffusers.__version__),
             "threads": args.threads, "batch": args.batch, "latent": args.latent,
             "channels": args.channels, "text_dim": args.text_dim, "text_len": args.text_len,
             "repeats": args.repeats, "warmup": args.warmup, "dtype": "float32"}

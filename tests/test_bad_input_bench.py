@@ -17,7 +17,7 @@ def _load(name):
 
 @pytest.fixture(scope="module")
 def benches():
-    return {name: _load(name) for name in ("bench_vs_diffusers", "bench_cp_scaling")}
+    return {name: _load(name) for name in ("bench_vs_diffusers", "bench_cp_scaling", "bench_precompute")}
 
 
 def _cases(tmp):
@@ -45,6 +45,10 @@ def _cases(tmp):
         ("bench_cp_scaling", ["--dtype", "fp64"], "--dtype"),
         ("bench_cp_scaling", ["--json", str(tmp)], "--json"),
         ("bench_cp_scaling", ["--json", str(a_file / "out.json")], "--json"),
+        ("bench_precompute", ["--clips", "0"], "--clips"),
+        ("bench_precompute", ["--clips", "-4"], "--clips"),
+        ("bench_precompute", ["--clips", "nan"], "--clips"),
+        ("bench_precompute", ["--smoke", "yes"], "unrecognized arguments: yes"),
     ]
 
 
