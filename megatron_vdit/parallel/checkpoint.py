@@ -1,19 +1,26 @@
-"""Layout-independent checkpoints with torch.distributed.checkpoint (DCP).
+"""Layout-independent checkpoints with torch.distributed.checkpoint (DCP), no gathers.
 
 A parameter is TP-sharded (megatron-core layers; its `ParamRole` says along which dim),
 FSDP-sharded over dp_cp, held by one pipeline stage or duplicated on all of them
-(conditioning). None of that should be
-visible in a checkpoint. So every tensor is saved in one canonical form: its full
-(single-process) value, under its single-process name, split in row chunks over the
-ranks that hold it (the dp x cp x tp ranks of its pipeline stage, as a 1-D DTensor
-`Shard(0)`). DCP writes each chunk once (duplicated conditioning chunks have the same
-name and offsets on every stage, and DCP's planner keeps one writer), and any other
-layout reads back the rows it needs. On load, each rank rebuilds the full value of its
-parameters and cuts its own TP/FSDP shard out of it.
+(conditioning). None of that should be visible in a checkpoint, and none of it should
+cost communication to save. So every rank hands DCP the tensors it already holds (its
+local shard of each parameter, AdamW moment and EMA weight), wrapped as a DTensor that
+says where that shard sits in the full single-process tensor: on the 2-D mesh
+("tp", "dp_cp") of its pipeline stage, with placements [Shard(d) or Replicate(),
+Shard(0)] (TP split first, then FSDP's row split of each TP slice, which is exactly how
+the shards nest). The names are the single-process names and the shapes the full
+shapes. DCP writes each chunk once (replicated chunks have the same name and offsets
+on every TP rank and stage, and DCP's planner keeps one writer) straight from the
+parameter's memory: nothing is gathered, copied or materialised at full size. Loading
+builds the same kind of DTensors for the loading layout and lets DCP read, from
+whatever chunks the file holds, exactly the rows and columns each rank needs, so a
+checkpoint saved at one layout loads at any other (checkpoints written by the earlier
+row-chunk format load too: names and full shapes are the same).
 
-Cost: saving and loading materialise one full parameter at a time on the ranks of its
-stage and all-gather it; what is kept is each rank's row chunk (1 / (dp x cp x tp) of
-its stage, copied out so the full value is freed). Fine for checkpoint frequency.
+`async_save` stages the shards to CPU memory and writes them in a background thread,
+on a gloo group of its own (so its collectives never interleave with training's); the
+returned future says when the files are complete. Staging copies, so training may
+change the parameters as soon as it returns.
 
 AdamW state (`exp_avg`, `exp_avg_sq`, `step`) is saved the same way under
 `optim.<param name>.<key>`, so a run resumed at another layout continues bit-for-bit.
@@ -22,26 +29,38 @@ without them still loads (the EMA then keeps the weights it was built from).
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from .tensor_parallel import param_role
 
 if TYPE_CHECKING:
     from .engine import ParallelEngine
 
-_STAGE_MESH = "dp_cp_tp"
 
+def _stage_mesh(engine: "ParallelEngine") -> DeviceMesh:
+    """2-D mesh ("tp", "dp_cp") of the ranks holding this rank's pipeline stage(s).
 
-def _stage_mesh(engine: "ParallelEngine"):
-    """1-D mesh of the ranks holding this rank's pipeline stage(s). `_flatten` is
-    idempotent (the same mesh comes back), and collective on first use: every rank
-    reaches it through save/load/full_model_state_dict, which all ranks call."""
-    return engine.groups.mesh["dp", "cp", "tp"]._flatten(_STAGE_MESH)
+    Only the coordinates are used (DCP computes each shard's global offsets from them),
+    so no process groups are created. dp_cp is flattened row-major from (dp, cp), as
+    FSDP's mesh is, so a rank's coordinate there is its FSDP shard index.
+    """
+    groups = engine.groups
+    cached = getattr(groups, "_checkpoint_mesh", None)
+    if cached is None:
+        world = groups.mesh.mesh  # ranks, dims (pp, dp, cp, tp)
+        pp, dp, cp, tp = world.shape
+        stages = world.permute(0, 3, 1, 2).reshape(pp, tp, dp * cp)
+        cached = DeviceMesh(groups.mesh.device_type, stages[groups.rank_in("pp")],
+                            mesh_dim_names=("tp", "dp_cp"), _init_backend=False)
+        groups._checkpoint_mesh = cached
+    return cached
 
 
 def _unique_params(engine: "ParallelEngine"):
@@ -52,66 +71,8 @@ def _unique_params(engine: "ParallelEngine"):
     return list(seen.items())
 
 
-def _full_value(engine: "ParallelEngine", param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Unsharded `value` (the param or a tensor shaped like it): FSDP, then TP gather."""
-    full = (value.full_tensor() if isinstance(value, DTensor) else value).detach()
-    tp_group, dim = engine.groups.tp, param_role(param).tp_partition_dim
-    if tp_group.size() > 1 and dim is not None:
-        parts = [torch.empty_like(full) for _ in range(tp_group.size())]
-        dist.all_gather(parts, full.contiguous(), group=tp_group)
-        full = torch.cat(parts, dim=dim)
-    return full
-
-
-def _local_shard(engine: "ParallelEngine", param: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
-    """This rank's piece of a full value, in the layout `param` has (inverse of _full_value)."""
-    tp_group, dim = engine.groups.tp, param_role(param).tp_partition_dim
-    if tp_group.size() > 1 and dim is not None:
-        full = full.chunk(tp_group.size(), dim=dim)[dist.get_rank(tp_group)]
-    if isinstance(param, DTensor):
-        return distribute_tensor(full, param.device_mesh, param.placements,
-                                 src_data_rank=None).to_local()
-    return full
-
-
-def _row_chunk(full: torch.Tensor, mesh) -> DTensor:
-    """This rank's rows of `full` as a 1-D `Shard(0)` DTensor that owns its memory (a
-    view would keep the whole full tensor alive while the state dict is held)."""
-    view = distribute_tensor(full, mesh, [Shard(0)], src_data_rank=None)
-    return DTensor.from_local(view.to_local().clone(), mesh, [Shard(0)], shape=view.shape,
-                              stride=view.stride())
-
-
-def _canonical(engine, mesh, param, value) -> DTensor:
-    return _row_chunk(_full_value(engine, param, value).contiguous(), mesh)
-
-
-@torch.no_grad()
-def state_dict_for_save(engine: "ParallelEngine", optimizer=None, ema=None) -> dict:
-    """{name: row-chunk DTensor} of the full model (and AdamW, EMA state); layout-free names."""
-    mesh = _stage_mesh(engine)
-    state: dict[str, object] = {}
-    for name, copies in _unique_params(engine):
-        param = copies[0]
-        state[f"model.{name}"] = _canonical(engine, mesh, param, param)
-        if ema is not None:
-            state[f"ema.{name}"] = _canonical(engine, mesh, param, ema.shaped_like(name))
-        opt_state = optimizer.state.get(param) if optimizer is not None else None
-        for key, value in (opt_state or {}).items():
-            if torch.is_tensor(value) and value.dim() > 0:
-                state[f"optim.{name}.{key}"] = _canonical(engine, mesh, param, value)
-            else:
-                state[f"optim.{name}.{key}"] = torch.as_tensor(value).detach().clone().cpu()
-    return state
-
-
-def save(engine: "ParallelEngine", path: str, optimizer=None, ema=None) -> None:
-    dcp.save(state_dict_for_save(engine, optimizer, ema), checkpoint_id=path)
-
-
-def saved_keys(path: str) -> set[str]:
-    """Every tensor name in the DCP checkpoint at `path` (reads only its metadata)."""
-    return set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+def _local_tensor(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def _full_shape(engine: "ParallelEngine", param: torch.Tensor) -> torch.Size:
@@ -123,22 +84,64 @@ def _full_shape(engine: "ParallelEngine", param: torch.Tensor) -> torch.Size:
     return torch.Size(shape)
 
 
-def _load_templates(engine, mesh, optimizer, ema: bool = False) -> dict:
-    """Empty canonical tensors to load into (same keys as `state_dict_for_save`)."""
-    def empty(shape):
-        return _row_chunk(torch.empty(shape, device=mesh.device_type), mesh)
+def _placed(engine: "ParallelEngine", mesh: DeviceMesh, param: torch.Tensor,
+            local: torch.Tensor) -> DTensor:
+    """`local` (this rank's shard of a tensor laid out like `param`) as a DTensor of the
+    full single-process tensor: a view, no copy and no communication."""
+    dim = param_role(param).tp_partition_dim
+    fsdp = isinstance(param, DTensor)
+    if fsdp:
+        assert param.placements == (Shard(0),), param.placements
+    shape = _full_shape(engine, param)
+    return DTensor.from_local(local, mesh,
+                              [Replicate() if dim is None else Shard(dim),
+                               Shard(0) if fsdp else Replicate()],
+                              run_check=False, shape=shape,
+                              stride=torch.empty(shape, device="meta").stride())
 
+
+@torch.no_grad()
+def state_dict_for_save(engine: "ParallelEngine", optimizer=None, ema=None) -> dict:
+    """{name: DTensor} of the model (and AdamW, EMA state) with layout-free names; every
+    tensor is a view of what this rank holds."""
+    mesh = _stage_mesh(engine)
     state: dict[str, object] = {}
     for name, copies in _unique_params(engine):
-        shape = _full_shape(engine, copies[0])
-        state[f"model.{name}"] = empty(shape)
-        if ema:
-            state[f"ema.{name}"] = empty(shape)
-        if optimizer is not None:
-            state[f"optim.{name}.exp_avg"] = empty(shape)
-            state[f"optim.{name}.exp_avg_sq"] = empty(shape)
-            state[f"optim.{name}.step"] = torch.zeros((), dtype=torch.float32)
+        param = copies[0]
+        state[f"model.{name}"] = _placed(engine, mesh, param, _local_tensor(param).detach())
+        if ema is not None:
+            shadow = ema.shadow[name]
+            state[f"ema.{name}"] = _placed(engine, mesh, param,
+                                           shadow if shadow.dtype == param.dtype
+                                           else shadow.to(param.dtype))
+        opt_state = optimizer.state.get(param) if optimizer is not None else None
+        for key, value in (opt_state or {}).items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                state[f"optim.{name}.{key}"] = _placed(engine, mesh, param, _local_tensor(value))
+            else:
+                state[f"optim.{name}.{key}"] = torch.as_tensor(value).detach().clone().cpu()
     return state
+
+
+def save(engine: "ParallelEngine", path: str, optimizer=None, ema=None) -> None:
+    dcp.save(state_dict_for_save(engine, optimizer, ema), checkpoint_id=path)
+
+
+def async_save(engine: "ParallelEngine", path: str, optimizer=None, ema=None) -> Future:
+    """Start writing a checkpoint in the background; the future completes when this
+    rank's files are written and DCP's metadata is committed (collective: every rank
+    calls it, and every rank must wait for its future before the checkpoint is used)."""
+    groups = engine.groups
+    group = getattr(groups, "_async_checkpoint_group", None)
+    if group is None:  # collective, on first use only; gloo: DCP stages to CPU memory
+        group = groups._async_checkpoint_group = dist.new_group(backend="gloo")
+    return dcp.async_save(state_dict_for_save(engine, optimizer, ema), checkpoint_id=path,
+                          process_group=group)
+
+
+def saved_keys(path: str) -> set[str]:
+    """Every tensor name in the DCP checkpoint at `path` (reads only its metadata)."""
+    return set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
 
 
 def _step_tensor(optimizer, param, step: torch.Tensor) -> torch.Tensor:
@@ -150,41 +153,64 @@ def _step_tensor(optimizer, param, step: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def load(engine: "ParallelEngine", path: str, optimizer=None, ema=None) -> None:
-    """Load a checkpoint saved at any layout into this engine (and its AdamW, EMA)."""
+    """Load a checkpoint saved at any layout into this engine (and its AdamW, EMA).
+
+    DCP reads straight into this rank's parameters, moments and EMA shards (the
+    templates below are views of them); copies of a parameter held by several local
+    chunks (conditioning under virtual pipeline stages) are then filled from the first.
+    """
     mesh = _stage_mesh(engine)
     with_ema = ema is not None and any(k.startswith("ema.") for k in saved_keys(path))
-    state = _load_templates(engine, mesh, optimizer, with_ema)
+    state: dict[str, object] = {}
+    for name, copies in _unique_params(engine):
+        param = copies[0]
+        state[f"model.{name}"] = _placed(engine, mesh, param, _local_tensor(param).detach())
+        if with_ema:
+            state[f"ema.{name}"] = _placed(engine, mesh, param,
+                                           torch.empty_like(_local_tensor(param)))
+        if optimizer is not None:
+            slot = optimizer.state[param]
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key not in slot:
+                    slot[key] = torch.zeros_like(param.detach())
+                state[f"optim.{name}.{key}"] = _placed(engine, mesh, param, _local_tensor(slot[key]))
+            state[f"optim.{name}.step"] = torch.zeros((), dtype=torch.float32)
     dcp.load(state, checkpoint_id=path)
     for name, copies in _unique_params(engine):
-        full = state[f"model.{name}"].full_tensor()
-        for p in copies:
-            _local_tensor(p).copy_(_local_shard(engine, p, full))
+        first = _local_tensor(copies[0])
+        for p in copies[1:]:
+            _local_tensor(p).copy_(first)
         if ema is not None:  # without saved EMA weights, start the average from these
-            ema_full = state[f"ema.{name}"].full_tensor() if with_ema else full
-            ema.shadow[name].copy_(_local_shard(engine, copies[0], ema_full))
+            ema.shadow[name].copy_(state[f"ema.{name}"].to_local() if with_ema else first)
         if optimizer is None:
             continue
-        moments = {k: state[f"optim.{name}.{k}"].full_tensor() for k in ("exp_avg", "exp_avg_sq")}
-        for p in copies:
-            slot = optimizer.state[p]
-            for key, full_moment in moments.items():
-                slot[key] = torch.zeros_like(p.detach())
-                _local_tensor(slot[key]).copy_(_local_shard(engine, p, full_moment))
-            slot["step"] = _step_tensor(optimizer, p, state[f"optim.{name}.step"])
+        slot = optimizer.state[copies[0]]
+        slot["step"] = _step_tensor(optimizer, copies[0], state[f"optim.{name}.step"])
+        for p in copies[1:]:
+            optimizer.state[p].update({k: v.clone() for k, v in slot.items()})
 
 
-def _local_tensor(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if isinstance(t, DTensor) else t
+def _full_value(engine: "ParallelEngine", param: torch.Tensor) -> torch.Tensor:
+    """Unsharded value of `param`: FSDP, then TP gather (collective over its stage)."""
+    full = (param.full_tensor() if isinstance(param, DTensor) else param).detach()
+    tp_group, dim = engine.groups.tp, param_role(param).tp_partition_dim
+    if tp_group.size() > 1 and dim is not None:
+        parts = [torch.empty_like(full) for _ in range(tp_group.size())]
+        dist.all_gather(parts, full.contiguous(), group=tp_group)
+        full = torch.cat(parts, dim=dim)
+    return full
 
 
 @torch.no_grad()
 def full_model_state_dict(engine: "ParallelEngine") -> dict[str, torch.Tensor]:
-    """Unsharded parameters with single-process names on global rank 0 ({} elsewhere)."""
+    """Unsharded parameters with single-process names on global rank 0 ({} elsewhere).
+
+    For export and tests, not checkpoints: it gathers every parameter."""
     g = engine.groups
     keep = g.rank_in("tp") == 0 and g.rank_in("dp_cp") == 0
     mine = {}
     for name, copies in _unique_params(engine):
-        full = _full_value(engine, copies[0], copies[0])
+        full = _full_value(engine, copies[0])
         if keep:
             mine[name] = full.detach().cpu().clone()
     gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None

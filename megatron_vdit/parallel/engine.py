@@ -17,6 +17,8 @@ frames/height/width, X text tokens, T text-encoder width, S video tokens, D hidd
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 from ..torch_floor import require_torch
 
 require_torch()  # before the torch imports: an old torch fails here, with the fix
@@ -223,7 +225,13 @@ class ParallelEngine:
         return checkpoint.state_dict_for_save(self, optimizer)
 
     def save(self, path: str, optimizer: torch.optim.Optimizer | None = None, ema=None) -> None:
+        """Write this rank's shards (no gather; see parallel/checkpoint.py)."""
         checkpoint.save(self, path, optimizer, ema)
+
+    def async_save(self, path: str, optimizer: torch.optim.Optimizer | None = None,
+                   ema=None) -> Future:
+        """`save` in a background thread; wait on the future before using the files."""
+        return checkpoint.async_save(self, path, optimizer, ema)
 
     def load(self, path: str, optimizer: torch.optim.Optimizer | None = None, ema=None) -> None:
         checkpoint.load(self, path, optimizer, ema)

@@ -40,7 +40,7 @@ def train_config(plan: dict, cond, run_name: str = "flagship", data: str | None 
         "zero_stage": layout.get("zero_stage", 2),
         "eval_samples": per_eval * -(-EVAL_SAMPLES // per_eval),
         "run_dir": f"runs/{run_name}", "save": f"checkpoints/{run_name}",
-        "save_interval": 500,
+        "save_interval": 500, "async_save": True,  # training goes on while it writes
     }
     optional = {"num_layers_per_virtual_pipeline_stage":
                 layout.get("num_layers_per_virtual_pipeline_stage"),

@@ -185,6 +185,10 @@ class CheckpointConfig:
     save_keep: int = opt(2, "checkpoints kept", result=False)
     exit_on_missing_checkpoint: bool = opt(False, "make an empty or absent --load an error",
                                            result=False)
+    async_save: bool = opt(False, "write checkpoints in a background thread (DCP async "
+                           "save; shards staged to CPU memory first): training goes on while "
+                           "the files are written, and the checkpoint becomes `latest` once "
+                           "every rank has finished (checked at log intervals)", result=False)
     exit_signal_handler: bool = opt(False, "on SIGTERM (sbatch --signal=TERM@s, scontrol "
                                     "requeue, preemption) save a checkpoint and exit with 4; "
                                     "resumes from --save (training/preemption.py)", result=False)

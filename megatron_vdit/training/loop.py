@@ -82,6 +82,11 @@ class Trainer:
         self.replica_leader = all(dist.get_rank(g) == 0 for g in (self.groups.tp, self.groups.cp,
                                                                     self.groups.pp))
         self.exit_handler = preemption.install(self.job.checkpoint.exit_signal_handler)
+        self.pending_save: ckpt.PendingCheckpoint | None = None
+        # Polls async saves from the main thread; a gloo group of its own (CPU flags,
+        # any backend), apart from the one the background writes use.
+        self.save_poll_group = (dist.new_group(backend="gloo")
+                                if self.job.checkpoint.async_save else None)
         if self.start.checkpoint is not None:
             self.resume(self.start)
 
@@ -163,8 +168,11 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------
     def save(self) -> None:
-        def write(tmp: Path) -> None:
-            self.engine.save(tmp, self.optimizer, ema=self.ema)
+        def write(tmp: Path):
+            if self.job.checkpoint.async_save:
+                future = self.engine.async_save(tmp, self.optimizer, ema=self.ema)
+            else:
+                future = self.engine.save(tmp, self.optimizer, ema=self.ema)
             # Each data-parallel replica's loader position, written by one rank of it.
             if self.replica_leader:
                 write_json_atomic(tmp / f"data_dp{self.dp_rank:05d}.json", self.source.state_dict())
@@ -179,10 +187,28 @@ class Trainer:
                 if self.ema is not None:
                     meta["ema"] = self.ema.state_dict()
                 (tmp / TRAINER_STATE).write_text(json.dumps(meta, default=str))
-        ckpt.save_checkpoint(self.save_dir, self.iteration, write,
-                             keep=self.job.checkpoint.save_keep, is_writer=self.is_logger,
-                             barrier=dist.barrier)
+            return future
+        self.finish_saves()  # one checkpoint in flight at a time
+        self.pending_save = ckpt.start_checkpoint(
+            self.save_dir, self.iteration, write, keep=self.job.checkpoint.save_keep,
+            is_writer=self.is_logger, barrier=dist.barrier)
         self.saved_iteration = self.iteration
+        if not self.job.checkpoint.async_save:
+            self.finish_saves()
+
+    def finish_saves(self, blocking: bool = True) -> None:
+        """Publish the checkpoint in flight, if any: at once (`blocking`), or only when
+        every rank's background writes are done (one tiny all-reduce; no waiting)."""
+        pending = self.pending_save
+        if pending is None:
+            return
+        if not blocking:
+            done = torch.tensor([float(pending.done())])
+            dist.all_reduce(done, op=dist.ReduceOp.MIN, group=self.save_poll_group)
+            if done.item() < 1:
+                return
+        pending.publish()
+        self.pending_save = None
 
     def resume(self, start: StartPoint) -> None:
         """Load a checkpoint `find_start` accepted (its config already checked)."""
@@ -307,6 +333,7 @@ class Trainer:
                 break
             if self.iteration % log_interval == 0 or self.iteration == r.train_iters:
                 self._log_step(log, bar, loss, grad_norm, lr, window)
+                self.finish_saves(blocking=False)
                 window = [time.time(), 0]
             if self.iteration % s.eval_interval == 0 and self.iteration < r.train_iters:
                 if s.eval_cooldown_fraction > 0:
@@ -332,6 +359,7 @@ class Trainer:
             val_loss = self._record_val(log)
         if (c.save_interval or c.save) and self.saved_iteration != self.iteration:
             self.save()
+        self.finish_saves()
         session = time.time() - self.start_time
         record = build_run_record(
             self.job, r, self.identity, run_id=self.run_dir.name,

@@ -76,6 +76,7 @@ def stop(trainer) -> None:
 
     if trainer.saved_iteration != trainer.iteration:
         trainer.save()
+    trainer.finish_saves()  # an async save must be on disk before the job ends
     if trainer.is_logger:
         write_json_atomic(Path(trainer.run_dir) / MARKER, {
             "iteration": trainer.iteration, "signal": trainer.exit_handler.sig.name,

@@ -79,3 +79,38 @@ def test_save_dp2_zero3_load_pp2(reference, tmp_path):
     cfg, path = lib.tiny_config(), str(tmp_path / "ckpt_dp2")
     spawn_world(_save_then_load, 2, cfg, reference, path, dict(zero_stage=3),
                 dict(pipeline_model_parallel_size=2), "DP2 ZeRO-3 -> PP2 1F1B")
+
+
+def _local(t):
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _async_save_while_training(cfg, ref, path, **degrees):
+    """Save asynchronously after two steps and keep training while the files are
+    written: the checkpoint must hold the weights of the moment it was started."""
+    engine, layout, groups = lib.make_engine(cfg, **degrees)
+    opt = torch.optim.AdamW(engine.parameters(), lr=lib.LR)
+    first = lib.train_steps(engine, opt, cfg, layout, groups, FIRST, num_microbatches=2)
+    torch.testing.assert_close(torch.tensor(first["losses"]), torch.tensor(ref["losses"][:2]),
+                               rtol=1e-5, atol=0)
+    # What DCP is handed are this rank's own tensors, not gathered copies: same memory.
+    state = engine.state_dict_for_save(opt)
+    for name, p in engine.named_parameters():
+        assert state[f"model.{name}"].to_local().data_ptr() == _local(p).data_ptr(), name
+        moment = _local(opt.state[p]["exp_avg"])
+        assert state[f"optim.{name}.exp_avg"].to_local().data_ptr() == moment.data_ptr(), name
+    future = engine.async_save(path, opt)
+    lib.train_steps(engine, opt, cfg, layout, groups, SECOND, num_microbatches=2)
+    future.result()
+
+
+def test_async_save_tp2_dp2_while_training_load_cp2_pp2(reference, tmp_path):
+    cfg, path = lib.tiny_config(), str(tmp_path / "ckpt_async")
+    spawn_world(_async_save_while_training, 4, cfg, reference, path,
+                tensor_model_parallel_size=2, zero_stage=3)  # TP2 x DP2
+    spawn_world(_load_and_match, 4, cfg, reference, path, "TP2xDP2 async -> CP2xPP2",
+                context_parallel_size=2, cp_comm_type="a2a", pipeline_model_parallel_size=2)
+
+
+def _load_and_match(cfg, ref, path, what, **degrees):
+    lib.assert_matches(_load_and_continue(cfg, path, **degrees), _continued(ref), what)

@@ -57,11 +57,15 @@ def test_validation_is_deterministic(tmp_path):
     assert trainer.validate(micro_batch_size=5) == pytest.approx(first, rel=1e-6)
 
 
-def test_resume_gives_identical_losses(tmp_path):
-    full = train(tiny(tmp_path / "a", "--train-iters", "12", "--save-interval", "6", "--log-interval", "1"))
-    first = tiny(tmp_path / "b", "--train-iters", "6", "--save-interval", "6", "--log-interval", "1")
-    train(first)
-    resumed = train(tiny(tmp_path / "b", "--train-iters", "12", "--save-interval", "6", "--log-interval", "1"))
+@pytest.mark.parametrize("save_mode", [[], ["--async-save"]], ids=["sync", "async"])
+def test_resume_gives_identical_losses(tmp_path, save_mode):
+    every = ["--save-interval", "6", "--log-interval", "1"] + save_mode
+    full = train(tiny(tmp_path / "a", "--train-iters", "12", *every))
+    # Run a's iteration-6 checkpoint was published while training went on.
+    assert sorted(p.name for p in (tmp_path / "a" / "run" / "checkpoints").glob("iter_*")) == [
+        "iter_0000006", "iter_0000012"]
+    train(tiny(tmp_path / "b", "--train-iters", "6", *every))
+    resumed = train(tiny(tmp_path / "b", "--train-iters", "12", *every))
     losses = lambda d: [(r["iteration"], r["train_loss"]) for r in read_metrics(d / "run")
                         if "train_loss" in r]
     assert len(losses(tmp_path / "a")) == 12
