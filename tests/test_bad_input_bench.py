@@ -17,7 +17,8 @@ def _load(name):
 
 @pytest.fixture(scope="module")
 def benches():
-    return {name: _load(name) for name in ("bench_vs_diffusers", "bench_cp_scaling", "bench_precompute")}
+    return {name: _load(name) for name in ("bench_vs_diffusers", "bench_cp_scaling", "bench_precompute",
+                                      "bench_zero3_memory")}
 
 
 def _cases(tmp):
@@ -49,6 +50,10 @@ def _cases(tmp):
         ("bench_precompute", ["--clips", "-4"], "--clips"),
         ("bench_precompute", ["--clips", "nan"], "--clips"),
         ("bench_precompute", ["--smoke", "yes"], "unrecognized arguments: yes"),
+        ("bench_zero3_memory", ["--ranks", "1"], "--ranks"),
+        ("bench_zero3_memory", ["--layers", "0"], "--layers"),
+        ("bench_zero3_memory", ["--hidden", "100", "--heads", "16"], "--heads 16 does not divide"),
+        ("bench_zero3_memory", ["--json", str(tmp)], "--json"),
     ]
 
 

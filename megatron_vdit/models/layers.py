@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VDiTConfig, rope_axis_dims
+from .init import set_init
 
 
 def patchify(latent_BCFHW: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
@@ -129,10 +130,11 @@ class FinalLayer(nn.Module):
         super().__init__()
         d = config.hidden_size
         self.norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
-        self.scale_shift_table = nn.Parameter(torch.randn(2, d) / d ** 0.5)
+        self.scale_shift_table = nn.Parameter(torch.empty(2, d))
         self.linear = nn.Linear(d, config.in_channels * config.patch_volume)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
+        set_init(self.scale_shift_table, "normal", d ** -0.5)
+        set_init(self.linear.weight, "zeros")
+        set_init(self.linear.bias, "zeros")
 
     def forward(self, x_SBD: torch.Tensor, t_emb_BD: torch.Tensor) -> torch.Tensor:
         shift_BD, scale_BD = (self.scale_shift_table[None] + t_emb_BD[:, None]).unbind(1)

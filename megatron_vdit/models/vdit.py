@@ -25,9 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 import torch.distributed as dist
 
+from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
 from .config import VDiTConfig, validate_model_config
+from .init import init_parameters, init_rules, normal_std, set_init, xavier_uniform_bound
 from .linears import FusedColumnParallelLinear, FusedRowParallelLinear
 from .layers import (CaptionProjection, FinalLayer, SDPACoreAttention, TimestepEmbedder,
                      apply_rope, patchify, rope_tables, unpatchify)
@@ -62,14 +64,28 @@ class Conditioning:
     rope_sin_SE: torch.Tensor
 
 
+def _megatron_init(linear, init_method, partition_dim: int):
+    # Megatron marks a weight as TP-split only when it initialises it; built on the meta
+    # device (perform_initialization=False) it is marked here.
+    if not hasattr(linear.weight, "tensor_model_parallel"):
+        set_tensor_model_parallel_attributes(linear.weight, True, partition_dim, 1)
+    set_init(linear.weight, "normal", normal_std(init_method))
+    if linear.bias is not None:
+        set_init(linear.bias, "zeros")
+    return linear
+
+
 def _column(spec, config, inp, out, tp_group, bias=True):
-    return build_module(spec, inp, out, config=config, init_method=config.init_method,
-                        bias=bias, gather_output=False, tp_group=tp_group)
+    return _megatron_init(build_module(
+        spec, inp, out, config=config, init_method=config.init_method, bias=bias,
+        gather_output=False, tp_group=tp_group), config.init_method, partition_dim=0)
 
 
 def _row(spec, config, inp, out, tp_group):
-    return build_module(spec, inp, out, config=config, init_method=config.output_layer_init_method,
-                        bias=True, input_is_parallel=True, skip_bias_add=False, tp_group=tp_group)
+    return _megatron_init(build_module(
+        spec, inp, out, config=config, init_method=config.output_layer_init_method, bias=True,
+        input_is_parallel=True, skip_bias_add=False, tp_group=tp_group),
+        config.output_layer_init_method, partition_dim=1)
 
 
 class _Attention(nn.Module):
@@ -158,7 +174,8 @@ class VDiTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.mlp = MLP(config, submodules, tp_group)
         # adaLN-single: one shared MLP makes 6 x D modulations; each block adds its table.
-        self.scale_shift_table = nn.Parameter(torch.randn(6, d) / d ** 0.5)
+        self.scale_shift_table = nn.Parameter(torch.empty(6, d))
+        set_init(self.scale_shift_table, "normal", d ** -0.5)
 
     def forward(self, x_SBD: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         mods = (self.scale_shift_table[None] + cond.ada_B6D).unbind(1)
@@ -178,6 +195,10 @@ class VideoDiT(nn.Module):
                  block_spec: ModuleSpec | None = None):
         super().__init__()
         validate_model_config(config)
+        # The one draw from the global RNG: `torch.manual_seed(s); VideoDiT(...)` fixes the
+        # weights, and every layout draws its shards from this seed (models/init.py).
+        self.init_seed = int(torch.randint(0, 2 ** 62, (1,), device="cpu").item())
+        self.tp_rank, self.tp_size = dist.get_rank(tp_group), tp_group.size()
         self.config = config
         d = config.hidden_size
         spec = block_spec or get_block_spec()
@@ -190,12 +211,30 @@ class VideoDiT(nn.Module):
             str(i): build_module(spec, config=config, tp_group=tp_group, layer_number=i + 1)
             for i in range(config.num_layers)})
         self.final_layer = FinalLayer(config)
-        nn.init.xavier_uniform_(self.patch_embed.weight)
-        nn.init.zeros_(self.ada_single[1].weight)
-        nn.init.zeros_(self.ada_single[1].bias)
-        cos, sin = rope_tables(config.token_grid, config.head_dim, config.rope_theta)
+        set_init(self.patch_embed.weight, "uniform",
+                 xavier_uniform_bound(*self.patch_embed.weight.shape))
+        set_init(self.ada_single[1].weight, "zeros")
+        set_init(self.ada_single[1].bias, "zeros")
+        # Real values even when the parameters are built on the meta device.
+        cos, sin = rope_tables(config.token_grid, config.head_dim, config.rope_theta,
+                               device=torch.device("cpu"))
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_rules = init_rules(self)
+        if not self.patch_embed.weight.is_meta:
+            self.init_unsharded_weights()
+
+    @torch.no_grad()
+    def init_unsharded_weights(self) -> None:
+        """Draw this rank's TP pieces of every parameter (no FSDP wrapping yet); a model
+        built on the meta device is materialised by `parallelize.materialize` instead."""
+        def locate(name, p):
+            full, offset = list(p.shape), [0] * p.dim()
+            if getattr(p, "tensor_model_parallel", False):
+                full[p.partition_dim] *= self.tp_size
+                offset[p.partition_dim] = self.tp_rank * p.shape[p.partition_dim]
+            return full, offset, p
+        init_parameters(self.named_parameters(), self.init_rules, self.init_seed, locate)
 
     def condition(self, timesteps_B, text_BXT, text_mask_BX) -> Conditioning:
         t_emb_BD = self.timestep_embedder(timesteps_B)

@@ -80,10 +80,10 @@ class ParallelEngine:
 
     # -- construction ------------------------------------------------------------------
     def _build_model(self, seed: int) -> nn.Module:
-        # On CPU: only this rank's stages go to the accelerator (after the split), so a
-        # PP rank never holds the other stages' blocks in device memory.
+        # On the meta device: a rank's stages are materialised after the split and the
+        # FSDP wrapping, as this rank's shards only (`_parallelize_chunk`).
         return parallelize.build_parallel_model(self.config, self.groups, seed=seed,
-                                                cp_backend=self.cp_backend, device="cpu")
+                                                cp_backend=self.cp_backend, device="meta")
 
     def _split(self, model: nn.Module) -> list[nn.Module]:
         # Parameter copies made for each stage lose their attributes: re-attach roles.
@@ -94,13 +94,13 @@ class ParallelEngine:
         return chunks
 
     def _parallelize_chunk(self, chunk: nn.Module, zero_stage: int, recompute: str | None):
-        chunk.to(self.device)
         parallelize.apply_recompute(chunk, recompute)
         # Gradients are reduced in fp32 even when computed in bf16 (sums over many ranks).
         reduce_dtype = torch.float32 if self.param_dtype is not None else None
-        return parallelize.apply_data_parallel(chunk, self.groups, zero_stage=zero_stage,
-                                               param_dtype=self.param_dtype,
-                                               reduce_dtype=reduce_dtype)
+        chunk = parallelize.apply_data_parallel(chunk, self.groups, zero_stage=zero_stage,
+                                                param_dtype=self.param_dtype,
+                                                reduce_dtype=reduce_dtype)
+        return parallelize.materialize(chunk, self.groups, self.device)
 
     def parameters(self) -> list[nn.Parameter]:
         """This rank's parameters (all local stages) for the optimizer."""

@@ -10,10 +10,11 @@ Fixed order (torchtitan's): build with TP / SP / CP -> (split into pipeline stag
     optimizer.step()
 
 Weights: `build_parallel_model(config, groups, seed=s)` holds, on every rank, exactly
-the TP slices of `torch.manual_seed(s); VideoDiT(config, <TP group of one>)` (both
-built with `use_cpu_initialization=True`): megatron's CPU init draws each *full* weight
-from the global RNG and keeps this rank's slice, and every other parameter is drawn in
-the same order whatever the layout. The caller's RNG state is left untouched.
+its pieces of `torch.manual_seed(s); VideoDiT(config, <TP group of one>)`. It is built on
+the meta device and `materialize` draws only this rank's shards (TP slice, then FSDP rows)
+from per-tile seeded generators (models/init.py), so no rank ever holds more than its
+share, and the weights are the same at every layout. The caller's RNG state is left
+untouched.
 
 Token edges: the model subclass below shards the patchified video tokens right after
 `patchify` (`shard_tokens`) and gathers the final layer's output right before
@@ -35,7 +36,10 @@ import torch.distributed as dist
 from torch import nn
 from megatron.core.transformer.spec_utils import ModuleSpec
 
+from torch.distributed.tensor import DTensor, Shard
+
 from ..models.config import VDiTConfig
+from ..models.init import init_parameters
 from ..models.layers import patchify, unpatchify
 from ..models.vdit import Conditioning, VDiTBlock, VDiTBlockSubmodules, VideoDiT
 from .context_parallel import ContextParallelAttention, TEContextParallelAttention
@@ -43,10 +47,11 @@ from .data_parallel import apply_data_parallel, clip_grad_norm_, finalize_grads
 from .layout import CP_BACKENDS, ParallelGroups
 from .recompute import apply_recompute
 from .tensor_parallel import (SequenceParallelColumnLinear, SequenceParallelRowLinear,
-                              all_gather_dim0, gather_tp_param, param_roles, tag_params)
+                              all_gather_dim0, gather_tp_param, param_role, param_roles,
+                              tag_params)
 
 __all__ = ["TokenSharding", "token_sharding", "local_num_tokens", "shard_tokens", "gather_tokens",
-           "ParallelVideoDiT", "build_parallel_model", "apply_recompute",
+           "ParallelVideoDiT", "build_parallel_model", "materialize", "apply_recompute",
            "apply_data_parallel", "finalize_grads", "clip_grad_norm_", "full_state_dict",
            "average_over_dp"]
 
@@ -245,16 +250,50 @@ def build_parallel_model(config: VDiTConfig, groups: ParallelGroups, *, seed: in
     if degrees:
         raise ValueError(f"the model config sets parallel degrees {degrees}; they belong in "
                          "the ParallelLayout only")
-    # CPU init makes weights independent of the layout.
-    config = dataclasses.replace(config, use_cpu_initialization=True, perform_initialization=True)
+    # Built on the meta device: no weight memory until `materialize` draws this rank's
+    # shards (megatron's own init would draw every full TP weight on every rank).
+    config = dataclasses.replace(config, use_cpu_initialization=True, perform_initialization=False)
     sharding = token_sharding(groups, config.tokens_per_sample)
     spec = _block_spec(config, groups, sharding, cp_backend)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
         torch.manual_seed(seed)
         model = ParallelVideoDiT(config, groups.tp, sharding, spec)
     model.param_roles = param_roles(model, layout.sequence_parallel)
     tag_params(model)
-    return model.to(device)
+    if torch.device(device).type == "meta":
+        return model
+    return materialize(model, groups, device)
+
+
+@torch.no_grad()
+def materialize(model: nn.Module, groups: ParallelGroups, device: torch.device | str) -> nn.Module:
+    """Give a model built on the meta device (`build_parallel_model(device="meta")`, then
+    perhaps cut into a pipeline stage and FSDP-wrapped) real tensors on `device`, each
+    rank drawing only its own shards (models/init.py): the same weights as the
+    single-process model at any layout, and never more than this rank's share in memory.
+    Buffers (RoPE tables) are real from the start and kept."""
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    model.to_empty(device=device)
+    for name, value in buffers.items():
+        model.get_buffer(name).copy_(value)
+    tag_params(model)  # to_empty may have replaced the parameter objects
+    tp_size, tp_rank = groups.tp.size(), groups.rank_in("tp")
+
+    def locate(name, p):
+        full, offset = list(p.shape), [0] * p.dim()  # an FSDP DTensor's shape is its TP slice's
+        dim = param_role(p).tp_partition_dim
+        if dim is not None:
+            full[dim] *= tp_size
+            offset[dim] = tp_rank * p.shape[dim]
+        local = p
+        if isinstance(p, DTensor):  # FSDP2: Shard(0) of the TP slice, torch.chunk sizes
+            assert p.placements == (Shard(0),), p.placements
+            local = p.to_local()
+            chunk = -(-p.shape[0] // p.device_mesh.size())
+            offset[0] += min(p.device_mesh.get_local_rank() * chunk, p.shape[0])
+        return full, offset, local
+    init_parameters(model.named_parameters(), model.init_rules, model.init_seed, locate)
+    return model
 
 
 # --- activation recomputation -------------------------------------------------------------

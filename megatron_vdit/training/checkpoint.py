@@ -48,7 +48,9 @@ def start_checkpoint(save_dir: str, iteration: int,
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     barrier()
-    return PendingCheckpoint(root, final, tmp, write_fn(tmp), keep, is_writer, barrier)
+    written = write_fn(tmp)
+    future = written if isinstance(written, Future) else None
+    return PendingCheckpoint(root, final, tmp, future, keep, is_writer, barrier)
 
 
 @dataclasses.dataclass
