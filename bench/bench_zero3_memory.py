@@ -103,8 +103,7 @@ def worker(args) -> None:
         from megatron_vdit.models.vdit import VideoDiT
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(SEED)
-            whole = VideoDiT(cfg, groups.tp)
-        del whole
+            VideoDiT(cfg, groups.tp)  # built in full, then freed: its peak stays
     engine = ParallelEngine(cfg, layout, groups, seed=SEED, zero_stage=3)
     init_peak = _peak_mb()
     prints = _fingerprint(engine, groups)

@@ -39,8 +39,9 @@ def drop_captions(text_BXT: torch.Tensor, mask_BX: torch.Tensor, probability: fl
         return text_BXT, mask_BX
     drop_B = torch.tensor([
         torch.rand(1, generator=torch.Generator().manual_seed(seed_for(s, _DROPOUT_STREAM))).item()
-        < probability for s in sample_seeds])
-    null_text, null_mask = null_caption(*text_BXT.shape, dtype=text_BXT.dtype)
+        < probability for s in sample_seeds]).to(text_BXT.device)
+    null_text, null_mask = (t.to(text_BXT.device) for t in
+                            null_caption(*text_BXT.shape, dtype=text_BXT.dtype))
     keep = ~drop_B
     text = torch.where(keep[:, None, None], text_BXT, null_text)
     mask = torch.where(keep[:, None], mask_BX.bool(), null_mask).to(mask_BX.dtype)

@@ -74,7 +74,8 @@ class DiffusionObjective:
             t = timesteps_B.to(x0.dtype).view(expand)
             x_t = (1 - t) * x0 + t * noise
             return x_t, timesteps_B * self.num_timesteps, noise - x0
-        alpha_bar = self._alpha_bar[timesteps_B.long()].to(x0.dtype).view(expand)
+        alpha_bar = self._alpha_bar.to(timesteps_B.device)[timesteps_B.long()]
+        alpha_bar = alpha_bar.to(x0.dtype).view(expand)
         a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
         x_t = a * x0 + s * noise
         target = noise if self.kind == "ddpm" else a * noise - s * x0
@@ -86,13 +87,22 @@ class DiffusionObjective:
         The caller derives `sample_seeds` from (seed, iteration, position in the global
         batch), so every layout and a resumed run draw the same numbers, and each rank
         draws only its own samples' noise.
+
+        On a GPU the noise is drawn there, from a device generator with the same seed
+        (no host-side tensor to copy; CUDA's generator is its own stream, so GPU runs
+        match each other at every layout, not CPU runs). On CPU, timestep and noise come
+        from one generator.
         """
         timesteps, noise = [], []
+        on_cpu = x0.device.type == "cpu"
         for seed in sample_seeds:
             generator = torch.Generator().manual_seed(seed)
             timesteps.append(self.sample_timesteps(1, generator))
-            noise.append(torch.randn(x0.shape[1:], generator=generator, dtype=torch.float32))
-        return self.make_example(x0, torch.cat(timesteps), torch.stack(noise).to(x0.dtype))
+            noise_gen = generator if on_cpu else torch.Generator(x0.device).manual_seed(seed)
+            noise.append(torch.randn(x0.shape[1:], generator=noise_gen, dtype=torch.float32,
+                                     device=x0.device))
+        return self.make_example(x0, torch.cat(timesteps).to(x0.device),
+                                 torch.stack(noise).to(x0.dtype))
 
     def validation_example(self, x0: torch.Tensor, sample_indices: list[int], num_samples: int,
                            seed: int):

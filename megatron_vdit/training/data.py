@@ -30,6 +30,9 @@ class _Source:
             indices = mine[i:i + batch_size]
             yield indices, self.val_batch(indices)
 
+    def close(self) -> None:
+        """Stop background reading, if any (the shard source's prefetch thread)."""
+
 
 # Data made in memory from an index (no shards): a global position resumes them.
 IN_MEMORY_DATA = ("synthetic", "natural")
@@ -92,15 +95,20 @@ class ShardSource(_Source):
 
     def __init__(self, root: str, job: JobConfig, r: Resolved, dp_rank: int, dp_size: int):
         from ..data.loader import ShardLoader
+        from ..data.prefetch import Prefetcher
 
         self.root, self.dp_rank, self.dp_size = root, dp_rank, dp_size
         self.train = ShardLoader(root, "train", r.global_batch_size // dp_size,
                                  dp_rank=dp_rank, dp_size=dp_size, seed=job.data.data_seed)
-        self._iter = iter(self.train)
+        # The next batch is read (and pinned, on a GPU) while the current step runs.
+        self._prefetch = Prefetcher(_LoaderReader(self.train))
         self._val = None
 
     def next(self) -> dict:
-        return next(self._iter)
+        return self._prefetch.next()
+
+    def close(self) -> None:
+        self._prefetch.close()
 
     def val_batches(self, num_samples: int, batch_size: int):
         if self._val is None or self._val["latent"].shape[0] < num_samples:
@@ -127,11 +135,28 @@ class ShardSource(_Source):
         return {k: torch.cat(v)[:num_samples] for k, v in parts.items()}
 
     def state_dict(self) -> dict:
-        return self.train.state_dict()
+        return self._prefetch.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.train.load_state_dict(state)
-        self._iter = iter(self.train)
+        self._prefetch.load_state_dict(state)
+
+
+class _LoaderReader:
+    """A `ShardLoader` as the `next` / `state_dict` / `load_state_dict` source the
+    prefetcher reads from."""
+
+    def __init__(self, loader):
+        self.loader, self._iter = loader, iter(loader)
+
+    def next(self) -> dict:
+        return next(self._iter)
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
+        self._iter = iter(self.loader)
 
 
 def build_source(job: JobConfig, r: Resolved, data_root: str | None, dp_rank: int,

@@ -118,6 +118,9 @@ class Trainer:
         batch = self.source.next()
         if self.iteration == 0:
             check_data_shapes(self.job, batch["latent"].shape[1:], batch["text_emb"].shape[1:])
+        # Asynchronous from pinned memory on a GPU; the noise is then drawn on the device.
+        batch = {k: v.to(self.engine.device, non_blocking=True) if torch.is_tensor(v) else v
+                 for k, v in batch.items()}
         x_t, t, target = self._examples(batch["latent"])
         text, mask = drop_captions(batch["text_emb"], batch["text_mask"],
                                    self.job.model.text_dropout,
@@ -312,6 +315,12 @@ class Trainer:
                           enabled=self.is_logger)
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.source.close()  # no reader thread outlives the run (forks come after)
+
+    def _run(self) -> dict:
         s, r = self.job.schedule, self.r
         log_interval = self.job.logging.log_interval
         save_interval = self.job.checkpoint.save_interval
