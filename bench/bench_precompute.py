@@ -116,7 +116,68 @@ def loader_throughput(root: str, batch_size: int, samples: int) -> dict:
     return {"batch_size": batch_size, "samples": seen, "samples_per_s": seen / seconds}
 
 
-def _in_process_tables(natural: dict, loader: dict) -> list[str]:
+def prefetch_overlap(root: str, batch_size: int, batches: int) -> dict:
+    """Samples/s of a loop that reads a batch, then runs a step, against the trainer's
+    prefetch worker (`data/prefetch.py`, a process) reading the next batch during the step.
+
+    The step is a stand-in: a one-thread matmul loop sized to take about as long as
+    reading one batch (measured first), which is where overlap matters most (the ideal
+    speed-up is then 2x; it tends to 1 as either side dominates)."""
+    import functools
+
+    import torch
+    from megatron_vdit.data.prefetch import Prefetcher
+    from megatron_vdit.training.data import open_reader
+
+    make = functools.partial(open_reader, root, "train", batch_size, seed=0)
+
+    def reader():
+        source = make()
+        source.next()                               # opens the first shard
+        return source
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        source, started = reader(), time.perf_counter()
+        for _ in range(batches):
+            source.next()
+        read_s = (time.perf_counter() - started) / batches
+        a = torch.randn(128, 128)
+        started, reps = time.perf_counter(), 0
+        while time.perf_counter() - started < 0.05:
+            a @ a
+            reps += 1
+        reps = max(1, round(reps * read_s / (time.perf_counter() - started)))
+
+        def step():
+            for _ in range(reps):
+                a @ a
+
+        def rate(next_batch) -> float:
+            started = time.perf_counter()
+            for _ in range(batches):
+                next_batch()
+                step()
+            return batches * batch_size / (time.perf_counter() - started)
+
+        started = time.perf_counter()
+        step()
+        step_s = time.perf_counter() - started
+        source = reader()
+        serial = rate(source.next)
+        ahead = Prefetcher(make, pin_memory=False)
+        ahead.next()                                # forks the worker, opens the first shard
+        prefetched = rate(ahead.next)
+        ahead.close()
+    finally:
+        torch.set_num_threads(threads)
+    return {"batch_size": batch_size, "read_ms": read_s * 1e3, "step_ms": step_s * 1e3,
+            "serial_samples_per_s": serial, "prefetch_samples_per_s": prefetched,
+            "speedup": prefetched / serial}
+
+
+def _in_process_tables(natural: dict, loader: dict, overlap: dict) -> list[str]:
     return ["| sweep data (`--data natural`), latent " + "x".join(map(str, natural["latent_shape"]))
             + " | clips/s |", "|---|---|",
             f"| render + encode (no cache) | {natural['render_clips_per_s']:.1f} |",
@@ -126,7 +187,14 @@ def _in_process_tables(natural: dict, loader: dict) -> list[str]:
             f"{natural['cache_read_clips_per_s']:.0f} |", "",
             "| ShardLoader on the default shards | batch | samples/s |", "|---|---|---|",
             f"| read + decode + shuffle + collate, 0 workers | {loader['batch_size']} | "
-            f"{loader['samples_per_s']:.0f} |"]
+            f"{loader['samples_per_s']:.0f} |", "",
+            f"| read, then a step of {overlap['step_ms']:.1f} ms (one read: "
+            f"{overlap['read_ms']:.1f} ms) | batch | samples/s |", "|---|---|---|",
+            f"| serial (read, step, read, ...) | {overlap['batch_size']} | "
+            f"{overlap['serial_samples_per_s']:.0f} |",
+            f"| prefetch worker (next batch read during the step) | {overlap['batch_size']} | "
+            f"{overlap['prefetch_samples_per_s']:.0f} |",
+            f"| prefetch / serial | {overlap['batch_size']} | {overlap['speedup']:.2f} |"]
 
 
 def smoke(tmp: str) -> list[str]:
@@ -136,7 +204,8 @@ def smoke(tmp: str) -> list[str]:
                                text_width=8, text_tokens=4)
     root = os.path.join(tmp, "default")
     ensure_default_shards(root, 8, 4, 5, 16, 16)
-    return _in_process_tables(natural, loader_throughput(root, 2, 8))
+    return _in_process_tables(natural, loader_throughput(root, 2, 8),
+                              prefetch_overlap(root, 2, 8))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -179,10 +248,11 @@ def main() -> None:
         default_seconds = time.perf_counter() - started
         natural = natural_encoding(args.clips, os.path.join(tmp, "natural-cache"))
         loader = loader_throughput(os.path.join(tmp, "default"), 8, 2048)
+        overlap = prefetch_overlap(os.path.join(tmp, "default"), 8, 256)
     print("\n".join(rows))
     print(f"\nensure_default_shards(256 train + 32 val, 9x64x64): {default_seconds:.1f} s "
           "(render + mp4 write + precompute, in-process)\n")
-    print("\n".join(_in_process_tables(natural, loader)))
+    print("\n".join(_in_process_tables(natural, loader, overlap)))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ torch; the sources do, when they are built.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 from ..data.shard_format import DataError, read_manifest, verify_shards
@@ -98,10 +99,11 @@ class ShardSource(_Source):
         from ..data.prefetch import Prefetcher
 
         self.root, self.dp_rank, self.dp_size = root, dp_rank, dp_size
-        self.train = ShardLoader(root, "train", r.global_batch_size // dp_size,
-                                 dp_rank=dp_rank, dp_size=dp_size, seed=job.data.data_seed)
-        # The next batch is read (and pinned, on a GPU) while the current step runs.
-        self._prefetch = Prefetcher(_LoaderReader(self.train))
+        args = (root, "train", r.global_batch_size // dp_size)
+        kwargs = dict(dp_rank=dp_rank, dp_size=dp_size, seed=job.data.data_seed)
+        ShardLoader(*args, **kwargs)  # bad shards or arguments fail here, not in the worker
+        # A worker process reads the next batch while the current step runs.
+        self._prefetch = Prefetcher(functools.partial(open_reader, *args, **kwargs))
         self._val = None
 
     def next(self) -> dict:
@@ -139,6 +141,12 @@ class ShardSource(_Source):
 
     def load_state_dict(self, state: dict) -> None:
         self._prefetch.load_state_dict(state)
+
+
+def open_reader(*args, **kwargs) -> "_LoaderReader":
+    """A `ShardLoader(*args, **kwargs)` as a prefetcher's source (made in its worker)."""
+    from ..data.loader import ShardLoader
+    return _LoaderReader(ShardLoader(*args, **kwargs))
 
 
 class _LoaderReader:

@@ -30,3 +30,7 @@ def test_smoke_run_is_well_formed():
         value = float(rows[name][-1])
         assert math.isfinite(value) and value > 0, (name, value)
     assert rows["read + decode + shuffle + collate, 0 workers"][0].strip() == "2"   # batch size
+    for name in ("serial (read, step, read, ...)",
+                 "prefetch worker (next batch read during the step)", "prefetch / serial"):
+        value = float(rows[name][-1])
+        assert math.isfinite(value) and value > 0, (name, value)

@@ -145,16 +145,20 @@ def test_concurrent_default_builds_serialise(tmp_path):
 
 
 def test_prefetch_gives_the_same_batches_and_resumes_exactly(root):
-    """The trainer reads one batch ahead in a thread (data/prefetch.py); its position is
-    still that of the last batch handed out, so checkpoints and rewinds stay exact."""
+    """The trainer reads one batch ahead in a worker process (data/prefetch.py); its
+    position is still that of the last batch handed out, so checkpoints and rewinds
+    stay exact."""
+    import functools
+
     from megatron_vdit.data.prefetch import Prefetcher
-    from megatron_vdit.training.data import _LoaderReader
+    from megatron_vdit.training.data import open_reader
 
     kwargs = dict(batch_size=3, dp_rank=1, dp_size=2, seed=5, shuffle_buffer=10)
     plain = _take(ShardLoader(root, "train", **kwargs), 30)
 
-    def prefetcher():
-        return Prefetcher(_LoaderReader(ShardLoader(root, "train", **kwargs)), pin_memory=False)
+    def prefetcher(split="train", **extra):
+        return Prefetcher(functools.partial(open_reader, root, split, **(extra or kwargs)),
+                          pin_memory=False)
 
     def same(got, expected):
         assert [b["keys"] for b in got] == [b["keys"] for b in expected]
@@ -175,8 +179,8 @@ def test_prefetch_gives_the_same_batches_and_resumes_exactly(root):
     same([ahead.next() for _ in range(4)], plain[5:9])
     ahead.close()
     # The reader's errors reach the consumer: a finite split ends with StopIteration.
-    val = Prefetcher(_LoaderReader(ShardLoader(root, "val", batch_size=64, infinite=False)),
-                     pin_memory=False)
+    val = prefetcher("val", batch_size=64, infinite=False)
     assert len(val.next()["keys"]) == NUM_VAL
     with pytest.raises(StopIteration):
         val.next()
+    assert val._process is None  # the worker is gone after its error
