@@ -66,16 +66,11 @@ def _fingerprint(engine, groups):
     """{name: position-weighted float64 sum of the full parameter} (collective)."""
     import torch
     import torch.distributed as dist
-    from torch.distributed.tensor import DTensor
-    from megatron_vdit.parallel.tensor_parallel import param_role
+    from megatron_vdit.parallel.data_parallel import fsdp_local_rows
+    assert groups.tp.size() == 1, "pure data parallel: rows are the only split"
     sums = {}
     for name, p in engine.named_parameters():
-        local = p.to_local() if isinstance(p, DTensor) else p
-        row0 = 0
-        if isinstance(p, DTensor):
-            chunk = -(-p.shape[0] // p.device_mesh.size())
-            row0 = min(p.device_mesh.get_local_rank() * chunk, p.shape[0])
-        assert param_role(p).tp_partition_dim is None or groups.tp.size() == 1
+        local, row0 = fsdp_local_rows(p)
         m = local.detach().double().reshape(local.shape[0], math.prod(p.shape[1:]))
         i = torch.arange(row0, row0 + m.shape[0], dtype=torch.float64)[:, None]
         j = torch.arange(m.shape[1], dtype=torch.float64)[None, :]
@@ -109,16 +104,15 @@ def worker(args) -> None:
     prints = _fingerprint(engine, groups)
     params = sum(p.numel() for _, p in engine.named_parameters())  # FSDP: global numel
     opt = torch.optim.AdamW(engine.parameters(), lr=1e-4, foreach=True)
-    microbatches = args.ranks_of_reference if world == 1 else 1
+    b = args.ranks if world == 1 else 1  # the reference accumulates N microbatches of 1
     g = torch.Generator().manual_seed(rank)
-    b = microbatches
     x = torch.randn(b, cfg.in_channels, cfg.latent_frames, cfg.latent_height,
                     cfg.latent_width, generator=g)
     text = torch.randn(b, cfg.max_text_tokens, cfg.text_hidden_size, generator=g)
     mask = torch.ones(b, cfg.max_text_tokens, dtype=torch.bool)
     loss = engine.forward_backward(x, torch.rand(b, generator=g) * 1000, text, mask,
                                    torch.randn(x.shape, generator=g),
-                                   num_microbatches=microbatches)
+                                   num_microbatches=b)
     engine.clip_grad_norm_(1.0)
     opt.step()
     out = {"rank": rank, "world": world, "floor_mb": floor, "init_peak_mb": init_peak,
@@ -208,7 +202,6 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.worker:
-        args.ranks_of_reference = args.ranks
         worker(args)
         return
     shape = dict(SMOKE if args.smoke else FULL)

@@ -54,6 +54,9 @@ def _cases(tmp):
         ("bench_zero3_memory", ["--layers", "0"], "--layers"),
         ("bench_zero3_memory", ["--hidden", "100", "--heads", "16"], "--heads 16 does not divide"),
         ("bench_zero3_memory", ["--json", str(tmp)], "--json"),
+        ("bench_zero3_memory", ["--heads", "0"], "--heads"),
+        ("bench_zero3_memory", ["--hidden", "nan"], "--hidden"),
+        ("bench_zero3_memory", ["--json", str(a_file / "out.json")], "--json"),
     ]
 
 

@@ -127,9 +127,18 @@ def init_piece(rule: InitRule, seed: int, name: str, full_shape, offset, shape) 
 
 
 @torch.no_grad()
-def init_parameters(named_params, rules: dict[str, InitRule], seed: int, locate) -> None:
-    """Fill every parameter with its piece: `locate(name, param)` gives (full shape,
-    offset of the local piece in it, the local tensor to write)."""
+def init_parameters(named_params, rules: dict[str, InitRule], seed: int, *, tp_dim,
+                    tp_size: int = 1, tp_rank: int = 0, local_rows=None) -> None:
+    """Fill every parameter with its piece of the full tensor. `tp_dim(param)`: the dim
+    it is split along over TP (None: replicated), this rank's slice being `tp_rank` of
+    `tp_size`; `local_rows(param)`: (tensor to write, its first row within the TP slice)
+    when the slice is sharded further (FSDP), else the parameter itself from row 0."""
     for name, param in named_params:
-        full_shape, offset, local = locate(name, param)
-        local.copy_(init_piece(rules[name], seed, name, full_shape, offset, local.shape))
+        full, offset = list(param.shape), [0] * param.dim()
+        dim = tp_dim(param)
+        if dim is not None:
+            full[dim] *= tp_size
+            offset[dim] = tp_rank * param.shape[dim]
+        local, first_row = local_rows(param) if local_rows is not None else (param, 0)
+        offset[0] += first_row
+        local.copy_(init_piece(rules[name], seed, name, full, offset, local.shape))

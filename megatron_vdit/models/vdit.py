@@ -228,13 +228,10 @@ class VideoDiT(nn.Module):
     def init_unsharded_weights(self) -> None:
         """Draw this rank's TP pieces of every parameter (no FSDP wrapping yet); a model
         built on the meta device is materialised by `parallelize.materialize` instead."""
-        def locate(name, p):
-            full, offset = list(p.shape), [0] * p.dim()
-            if getattr(p, "tensor_model_parallel", False):
-                full[p.partition_dim] *= self.tp_size
-                offset[p.partition_dim] = self.tp_rank * p.shape[p.partition_dim]
-            return full, offset, p
-        init_parameters(self.named_parameters(), self.init_rules, self.init_seed, locate)
+        init_parameters(self.named_parameters(), self.init_rules, self.init_seed,
+                        tp_dim=lambda p: p.partition_dim if getattr(
+                            p, "tensor_model_parallel", False) else None,
+                        tp_size=self.tp_size, tp_rank=self.tp_rank)
 
     def condition(self, timesteps_B, text_BXT, text_mask_BX) -> Conditioning:
         t_emb_BD = self.timestep_embedder(timesteps_B)

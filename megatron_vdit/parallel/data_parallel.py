@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, Shard
 
 from .layout import ZERO_STAGES, ParallelGroups
 from .tensor_parallel import (all_reduce_sum, allreduce_coalesced, local_grad, param_role,
@@ -77,6 +78,16 @@ def apply_data_parallel(model: nn.Module, groups: ParallelGroups, *, zero_stage:
             module.set_force_sum_reduction_for_comms(gloo)
     tag_params(model)  # fully_shard replaced the parameter objects
     return model
+
+
+def fsdp_local_rows(param: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(this rank's local tensor, its first row in the unsharded tensor) of a parameter
+    FSDP2 sharded here (`Shard(0)`, torch.chunk sizes); a plain tensor is all of itself."""
+    if not isinstance(param, DTensor):
+        return param, 0
+    assert param.placements == (Shard(0),), param.placements
+    chunk = -(-param.shape[0] // param.device_mesh.size())
+    return param.to_local(), min(param.device_mesh.get_local_rank() * chunk, param.shape[0])
 
 
 def set_microbatch_sync(model: nn.Module, zero_stage: int, last_microbatch: bool) -> None:

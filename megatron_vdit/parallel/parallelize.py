@@ -36,14 +36,13 @@ import torch.distributed as dist
 from torch import nn
 from megatron.core.transformer.spec_utils import ModuleSpec
 
-from torch.distributed.tensor import DTensor, Shard
-
 from ..models.config import VDiTConfig
 from ..models.init import init_parameters
 from ..models.layers import patchify, unpatchify
 from ..models.vdit import Conditioning, VDiTBlock, VDiTBlockSubmodules, VideoDiT
 from .context_parallel import ContextParallelAttention, TEContextParallelAttention
-from .data_parallel import apply_data_parallel, clip_grad_norm_, finalize_grads
+from .data_parallel import (apply_data_parallel, clip_grad_norm_, finalize_grads,
+                            fsdp_local_rows)
 from .layout import CP_BACKENDS, ParallelGroups
 from .recompute import apply_recompute
 from .tensor_parallel import (SequenceParallelColumnLinear, SequenceParallelRowLinear,
@@ -277,22 +276,9 @@ def materialize(model: nn.Module, groups: ParallelGroups, device: torch.device |
     for name, value in buffers.items():
         model.get_buffer(name).copy_(value)
     tag_params(model)  # to_empty may have replaced the parameter objects
-    tp_size, tp_rank = groups.tp.size(), groups.rank_in("tp")
-
-    def locate(name, p):
-        full, offset = list(p.shape), [0] * p.dim()  # an FSDP DTensor's shape is its TP slice's
-        dim = param_role(p).tp_partition_dim
-        if dim is not None:
-            full[dim] *= tp_size
-            offset[dim] = tp_rank * p.shape[dim]
-        local = p
-        if isinstance(p, DTensor):  # FSDP2: Shard(0) of the TP slice, torch.chunk sizes
-            assert p.placements == (Shard(0),), p.placements
-            local = p.to_local()
-            chunk = -(-p.shape[0] // p.device_mesh.size())
-            offset[0] += min(p.device_mesh.get_local_rank() * chunk, p.shape[0])
-        return full, offset, local
-    init_parameters(model.named_parameters(), model.init_rules, model.init_seed, locate)
+    init_parameters(model.named_parameters(), model.init_rules, model.init_seed,
+                    tp_dim=lambda p: param_role(p).tp_partition_dim, tp_size=groups.tp.size(),
+                    tp_rank=groups.rank_in("tp"), local_rows=fsdp_local_rows)
     return model
 
 
