@@ -42,7 +42,7 @@ def _fit(args) -> int:
     print(f"{runs.num_runs} usable runs, {len(runs.point_loss)} loss points; excluded: "
           f"{excluded or 'none'}", file=sys.stderr)
     opts = FitOptions(num_resamples=args.resamples, seed=args.seed, window=args.window,
-                      surface=args.surface,
+                      surface=args.surface, t_slope=args.t_slope,
                       fixed_lr=args.fixed_lr, fixed_batch_tokens=args.fixed_batch_tokens,
                       compute=args.compute)
     law, core = pipeline.fit_law(runs, opts, sources=args.runs,
@@ -112,11 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--window", type=POSITIVE, default=FitOptions.window,
                      help="surface uses runs within this relative loss of the cell's best "
                      "(> 0; widened until the surface is identifiable)")
-    fit.add_argument("--surface", choices=("auto", "cubic", "quadratic", "near_set"),
+    fit.add_argument("--surface", choices=("auto", "quartic", "cubic", "quadratic", "near_set"),
                      default=FitOptions.surface,
-                     help="each cell's (eta, B) surface: 'auto' (default) fits the cubic "
-                     "where the cell has >= 12 settings and the quadratic on smaller grids "
-                     "(a 3 x 3 grid); 'near_set' averages the runs within 0.25%% of the best")
+                     help="each cell's (eta, B) surface: 'auto' (default) fits the quartic "
+                     "in lr where the cell has >= 15 settings and >= 5 lr values, the cubic "
+                     "where it has >= 12, the quadratic on smaller grids (a 3 x 3 grid); "
+                     "'near_set' averages the runs within 0.25%% of the best")
+    fit.add_argument("--t-slope", choices=("within_run", "cells"), default=FitOptions.t_slope,
+                     help="token exponent of the eta and B laws: 'within_run' (default) from "
+                     "how each run's loss changes between token counts, 'cells' from the "
+                     "cell optima alone")
     fit.add_argument("--no-curves", action="store_true", help="ignore val_loss_curve")
     fit.add_argument("--min-curve-tokens", type=NON_NEGATIVE, default=0.0,
                      help="ignore curve points before this many tokens (warmup)")

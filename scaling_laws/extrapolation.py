@@ -23,7 +23,7 @@ def _held_out_cells(runs, largest, opts):
     out = []
     for cell in cells:
         cell.accounting = opts.compute
-        surf = hyperopt.fit_surface(cell, np.ones((1, keep.sum())), opts.surface)
+        surf = fit.fitted_surface(cell, np.ones((1, keep.sum())), opts.surface)
         if surf["valid"][0]:
             out.append((cell, surf))
     return out

@@ -35,6 +35,10 @@ class FitOptions:
     # carry the sensitivity of the optimum to the window as well as to the runs. Off by
     # default: on the recovery design it lowered coverage (docs/scaling_laws.md).
     bootstrap_windows: tuple = ()
+    # How the eta and B laws get their token exponent (beta): "within_run" from how each
+    # run's loss changes between token counts (hyperopt.within_run_slopes), "cells" from
+    # the cell optima alone. Within-run falls back to cells where no size has two cells.
+    t_slope: str = "within_run"
     compute: str = "video"        # compute.ACCOUNTINGS: C_token = 3/4 N (7 + n_ctx/d), or 6N
     min_tokens_ratio: float = 1.25
     budgets_flops: tuple | None = None
@@ -59,17 +63,29 @@ def bootstrap_weights(runs: RunSet, num_resamples: int, seed: int) -> np.ndarray
 def cell_surfaces(cell, weights_R: np.ndarray, opts: FitOptions) -> dict:
     """The cell's surface for every row: row 0 at ``opts.window``, resample rows cycling
     through ``opts.bootstrap_windows`` (each about its own plain fit)."""
-    surface = _df_correct(hyperopt.fit_surface(cell, weights_R, opts.surface))
+    surface = fitted_surface(cell, weights_R, opts.surface)
     windows = opts.bootstrap_windows
     num_params = hyperopt.num_surface_params(
         cell.form if opts.surface == "auto" else opts.surface)
     for i, window in enumerate(windows):
         rows = np.arange(1 + i, len(weights_R), len(windows))
         mask = hyperopt.window_mask(cell, window, num_params)
-        alt = _df_correct(hyperopt.fit_surface(cell, weights_R[np.r_[0, rows]], opts.surface,
-                                               in_window=mask))
+        alt = fitted_surface(cell, weights_R[np.r_[0, rows]], opts.surface, mask)
         for key in ("log_lr", "log_batch", "log_loss", "valid", "convex", "inside"):
             surface[key][rows] = alt[key][1:]
+    return surface
+
+
+def fitted_surface(cell, weights_R: np.ndarray, form: str, in_window=None) -> dict:
+    """``hyperopt.fit_surface`` with the degrees-of-freedom correction. A quartic places
+    the optimum and the cubic on the same runs gives its level: near the optimum the
+    loss is flat, so the cubic's location bias (a few %) moves its minimum by about
+    ``k u^2`` (1e-5), while its three fewer coefficients narrow the loss law's
+    intervals (with the quartic's level the recovery design's alpha_T erred by 4.6%)."""
+    surface = _df_correct(hyperopt.fit_surface(cell, weights_R, form, in_window))
+    if surface["form"] == "quartic":
+        level = _df_correct(hyperopt.fit_surface(cell, weights_R, "cubic", in_window))
+        surface["log_loss"] = np.where(surface["valid"], level["log_loss"], np.nan)
     return surface
 
 
@@ -155,8 +171,16 @@ def core_fit(runs: RunSet, opts: FitOptions) -> dict:
         raise ValueError(f"only {len(usable_sizes)} model sizes have a cell whose optimum lies "
                          f"inside the grid (N = {usable_sizes} billion); need {MIN_MODEL_SIZES} "
                          f"({_edge_summary(cells)})")
-    eta = hyperopt.fit_power_law(stack["log_lr"], t_C, n_C)
-    batch = hyperopt.fit_power_law(stack["log_batch"], t_C, n_C)
+    slopes_R2, t_slope = None, "cells"
+    if opts.t_slope == "within_run":
+        slopes_R2 = hyperopt.within_run_slopes(cells, surfaces, weights_R)
+        t_slope = "within_run" if slopes_R2 is not None else "cells"
+    elif opts.t_slope != "cells":
+        raise ValueError(f"t_slope must be 'within_run' or 'cells', got {opts.t_slope!r}")
+    eta = hyperopt.fit_power_law(stack["log_lr"], t_C, n_C,
+                                 None if slopes_R2 is None else slopes_R2[:, 0])
+    batch = hyperopt.fit_power_law(stack["log_batch"], t_C, n_C,
+                                   None if slopes_R2 is None else slopes_R2[:, 1])
     loss_RP = _fit_loss_rows(n_C, t_C, stack["log_loss"])
     compute = ComputeModel.fit(runs.params_nonembed, runs.hidden_size, runs.tokens_per_sample,
                                opts.compute)
@@ -168,7 +192,7 @@ def core_fit(runs: RunSet, opts: FitOptions) -> dict:
     return {"cells": cells, "skipped": skipped, "surfaces": surfaces, "stack": stack,
             "n_C": n_C, "t_C": t_C, "eta": np.stack(eta, 1), "batch": np.stack(batch, 1),
             "loss": loss_RP, "compute": compute, "budgets": budgets, "n_opt_RK": n_opt_RK,
-            "n_opt": np.stack([k_R, a_R], 1), "weights": weights_R}
+            "n_opt": np.stack([k_R, a_R], 1), "weights": weights_R, "t_slope": t_slope}
 
 
 def interval(samples: np.ndarray) -> list:

@@ -32,12 +32,17 @@ from scaling_laws.synthetic import PlantedSweep
 
 # name: FitOptions overrides; the default FitOptions is one of them (see the docs).
 ESTIMATORS = {
-    "quadratic-20%": dict(surface="quadratic", window=0.20),
-    "quadratic-2%": dict(surface="quadratic", window=0.02),
-    "near-set-0.25%": dict(surface="near_set"),
-    "cubic": dict(surface="cubic", window=0.20, bootstrap_windows=()),  # the default
+    "quadratic-20%": dict(surface="quadratic", window=0.20, t_slope="cells"),
+    "quadratic-2%": dict(surface="quadratic", window=0.02, t_slope="cells"),
+    "near-set-0.25%": dict(surface="near_set", t_slope="cells"),
+    "cubic": dict(surface="cubic", window=0.20, t_slope="cells"),
     # Bootstrap rows alternate between a 5% and a 20% window.
-    "cubic+windows": dict(surface="cubic", window=0.20, bootstrap_windows=(0.05, 0.20)),
+    "cubic+windows": dict(surface="cubic", window=0.20, bootstrap_windows=(0.05, 0.20),
+                          t_slope="cells"),
+    "quartic": dict(surface="quartic", window=0.20, t_slope="cells"),
+    "cubic+within-run": dict(surface="cubic", window=0.20, t_slope="within_run"),
+    # The default FitOptions: quartic where the grid allows it, T slopes within runs.
+    "default": dict(),
 }
 HP_EXPONENTS = (("eta", "beta", 1), ("eta", "gamma", 2), ("batch", "beta", 1),
                 ("batch", "gamma", 2))

@@ -124,12 +124,16 @@ def _choose_window(log_loss, log_lr, log_batch, window: float,
     return np.ones_like(keep)  # a window 2^64 times the loss: every run (bounded loop)
 
 
-def resolve_form(form: str, num_settings: int) -> str:
-    """``auto``: the cubic surface where the cell has enough (eta, B) settings for it
-    to keep two residual degrees of freedom (12: a 4 x 3 grid), else the quadratic (a
-    3 x 3 grid has 9 settings, fewer than the cubic's 10 coefficients)."""
+def resolve_form(form: str, num_settings: int, num_lr_levels: int | None = None) -> str:
+    """``auto``: the richest surface the cell's grid supports with two residual degrees
+    of freedom: the quartic (13 coefficients) where it has >= 15 (eta, B) settings and
+    >= 5 lr values, else the cubic (>= 12 settings: a 4 x 3 grid), else the quadratic
+    (a 3 x 3 grid has 9 settings, fewer than the cubic's 10 coefficients)."""
     if form != "auto":
         return form
+    quartic_levels = num_lr_levels is None or num_lr_levels >= 5
+    if num_settings >= len(SURFACE_TERMS["quartic"]) + 2 and quartic_levels:
+        return "quartic"
     return "cubic" if num_settings >= len(SURFACE_TERMS["cubic"]) + 2 else "quadratic"
 
 
@@ -187,7 +191,7 @@ def _make_cell(runs: RunSet, members: np.ndarray, target: float, window: float,
     resolved = "quadratic"
     if form is not None:
         settings = len({(a, b) for a, b in zip(log_lr.round(6), log_batch.round(6))})
-        resolved = resolve_form(form, settings)
+        resolved = resolve_form(form, settings, len(np.unique(log_lr.round(6))))
         num_params = len(SURFACE_TERMS[resolved])
     keep = _choose_window(log_loss, log_lr, log_batch, window, num_params)
     cell = Cell(float(np.median(runs.params_nonembed[rows])), float(target),
@@ -209,6 +213,11 @@ SURFACE_TERMS = {
     # Every term of degree <= 3: lets the valley be steeper on one side (a high-lr wall)
     # and the lr valley bend with the batch, which a quadratic turns into a vertex bias.
     "cubic": ("1", "x", "y", "xx", "xy", "yy", "xxx", "yyy", "xxy", "xyy"),
+    # The cubic plus the degree-4 terms with at least two lr factors: a high-lr wall that
+    # rises faster than a cubic, also where the lr valley moves with the batch (xxxy,
+    # xxyy). Stays cubic in B: a B grid has ~5 levels, which a quartic would interpolate.
+    "quartic": ("1", "x", "y", "xx", "xy", "yy", "xxx", "yyy", "xxy", "xyy", "xxxx",
+                "xxxy", "xxyy"),
     # No surface: the mean (log eta, log B) of the runs within 0.25% of the best run, as
     # DeepSeek LLM and Step Law take it; compared in docs/scaling_laws.md.
     "near_set": ("1",),
@@ -217,12 +226,20 @@ NEAR_SET_REL = 0.0025
 _VERTEX_GRID = (61, 41)  # (eta, B) points of the vertex search in each cell's box
 
 
-def _design(dx, dy, form: str) -> np.ndarray:
-    """(..., P) design columns of ``form`` at ``dx``, ``dy`` (any matching shapes)."""
-    cols = {"1": np.ones_like(dx), "x": dx, "y": dy, "xx": dx * dx, "xy": dx * dy,
-            "yy": dy * dy, "xxx": dx ** 3, "yyy": dy ** 3, "xxy": dx * dx * dy,
-            "xyy": dx * dy * dy}
-    return np.stack([cols[t] for t in SURFACE_TERMS[form]], axis=-1)
+def _monomial(term: str, dx, dy, d_x: int = 0, d_y: int = 0):
+    """``d^(d_x + d_y) / dx^d_x dy^d_y`` of the monomial ``term`` ("1", "x", "xxy", ...)."""
+    i, j = term.count("x"), term.count("y")
+    if d_x > i or d_y > j:
+        return np.zeros_like(dx)
+    factor = float(np.prod(np.arange(i - d_x + 1, i + 1)) * np.prod(np.arange(j - d_y + 1, j + 1)))
+    return factor * dx ** (i - d_x) * dy ** (j - d_y)
+
+
+def _design(dx, dy, form: str, d_x: int = 0, d_y: int = 0) -> np.ndarray:
+    """(..., P) design columns of ``form`` at ``dx``, ``dy`` (any matching shapes), or
+    their partial derivatives of order (``d_x``, ``d_y``)."""
+    dx, dy = np.broadcast_arrays(np.asarray(dx, float), np.asarray(dy, float))
+    return np.stack([_monomial(t, dx, dy, d_x, d_y) for t in SURFACE_TERMS[form]], axis=-1)
 
 
 def num_surface_params(form: str) -> int:
@@ -232,18 +249,10 @@ def num_surface_params(form: str) -> int:
 
 def _grad_hess(coef_RP, form: str, px, py):
     """Gradient (R,2) and Hessian (R,2,2) of the surface at (px, py) per row."""
-    c = dict(zip(SURFACE_TERMS[form], np.moveaxis(coef_RP, -1, 0)))
-    zero = np.zeros_like(px)
-    c3x, c3y, c21, c12 = (c.get(k, zero) for k in ("xxx", "yyy", "xxy", "xyy"))
-    gx = (c["x"] + 2 * c["xx"] * px + c["xy"] * py + 3 * c3x * px ** 2 + 2 * c21 * px * py
-          + c12 * py ** 2)
-    gy = (c["y"] + c["xy"] * px + 2 * c["yy"] * py + 3 * c3y * py ** 2 + c21 * px ** 2
-          + 2 * c12 * px * py)
-    hxx = 2 * c["xx"] + 6 * c3x * px + 2 * c21 * py
-    hxy = c["xy"] + 2 * c21 * px + 2 * c12 * py
-    hyy = 2 * c["yy"] + 6 * c3y * py + 2 * c12 * px
+    at = lambda d_x, d_y: np.einsum("rp,rp->r", coef_RP, _design(px, py, form, d_x, d_y))  # noqa: E731
+    hxx, hxy, hyy = at(2, 0), at(1, 1), at(0, 2)
     hess = np.stack([np.stack([hxx, hxy], -1), np.stack([hxy, hyy], -1)], -2)
-    return np.stack([gx, gy], -1), hess
+    return np.stack([at(1, 0), at(0, 1)], -1), hess
 
 
 def _vertex(coef_RP, form: str, box):
@@ -321,7 +330,8 @@ def fit_surface(cell: Cell, weights_R_runs: np.ndarray, form: str = "quadratic",
     return {"log_lr": vertex_R2[:, 0] + x0 + nan, "log_batch": vertex_R2[:, 1] + y0 + nan,
             "log_loss": np.log(np.where(valid_R, min_R, 1.0)) + nan, "hessian": hess_R22,
             "valid": valid_R, "convex": convex_R, "inside": inside_R, "form": form,
-            "num_params": num_params, "num_in_surface": int(m.sum())}
+            "num_params": num_params, "num_in_surface": int(m.sum()),
+            "coef": coef_RP, "centre": (float(x0), float(y0))}
 
 
 def _near_set_optimum(cell: Cell, weights_R_runs: np.ndarray) -> dict:
@@ -354,22 +364,114 @@ def predict_hp(law, n_billion, t_billion):
     return alpha * np.power(t_billion, beta) * np.power(n_billion, gamma)
 
 
-def fit_power_law(log_target_RC: np.ndarray, t_billion_C: np.ndarray, n_billion_C: np.ndarray):
+def fit_power_law(log_target_RC: np.ndarray, t_billion_C: np.ndarray, n_billion_C: np.ndarray,
+                  beta_R: np.ndarray | None = None):
     """Least squares of ``log y = log alpha + beta log T + gamma log N`` per resample.
 
-    NaN targets (invalid cells) get zero weight. Returns (alpha_R, beta_R, gamma_R);
-    resamples with fewer than 3 model sizes or 2 token counts among valid cells are NaN.
+    With ``beta_R`` (the token exponent per row, e.g. from :func:`within_run_slopes`)
+    only ``alpha`` and ``gamma`` are fitted, to ``log y - beta log T``. NaN targets
+    (invalid cells) get zero weight. Returns (alpha_R, beta_R, gamma_R); resamples with
+    fewer than 3 model sizes (or, fitting beta, 2 token counts) among valid cells are NaN.
     """
-    design_CP = np.stack([np.ones_like(t_billion_C), np.log(t_billion_C), np.log(n_billion_C)], 1)
+    log_t_C, log_n_C = np.log(t_billion_C), np.log(n_billion_C)
     valid_RC = np.isfinite(log_target_RC)
+    if beta_R is None:
+        design_CP = np.stack([np.ones_like(log_t_C), log_t_C, log_n_C], 1)
+        target_RC = log_target_RC
+    else:
+        design_CP = np.stack([np.ones_like(log_t_C), log_n_C], 1)
+        target_RC = log_target_RC - beta_R[:, None] * log_t_C
+        valid_RC &= np.isfinite(beta_R)[:, None]
     w_RC = valid_RC.astype(float)
-    target_RC = np.where(valid_RC, log_target_RC, 0.0)
-    n_sizes_R = _level_count(w_RC, np.log(n_billion_C))
-    n_tokens_R = _level_count(w_RC, np.log(t_billion_C))
-    ok_R = (n_sizes_R >= 3) & (n_tokens_R >= 2)
+    target_RC = np.where(valid_RC, target_RC, 0.0)
+    n_sizes_R = _level_count(w_RC, log_n_C)
+    ok_R = n_sizes_R >= 3
+    if beta_R is None:
+        ok_R &= _level_count(w_RC, log_t_C) >= 2
+    num_p = design_CP.shape[1]
     gram_RPP = np.einsum("rc,ci,cj->rij", w_RC, design_CP, design_CP)
-    gram_RPP[~ok_R] = np.eye(3)
+    gram_RPP[~ok_R] = np.eye(num_p)
     rhs_RP = np.einsum("rc,ci,rc->ri", w_RC, design_CP, target_RC)
     coef_RP = np.linalg.solve(gram_RPP, rhs_RP[..., None])[..., 0]
     coef_RP[~ok_R] = np.nan
-    return np.exp(coef_RP[:, 0]), coef_RP[:, 1], coef_RP[:, 2]
+    if beta_R is None:
+        return np.exp(coef_RP[:, 0]), coef_RP[:, 1], coef_RP[:, 2]
+    return np.exp(coef_RP[:, 0]), np.where(ok_R, beta_R, np.nan), coef_RP[:, 1]
+
+
+WITHIN_RUN_WINDOW = 0.10  # runs within 10% of the best loss in both cells of a pair
+MIN_PAIR_RUNS = 4
+
+
+def _log_gradient(surface: dict, cell: Cell, members: np.ndarray) -> np.ndarray:
+    """(R, M, 2) gradient of the log of each row's fitted surface at the runs ``members``
+    (indices into the cell's runs) in (log eta, log B)."""
+    x0, y0 = surface["centre"]
+    dx, dy = cell.log_lr[members] - x0, cell.log_batch[members] - y0
+    coef_RP = surface["coef"]
+    value_RM = coef_RP @ _design(dx, dy, surface["form"]).T
+    gx_RM = coef_RP @ _design(dx, dy, surface["form"], 1, 0).T
+    gy_RM = coef_RP @ _design(dx, dy, surface["form"], 0, 1).T
+    return np.stack([gx_RM, gy_RM], -1) / value_RM[..., None]
+
+
+def within_run_slopes(cells: list, surfaces: list, weights_R_runs: np.ndarray | None = None,
+                      window: float = WITHIN_RUN_WINDOW) -> np.ndarray | None:
+    """Token exponents of eta_opt and B_opt from how each run's loss changes with T.
+
+    The surface of a size keeps its shape over the sweep's token range and moves: with
+    ``tau = log T``, ``log L(x, y, tau) = l(tau) + s(x - b_x tau, y - b_y tau)``, so
+    between two token counts of the same run
+    ``d log L = d l - grad s(x, y) . (b_x, b_y) d tau``. The run's own noise (its seed,
+    shared by its whole curve) cancels in ``d log L``; ``grad s`` is the mean of the two
+    cells' fitted surfaces' log-gradient at the run. One least-squares fit over every
+    pair of neighbouring cells of every size (a free ``d l`` per pair) gives
+    ``(b_x, b_y)``, the laws' beta for eta and B. Only runs within ``window`` of both
+    cells' best loss enter, where the polynomial surfaces follow the valley.
+
+    ``weights_R_runs`` (default: the rows the surfaces were fitted with, taken from
+    them) weight the runs per row. Returns (R, 2), rows whose pairs do not determine
+    the slopes NaN, or None when no size has two cells with a surface.
+    """
+    pairs = []
+    by_size: dict = {}
+    for cell, surface in zip(cells, surfaces):
+        if "coef" in surface:
+            by_size.setdefault(round(cell.n_billion, 9), []).append((cell.t_billion, cell, surface))
+    for group in by_size.values():
+        group.sort(key=lambda item: item[0])
+        for (t1, c1, s1), (t2, c2, s2) in zip(group[:-1], group[1:]):
+            common, i1, i2 = np.intersect1d(c1.run_index, c2.run_index, return_indices=True)
+            near = ((c1.log_loss[i1] <= c1.log_loss.min() + np.log1p(window))
+                    & (c2.log_loss[i2] <= c2.log_loss.min() + np.log1p(window)))
+            if near.sum() < MIN_PAIR_RUNS:
+                continue
+            i1, i2, common = i1[near], i2[near], common[near]
+            valid_R = s1["valid"] & s2["valid"]
+            grad_RM2 = 0.5 * (_log_gradient(s1, c1, i1) + _log_gradient(s2, c2, i2))
+            pairs.append((common, c2.log_loss[i2] - c1.log_loss[i1], -grad_RM2 * np.log(t2 / t1),
+                          valid_R))
+    if not pairs:
+        return None
+    num_rows = len(pairs[0][3])
+    gram_R22, rhs_R2 = np.zeros((num_rows, 2, 2)), np.zeros((num_rows, 2))
+    for common, d_M, g_RM2, valid_R in pairs:
+        if weights_R_runs is None:
+            w_RM = np.ones((num_rows, len(common)))
+        else:
+            w_RM = weights_R_runs[:, common]
+        w_RM = w_RM * valid_R[:, None]
+        total_R = np.maximum(w_RM.sum(1), 1e-300)
+        # The pair's free d l: centre d and the gradients on their weighted means.
+        g_c = g_RM2 - (np.einsum("rm,rmk->rk", w_RM, g_RM2) / total_R[:, None])[:, None, :]
+        d_c = d_M[None, :] - ((w_RM @ d_M) / total_R)[:, None]
+        gram_R22 += np.einsum("rm,rmi,rmj->rij", w_RM, g_c, g_c)
+        rhs_R2 += np.einsum("rm,rmi,rm->ri", w_RM, g_c, d_c)
+    eig_R2 = np.linalg.eigvalsh(gram_R22)
+    ok_R = eig_R2[:, 0] > 1e-12 * np.maximum(eig_R2[:, -1], 1e-300)
+    gram_R22[~ok_R] = np.eye(2)
+    slopes_R2 = np.linalg.solve(gram_R22, rhs_R2[..., None])[..., 0]
+    slopes_R2[~ok_R] = np.nan
+    if not ok_R[0]:
+        return None
+    return slopes_R2
