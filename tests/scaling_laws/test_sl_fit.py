@@ -15,7 +15,7 @@ def _noise_free(**kw):
     return PlantedSweep(noise_run=0.0, noise_point=0.0, **kw)
 
 
-@pytest.mark.parametrize("form", ["quadratic", "cubic"])
+@pytest.mark.parametrize("form", ["quadratic", "cubic", "quartic"])
 def test_surface_vertex_exact_on_planted_quadratic(form):
     sweep = _noise_free()
     runs = prepare(sweep.records())
@@ -61,6 +61,38 @@ def test_power_law_exact_and_needs_three_sizes():
     y2 = y.copy()
     y2[0, 4:] = np.nan  # only two sizes left
     assert np.isnan(hyperopt.fit_power_law(y2, t, n)[1][0])
+    # A given token exponent: only alpha and gamma are fitted, one token count suffices.
+    one_t = np.array([2.0] * 3)
+    y3 = np.log(3e-4 * one_t ** -0.05 * n[::2] ** -0.2)[None]
+    alpha, beta, gamma = hyperopt.fit_power_law(y3, one_t, n[::2], np.array([-0.05]))
+    assert (alpha[0], beta[0], gamma[0]) == pytest.approx((3e-4, -0.05, -0.2), rel=1e-9)
+
+
+def test_design_derivatives_match_finite_differences():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=5), rng.normal(size=5)
+    h = 1e-6
+    for form in ("quadratic", "cubic", "quartic"):
+        coef = rng.normal(size=(1, hyperopt.num_surface_params(form)))
+        f = lambda a, b: (coef @ hyperopt._design(a, b, form).T)[0]  # noqa: E731
+        grad, hess = hyperopt._grad_hess(coef, form, x, y)
+        assert grad[..., 0] == pytest.approx((f(x + h, y) - f(x - h, y)) / (2 * h), rel=1e-6)
+        assert grad[..., 1] == pytest.approx((f(x, y + h) - f(x, y - h)) / (2 * h), rel=1e-6)
+        k = 1e-4  # second differences: a wider step (rounding error ~ eps / k^2)
+        hxy = (f(x + k, y + k) - f(x + k, y - k) - f(x - k, y + k) + f(x - k, y - k)) / (4 * k * k)
+        hxx = (f(x + k, y) - 2 * f(x, y) + f(x - k, y)) / (k * k)
+        assert hess[..., 0, 1] == pytest.approx(hxy, rel=1e-5, abs=1e-6)
+        assert hess[..., 0, 0] == pytest.approx(hxx, rel=1e-5, abs=1e-6)
+
+
+def test_auto_surface_is_the_richest_the_grid_supports():
+    assert hyperopt.resolve_form("auto", 35, 7) == "quartic"
+    assert hyperopt.resolve_form("auto", 15, 5) == "quartic"
+    assert hyperopt.resolve_form("auto", 16, 4) == "cubic"   # x^4 needs 5 lr values
+    assert hyperopt.resolve_form("auto", 14, 7) == "cubic"
+    assert hyperopt.resolve_form("auto", 12, 4) == "cubic"
+    assert hyperopt.resolve_form("auto", 9, 3) == "quadratic"
+    assert hyperopt.resolve_form("cubic", 35, 7) == "cubic"
 
 
 def test_loss_law_recovers_noise_free_law_and_reports_mse():

@@ -1,8 +1,8 @@
-"""Realistic planted surfaces: their shape, the quadratic's bias on them, the cubic's fix."""
+"""Realistic planted surfaces: their shape, the quadratic's bias on them, the default estimator's fix."""
 import numpy as np
 import pytest
 
-from scaling_laws import fit, hyperopt, measured
+from scaling_laws import fit, hp_study, hyperopt, measured
 from scaling_laws.compute import to_billions
 from scaling_laws.records import prepare
 from scaling_laws.synthetic import PlantedSweep
@@ -61,12 +61,12 @@ def _levels(options, seeds):
     return np.median(np.array(ratios), axis=0)
 
 
-def test_quadratic_window_is_biased_low_and_cubic_is_not():
+def test_quadratic_window_is_biased_low_and_default_is_not():
     seeds = range(5)
     quad = _levels({"surface": "quadratic", "window": 0.20}, seeds)
-    cubic = _levels({}, seeds)
+    default = _levels({}, seeds)
     assert np.all(quad < 0.9), quad            # the bias issue 9 describes (low lr)
-    assert np.all(np.abs(np.log(cubic)) < np.log(1.1)), cubic
+    assert np.all(np.abs(np.log(default)) < np.log(1.1)), default
 
 
 def test_near_set_estimator_matches_hand_computation():
@@ -78,3 +78,69 @@ def test_near_set_estimator_matches_hand_computation():
     assert surf["log_lr"][0] == pytest.approx(cell.log_lr[near].mean())
     assert surf["log_batch"][0] == pytest.approx(cell.log_batch[near].mean())
     assert measured.near_optimal_set(cell)["num_runs"] == near.sum()
+
+
+def test_within_run_slopes_exact_on_a_noise_free_sweep():
+    """The surfaces of the symmetric design are exact, so the within-run slopes are too
+    (up to the trapezoid rule's error over a pair's token step)."""
+    sweep = PlantedSweep.recovery(noise_run=0.0, noise_point=0.0)
+    core = fit.core_fit(prepare(sweep.records()), fit.FitOptions(num_resamples=0))
+    assert core["t_slope"] == "within_run"
+    assert core["eta"][0, 1] == pytest.approx(sweep.eta_law["beta"], rel=2e-3)
+    assert core["batch"][0, 1] == pytest.approx(sweep.batch_law["beta"], rel=2e-3)
+
+
+def test_within_run_slopes_cancel_each_runs_own_offset():
+    """A run's seed offset, shared by its whole curve, leaves the slopes unchanged
+    (given the same surfaces), while it moves every cell optimum."""
+    sweep = PlantedSweep.realistic(noise_run=0.0, noise_point=0.0)
+    runs = prepare(sweep.records())
+    core = fit.core_fit(runs, fit.FitOptions(num_resamples=0))
+    # Every run in both cells (window 10x), so the offsets cannot change which runs enter.
+    clean = hyperopt.within_run_slopes(core["cells"], core["surfaces"], window=10.0)
+    offset = np.random.default_rng(0).normal(0.0, 3e-3, runs.num_runs)
+    for cell in core["cells"]:
+        cell.log_loss = cell.log_loss + offset[cell.run_index]
+    shifted = hyperopt.within_run_slopes(core["cells"], core["surfaces"], window=10.0)
+    assert shifted == pytest.approx(clean, rel=1e-9)
+
+
+def test_cells_fallback_when_each_size_has_one_token_count():
+    sweep = PlantedSweep.recovery(noise_run=0.0, noise_point=0.0)
+    records = [r for r in sweep.records() if r["status"] == "completed"]
+    sizes = sorted({r["params_nonembed"] for r in records})
+    for r in records:  # one token count per size, a different one for each size
+        point = r["val_loss_curve"][sizes.index(r["params_nonembed"])]
+        r.update(train_tokens=point["tokens"], val_loss=point["val_loss"], val_loss_curve=[])
+    core = fit.core_fit(prepare(records), fit.FitOptions(num_resamples=0))
+    assert core["t_slope"] == "cells"
+    assert core["batch"][0, 1] == pytest.approx(sweep.batch_law["beta"], rel=1e-3)
+
+
+@pytest.mark.xdist_group("realistic_study")
+def test_default_estimator_meets_issue_targets_on_realistic_sweeps():
+    """40 seeded realistic sweeps x 200 resamples (about a minute on 2 cores), the
+    docs' ``python -m scaling_laws.hp_study`` row "default". Bars: levels within 10% at
+    every size, the N exponents and B's T exponent within 3% (median), 95% intervals
+    covering the truth in >= 90% of sweeps, and training at the law's (eta, B) costing
+    <= 0.1% more, on the measured grid, than the true optimum's nearest grid point.
+    eta's T exponent (-0.045, an 8% change of eta over the 6x token range) is not held
+    to 3%: its sweep-to-sweep spread puts the median's own standard error near 5%."""
+    s = hp_study.study(SWEEP, 40, 200, {}, progress=False)
+    for key in ("eta", "batch"):
+        level = s[f"{key}.level"]
+        assert np.all(np.abs(np.log(level["median_ratio_per_size"])) < np.log(1.1)), level
+        assert min(level["coverage_per_size"]) >= 0.9, level
+    for label in ("eta.gamma", "batch.gamma", "batch.beta"):
+        assert abs(s[label]["median_rel_error"]) < 0.03, (label, s[label])
+    for label in ("eta.beta", "eta.gamma", "batch.beta", "batch.gamma"):
+        assert s[label]["coverage"] >= 0.9, (label, s[label])
+    assert abs(s["eta.beta"]["median_rel_error"]) < 0.15, s["eta.beta"]
+    assert s["cost_excess_over_true_opt_nearest"] <= 0.001, s
+
+
+def test_cubic_cell_slopes_miss_the_three_percent_bar():
+    """The former default (cubic cells, T exponents from the cell optima): B's token
+    exponent is biased low beyond 3% on the same sweeps, so the bar above can fail."""
+    s = hp_study.study(SWEEP, 20, 0, hp_study.ESTIMATORS["cubic"], progress=False)
+    assert s["batch.beta"]["median_rel_error"] < -0.03, s["batch.beta"]
