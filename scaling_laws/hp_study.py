@@ -25,6 +25,8 @@ import sys
 import numpy as np
 from tqdm.auto import tqdm
 
+from megatron_vdit.cli.errors import NON_NEGATIVE, integer_at_least
+
 from scaling_laws import fit, hyperopt, measured
 from scaling_laws.compute import to_billions
 from scaling_laws.records import prepare
@@ -142,11 +144,13 @@ def format_summary(name: str, s: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=40, help="seeded sweeps per estimator")
-    parser.add_argument("--resamples", type=int, default=200, help="bootstrap resamples")
+    parser.add_argument("--reps", type=integer_at_least(1), default=40,
+                        help="seeded sweeps per estimator (>= 1)")
+    parser.add_argument("--resamples", type=integer_at_least(0), default=200,
+                        help="bootstrap resamples (>= 0)")
     parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS),
                         choices=list(ESTIMATORS))
-    parser.add_argument("--noise", type=float, default=None,
+    parser.add_argument("--noise", type=NON_NEGATIVE, default=None,
                         help="per-run relative noise (default: the realistic design's 0.3%%)")
     args = parser.parse_args(argv)
     overrides = {} if args.noise is None else {"noise_run": args.noise}

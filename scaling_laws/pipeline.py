@@ -130,7 +130,7 @@ def fit_law(runs: RunSet, opts: fit.FitOptions | None = None, sources=(), extrap
         "resampling": "runs with replacement within each model size",
         "surface_window": opts.window, "surface": opts.surface,
         "bootstrap_windows": list(opts.bootstrap_windows), "compute": opts.compute,
-        "t_slope": core["t_slope"],
+        "t_slope": core["t_slope"], "t_slope_attenuation": core["t_slope_attenuation"],
         "cell_flops_range": [float(min(c.flops for c in core["cells"])),
                              float(max(c.flops for c in core["cells"]))],
         "sizes_params": sorted(

@@ -105,6 +105,19 @@ def test_within_run_slopes_cancel_each_runs_own_offset():
     assert shifted == pytest.approx(clean, rel=1e-9)
 
 
+def test_noisy_surfaces_fall_back_to_cell_slopes():
+    """At 1% noise per run the surfaces' gradients are noisy enough to attenuate the
+    within-run slope by ~20% (the resamples say so); the fit then uses the cell slopes,
+    whose intervals stay honest there (docs/scaling_laws.md, per-run noise table)."""
+    noisy = PlantedSweep.realistic(noise_run=0.01, noise_point=0.001)
+    core = fit.core_fit(prepare(noisy.records(seed=0)), fit.FitOptions(num_resamples=100))
+    assert core["t_slope"] == "cells"
+    assert core["t_slope_attenuation"] < -fit.MAX_SLOPE_ATTENUATION
+    calm = fit.core_fit(prepare(SWEEP.records(seed=0)), fit.FitOptions(num_resamples=100))
+    assert calm["t_slope"] == "within_run"
+    assert abs(calm["t_slope_attenuation"]) < fit.MAX_SLOPE_ATTENUATION
+
+
 def test_cells_fallback_when_each_size_has_one_token_count():
     sweep = PlantedSweep.recovery(noise_run=0.0, noise_point=0.0)
     records = [r for r in sweep.records() if r["status"] == "completed"]
@@ -144,3 +157,14 @@ def test_cubic_cell_slopes_miss_the_three_percent_bar():
     exponent is biased low beyond 3% on the same sweeps, so the bar above can fail."""
     s = hp_study.study(SWEEP, 20, 0, hp_study.ESTIMATORS["cubic"], progress=False)
     assert s["batch.beta"]["median_rel_error"] < -0.03, s["batch.beta"]
+
+
+@pytest.mark.parametrize("argv, message", [(["--reps", "0"], "--reps"),
+                                           (["--resamples", "-1"], "--resamples"),
+                                           (["--noise", "-0.1"], "--noise"),
+                                           (["--estimators", "cubic9"], "--estimators")])
+def test_study_refuses_bad_flags_before_fitting(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        hp_study.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

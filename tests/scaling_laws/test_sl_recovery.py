@@ -5,10 +5,10 @@ Design (PlantedSweep.recovery): six sizes 0.017B..1.07B, curves 1B..16B tokens, 
 
 Coverage is checked over 40 seeded sweeps x 200 resamples: 200 resamples put the 2.5%
 and 97.5% percentiles on 5 draws each, enough for a yes/no "covers the truth" per
-sweep. 40 sweeps (about 35 s on 2 cores) because 20 are too few to tell 90% from 95%
+sweep. 40 sweeps (about a minute on 2 cores) because 20 are too few to tell 90% from 95%
 (one sweep is 5 points of coverage). Measured (``python -m scaling_laws.validate``,
-default cubic surface): 98-100% for every exponent, worst error 2.9%; the bars are
-the issue's >= 90% and 3%.
+default surface and within-run T slopes): 98-100% for every exponent, worst error
+2.3%; the bars are the issue's >= 90% and 3%.
 """
 import pytest
 
