@@ -29,8 +29,8 @@ class FitOptions:
     num_resamples: int = 1000
     seed: int = 0
     window: float = 0.20          # surface uses points within 20% of the cell's best loss
-    surface: str = "auto"         # hyperopt.SURFACE_TERMS or "auto" (cubic where the cell's
-                                  # grid allows it, else quadratic: hyperopt.resolve_form)
+    surface: str = "auto"         # hyperopt.SURFACE_TERMS or "auto" (quartic in lr, cubic or
+                                  # quadratic, as the grid allows: hyperopt.resolve_form)
     # Windows the bootstrap rows cycle through (empty: ``window`` only), so intervals
     # carry the sensitivity of the optimum to the window as well as to the runs. Off by
     # default: on the recovery design it lowered coverage (docs/scaling_laws.md).

@@ -2,9 +2,9 @@
 
 A *cell* is one model size N at one token count T. Its runs sample a grid in
 (x = log eta, y = log B); the optimum is the minimum of a polynomial surface in (x, y)
-fitted to the loss by least squares (:data:`SURFACE_TERMS`; the default, a full cubic,
-lets the valley be asymmetric), not the argmin of the grid, so a noisy best run does not
-move the optimum a whole grid step. (The loss itself, not its log, is fitted: a
+fitted to the loss by least squares (:data:`SURFACE_TERMS`; the default, quartic in lr
+where the grid allows it (:func:`resolve_form`), lets the valley be asymmetric), not the
+argmin of the grid, so a noisy best run does not move the optimum a whole grid step. (The loss itself, not its log, is fitted: a
 multiplicative penalty ``L*(1 + q(x, y))`` is then exactly polynomial when q is.)
 Points whose loss exceeds the cell's best by more than ``window`` are left out of the
 surface; the window widens until the surface is identifiable.
@@ -12,6 +12,9 @@ surface; the window widens until the surface is identifiable.
 Everything here is vectorised over bootstrap resamples: ``weights`` is a
 ``(num_resamples, num_runs)`` array of how often each run was drawn (all ones for the
 plain fit), and weighted least squares turns duplicates into weights.
+
+The laws' token exponents come from :func:`within_run_slopes` (how each run's loss
+changes between token counts) unless the fit asks for the cell optima's slope.
 
 Legend for array suffixes: ``_R`` resamples, ``_C`` cells, ``_M`` members of one cell,
 ``_P`` surface parameters, ``_G`` points of the vertex search grid.
