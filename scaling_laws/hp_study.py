@@ -1,6 +1,6 @@
 """Hyperparameter estimators on realistic planted sweeps: ``python -m scaling_laws.hp_study``.
 
-  python -m scaling_laws.hp_study [--reps 40] [--resamples 200] [--estimators ...]
+  python -m scaling_laws.hp_study [--reps 40] [--resamples 200] [--estimators ...] [--png F]
 
 Fits seeded sweeps from :meth:`scaling_laws.synthetic.PlantedSweep.realistic` (an
 asymmetric valley with a divergence wall, lr-batch coupling, heavy-tailed 0.3% noise,
@@ -25,7 +25,7 @@ import sys
 import numpy as np
 from tqdm.auto import tqdm
 
-from megatron_vdit.cli.errors import NON_NEGATIVE, integer_at_least
+from megatron_vdit.cli.errors import NON_NEGATIVE, integer_at_least, output_file
 
 from scaling_laws import fit, hyperopt, measured
 from scaling_laws.compute import to_billions
@@ -152,14 +152,22 @@ def main(argv=None) -> int:
                         choices=list(ESTIMATORS))
     parser.add_argument("--noise", type=NON_NEGATIVE, default=None,
                         help="per-run relative noise (default: the realistic design's 0.3%%)")
+    parser.add_argument("--png", type=output_file, default=None,
+                        help="also draw the levels and exponent errors of every estimator")
     args = parser.parse_args(argv)
     overrides = {} if args.noise is None else {"noise_run": args.noise}
     sweep = PlantedSweep.realistic(**overrides)
     print(f"realistic planted sweeps: {args.reps} seeds x {args.resamples} resamples, "
           f"per-run noise {sweep.noise_run:.2%} (Student-t, {sweep.noise_df:g} dof)")
+    summaries = {}
     for name in args.estimators:
-        summary = study(sweep, args.reps, args.resamples, ESTIMATORS[name], desc=name)
-        print(format_summary(name, summary), flush=True)
+        summaries[name] = study(sweep, args.reps, args.resamples, ESTIMATORS[name], desc=name)
+        print(format_summary(name, summaries[name]), flush=True)
+    if args.png:
+        from scaling_laws import plots
+
+        sizes = [float(to_billions(sweep.shape(p)[2])) for p in sweep.sizes_params]
+        print(f"wrote {plots.estimator_study(summaries, sizes, args.png)}")
     return 0
 
 

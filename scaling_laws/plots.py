@@ -149,3 +149,33 @@ def write_all(law: dict, core: dict, out_dir) -> list:
 
 
 
+
+
+def estimator_study(summaries: dict, sizes_billion, path) -> pathlib.Path:
+    """``python -m scaling_laws.hp_study --png``: per estimator, the median eta_opt and
+    B_opt level over the truth at each size (left, middle) and the median signed error
+    of each law exponent (right)."""
+    path = pathlib.Path(path)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    labels = ("eta.gamma", "eta.beta", "batch.gamma", "batch.beta")
+    width = 0.8 / max(len(summaries), 1)
+    for i, (name, s) in enumerate(summaries.items()):
+        for ax, key in zip(axes[:2], ("eta", "batch")):
+            ax.plot(sizes_billion, s[f"{key}.level"]["median_ratio_per_size"], "o-", label=name)
+        errs = [100 * s[label]["median_rel_error"] for label in labels]
+        axes[2].bar(np.arange(len(labels)) + (i - (len(summaries) - 1) / 2) * width,
+                    np.clip(errs, -25, 25), width, label=name)
+    for ax, key in zip(axes[:2], ("eta_opt", "B_opt")):
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.axhspan(0.9, 1.1, color="0.9", zorder=0)
+        ax.set_xscale("log")
+        ax.set_xlabel("model size N (billion non-embedding parameters)")
+        ax.set_ylabel(f"{key} law / truth (median over sweeps)")
+    axes[2].axhspan(-3, 3, color="0.9", zorder=0)
+    axes[2].set_xticks(np.arange(len(labels)), labels)
+    axes[2].set_ylabel("median exponent error, % (clip +-25)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure_atomic(fig, path, dpi=90)
+    plt.close(fig)
+    return path

@@ -162,9 +162,17 @@ def test_cubic_cell_slopes_miss_the_three_percent_bar():
 @pytest.mark.parametrize("argv, message", [(["--reps", "0"], "--reps"),
                                            (["--resamples", "-1"], "--resamples"),
                                            (["--noise", "-0.1"], "--noise"),
-                                           (["--estimators", "cubic9"], "--estimators")])
+                                           (["--estimators", "cubic9"], "--estimators"),
+                                           (["--png", "/"], "--png")])
 def test_study_refuses_bad_flags_before_fitting(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         hp_study.main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_study_draws_its_figure(tmp_path):
+    png = tmp_path / "study.png"
+    assert hp_study.main(["--reps", "2", "--resamples", "0", "--estimators", "cubic",
+                          "default", "--png", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
