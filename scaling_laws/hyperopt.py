@@ -415,7 +415,10 @@ def _log_gradient(surface: dict, cell: Cell, members: np.ndarray) -> np.ndarray:
     value_RM = coef_RP @ _design(dx, dy, surface["form"]).T
     gx_RM = coef_RP @ _design(dx, dy, surface["form"], 1, 0).T
     gy_RM = coef_RP @ _design(dx, dy, surface["form"], 0, 1).T
-    return np.stack([gx_RM, gy_RM], -1) / value_RM[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        grad_RM2 = np.stack([gx_RM, gy_RM], -1) / value_RM[..., None]
+    # A surface that is not positive at a run (a resample's wild fit) has no log there.
+    return np.where((value_RM > 0)[..., None], grad_RM2, np.nan)
 
 
 def within_run_slopes(cells: list, surfaces: list, weights_R_runs: np.ndarray | None = None,
@@ -463,7 +466,9 @@ def within_run_slopes(cells: list, surfaces: list, weights_R_runs: np.ndarray | 
             w_RM = np.ones((num_rows, len(common)))
         else:
             w_RM = weights_R_runs[:, common]
-        w_RM = w_RM * valid_R[:, None]
+        finite_RM = np.isfinite(g_RM2).all(-1)
+        w_RM = w_RM * valid_R[:, None] * finite_RM
+        g_RM2 = np.where(finite_RM[..., None], g_RM2, 0.0)
         total_R = np.maximum(w_RM.sum(1), 1e-300)
         # The pair's free d l: centre d and the gradients on their weighted means.
         g_c = g_RM2 - (np.einsum("rm,rmk->rk", w_RM, g_RM2) / total_R[:, None])[:, None, :]
