@@ -29,7 +29,7 @@ def _cells_table(core) -> list[dict]:
                                      "not identifiable")
         row = {"params_nonembed": cell.params_nonembed, "train_tokens": cell.tokens,
                "num_runs": int(len(cell.run_index)), "num_in_surface": int(cell.in_window.sum()),
-               "num_interpolated": cell.interpolated, "status": status,
+               "num_interpolated": cell.interpolated, "status": status, "surface": surf["form"],
                "best_run_loss": float(np.exp(cell.log_loss.min())),
                "num_runs_within_0.25pct_of_best": measured.near_optimal_set(cell)["num_runs"],
                # Measured runs within 0.25% of the best, not a fitted surface's level set.

@@ -104,11 +104,35 @@ def _extrapolation(law) -> str:
     return head + body + ("\nbaselines on the held-out size:\n" + base if base else "")
 
 
+def _method(law) -> str:
+    """One line: the cells' surface forms and where the laws' token exponents came from."""
+    cells = (law.get("diagnostics") or {}).get("cells", [])
+    forms: dict = {}
+    for c in cells:
+        if c.get("surface"):
+            forms[c["surface"]] = forms.get(c["surface"], 0) + 1
+    prov = law.get("provenance") or {}
+    out = []
+    if forms:
+        out.append("cell surfaces: " + ", ".join(f"{k} x{v}" for k, v in sorted(forms.items())))
+    if prov.get("t_slope"):
+        slope = {"within_run": "within runs (loss change between token counts)",
+                 "cells": "the cell optima"}.get(prov["t_slope"], prov["t_slope"])
+        att = prov.get("t_slope_attenuation")
+        out.append(f"token exponents from {slope}" + (
+            f", bootstrap attenuation of the within-run slope {att:+.1%}" if att is not None
+            else ""))
+    return ("Method: " + "; ".join(out)) if out else ""
+
+
 def format_law(law: dict) -> str:
     law = lawfile.load_law(law)
     parts = [f"Scaling law '{law.get('name', '?')}' ({law.get('kind', '?')})", "",
              "Units: " + "; ".join(f"{k}: {v}" for k, v in law["units"].items()), "",
              _coefficients(law)]
+    method = _method(law)
+    if method:
+        parts += ["", method]
     if law.get("usable") is False:
         parts[1:1] = ["", "NOT USABLE: the fit judged this law broken; do not plan from it:"] + [
             f"  - {r}" for r in law.get("unusable_reasons") or []]

@@ -117,6 +117,14 @@ def test_cli_fit_report_plan(tmp_path):
     assert sum(p.startswith("heatmap_") for p in pngs) == 5
     rep = _run("-m", "scaling_laws", "report", str(tmp_path / "law.json"))
     assert rep.returncode == 0 and "Baselines" in rep.stdout
+    # 7 x 5 grids (>= 15 settings, 7 lr values): every cell gets the quartic; curves
+    # give every size several token counts, so the T exponents come from within runs.
+    law = json.loads((tmp_path / "law.json").read_text())
+    cells = law["diagnostics"]["cells"]
+    assert "Method: cell surfaces: quartic x%d; token exponents from within runs" % len(
+        cells) in rep.stdout
+    assert law["provenance"]["t_slope"] == "within_run"
+    assert abs(law["provenance"]["t_slope_attenuation"]) < 0.1
     plan = _run("tools/predict_config.py", "--budget", "1e21", "--law", str(tmp_path / "law.json"),
                 "--max-params", "3e8", "--json")
     assert plan.returncode == 0, plan.stderr
