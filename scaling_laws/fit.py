@@ -33,7 +33,7 @@ class FitOptions:
                                   # quadratic, as the grid allows: hyperopt.resolve_form)
     # Windows the bootstrap rows cycle through (empty: ``window`` only), so intervals
     # carry the sensitivity of the optimum to the window as well as to the runs. Off by
-    # default: on the recovery design it lowered coverage (docs/scaling_laws.md).
+    # default: it doubles the fit's time (docs/scaling_laws.md).
     bootstrap_windows: tuple = ()
     # How the eta and B laws get their token exponent (beta): "within_run" from how each
     # run's loss changes between token counts (hyperopt.within_run_slopes), "cells" from
@@ -152,6 +152,8 @@ def loss_fn_rows(loss_RP: np.ndarray):
 
 def core_fit(runs: RunSet, opts: FitOptions) -> dict:
     """All fitted quantities as arrays over rows (plain fit + resamples)."""
+    if opts.t_slope not in ("within_run", "cells"):
+        raise ValueError(f"t_slope must be 'within_run' or 'cells', got {opts.t_slope!r}")
     cells, skipped = hyperopt.build_cells(runs, opts.window, opts.min_tokens_ratio,
                                           form=opts.surface)
     _check_cells(cells, skipped, runs)
@@ -179,8 +181,6 @@ def core_fit(runs: RunSet, opts: FitOptions) -> dict:
                                  and abs(attenuation) > MAX_SLOPE_ATTENUATION):
             slopes_R2 = None
         t_slope = "within_run" if slopes_R2 is not None else "cells"
-    elif opts.t_slope != "cells":
-        raise ValueError(f"t_slope must be 'within_run' or 'cells', got {opts.t_slope!r}")
     eta = hyperopt.fit_power_law(stack["log_lr"], t_C, n_C,
                                  None if slopes_R2 is None else slopes_R2[:, 0])
     batch = hyperopt.fit_power_law(stack["log_batch"], t_C, n_C,
@@ -202,7 +202,8 @@ def core_fit(runs: RunSet, opts: FitOptions) -> dict:
 
 # Within-run slopes are refused (cell slopes used) when the bootstrap says they are
 # attenuated by more than this: the surfaces' gradients are then too noisy (on the
-# realistic planted sweeps: about -1% at 0.1% noise per run, -5% at 0.3%, -20% at 1%).
+# realistic planted sweeps: -1.1% at 0.1% noise per run, -5.8% at 0.3%, -21% at 1%,
+# medians from python -m scaling_laws.hp_study --estimators default --noise X).
 MAX_SLOPE_ATTENUATION = 0.10
 MIN_ROWS_FOR_ATTENUATION = 20
 

@@ -88,7 +88,8 @@ def _costs(sweep, core) -> dict:
 def one_sweep(sweep: PlantedSweep, seed: int, num_resamples: int, options: dict) -> dict:
     core = fit.core_fit(prepare(sweep.records(seed=seed)),
                         fit.FitOptions(num_resamples=num_resamples, seed=seed, **options))
-    out = {"costs": _costs(sweep, core)}
+    out = {"costs": _costs(sweep, core), "t_slope": core["t_slope"],
+           "t_slope_attenuation": core["t_slope_attenuation"]}
     for key, name, col in HP_EXPONENTS:
         true = (sweep.eta_law if key == "eta" else sweep.batch_law)[name]
         low, high = fit.interval(core[key][1:, col])
@@ -113,6 +114,9 @@ def summarise(results: list[dict]) -> dict:
                                    "coverage_per_size": cover.mean(0).tolist()}
     for k in ("cost_predicted", "cost_true_opt_nearest", "cost_noise_free"):
         summary[k] = float(np.mean([r["costs"][k] for r in results]))
+    att = [r["t_slope_attenuation"] for r in results if r["t_slope_attenuation"] is not None]
+    summary["within_run_share"] = float(np.mean([r["t_slope"] == "within_run" for r in results]))
+    summary["median_t_slope_attenuation"] = float(np.median(att)) if att else None
     summary["cost_excess_over_true_opt_nearest"] = (summary["cost_predicted"]
                                                     - summary["cost_true_opt_nearest"])
     return summary
@@ -139,6 +143,10 @@ def format_summary(name: str, s: dict) -> str:
                  f"true optimum's nearest grid point {s['cost_true_opt_nearest']:.3%}; excess "
                  f"{s['cost_excess_over_true_opt_nearest']:+.3%}; noise-free cost "
                  f"{s['cost_noise_free']:.3%}")
+    att = s["median_t_slope_attenuation"]
+    lines.append(f"  T slopes within runs in {s['within_run_share']:.0%} of sweeps" + (
+        f"; median bootstrap attenuation of the within-run B slope {att:+.1%}"
+        if att is not None else ""))
     return "\n".join(lines)
 
 
@@ -154,11 +162,16 @@ def main(argv=None) -> int:
                         help="per-run relative noise (default: the realistic design's 0.3%%)")
     parser.add_argument("--png", type=output_file, default=None,
                         help="also draw the levels and exponent errors of every estimator")
+    parser.add_argument("--noise-point", type=NON_NEGATIVE, default=None,
+                        help="per-logged-point relative noise (default: the design's 0.03%%)")
     args = parser.parse_args(argv)
     overrides = {} if args.noise is None else {"noise_run": args.noise}
+    if args.noise_point is not None:
+        overrides["noise_point"] = args.noise_point
     sweep = PlantedSweep.realistic(**overrides)
     print(f"realistic planted sweeps: {args.reps} seeds x {args.resamples} resamples, "
-          f"per-run noise {sweep.noise_run:.2%} (Student-t, {sweep.noise_df:g} dof)")
+          f"per-run noise {sweep.noise_run:.2%}, per point {sweep.noise_point:.3%} (Student-t, "
+          f"{sweep.noise_df:g} dof)")
     summaries = {}
     for name in args.estimators:
         summaries[name] = study(sweep, args.reps, args.resamples, ESTIMATORS[name], desc=name)

@@ -435,8 +435,8 @@ def within_run_slopes(cells: list, surfaces: list, weights_R_runs: np.ndarray | 
     ``(b_x, b_y)``, the laws' beta for eta and B. Only runs within ``window`` of both
     cells' best loss enter, where the polynomial surfaces follow the valley.
 
-    ``weights_R_runs`` (default: the rows the surfaces were fitted with, taken from
-    them) weight the runs per row. Returns (R, 2), rows whose pairs do not determine
+    ``weights_R_runs`` (R, num_runs) weight the runs per row (default: every run once,
+    in as many rows as the surfaces have). Returns (R, 2), rows whose pairs do not determine
     the slopes NaN, or None when no size has two cells with a surface.
     """
     pairs = []

@@ -160,3 +160,13 @@ def test_law_file_check_on_load(tmp_path):
         planner.plan(str(tmp_path / "law.json"), 1e21)
     lawfile.save_law(lawfile.paper_law(), tmp_path / "good.json")
     assert planner.plan(str(tmp_path / "good.json"), 1e21)["params_nonembed"] > 0
+
+
+@pytest.mark.parametrize("flag, value", [("--t-slope", "both"), ("--surface", "quintic")])
+def test_fit_refuses_an_unknown_estimator_choice(tmp_path, flag, value):
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("\n".join(json.dumps(r) for r in PlantedSweep().records(seed=0)))
+    out = _run("-m", "scaling_laws", "fit", str(runs), "--out", str(tmp_path / "law.json"),
+               flag, value)
+    assert out.returncode == 2 and flag in out.stderr and value in out.stderr, out.stderr
+    assert not (tmp_path / "law.json").exists()

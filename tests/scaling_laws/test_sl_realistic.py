@@ -162,6 +162,7 @@ def test_cubic_cell_slopes_miss_the_three_percent_bar():
 @pytest.mark.parametrize("argv, message", [(["--reps", "0"], "--reps"),
                                            (["--resamples", "-1"], "--resamples"),
                                            (["--noise", "-0.1"], "--noise"),
+                                           (["--noise-point", "nan"], "--noise-point"),
                                            (["--estimators", "cubic9"], "--estimators"),
                                            (["--png", "/"], "--png")])
 def test_study_refuses_bad_flags_before_fitting(argv, message, capsys):
