@@ -149,7 +149,7 @@ class ParallelEngine:
         return self.layout.data_parallel_size
 
     def _run(self, x_t_BCFHW, timesteps_B, text_BXT, text_mask_BX, target_BCFHW,
-             num_microbatches: int, train: bool) -> float:
+             num_microbatches: int, train: bool) -> torch.Tensor:
         batch = x_t_BCFHW.shape[0]
         if num_microbatches < 1 or batch % num_microbatches:
             raise ValueError(f"num_microbatches={num_microbatches} does not divide the "
@@ -176,7 +176,7 @@ class ParallelEngine:
         # Only the last stage holds losses; CP and TP ranks hold the same value.
         all_reduce_sum(local, self.groups.pp)
         all_reduce_sum(local, self.groups.dp)
-        return local.item()
+        return local
 
     def _run_microbatches(self, inputs, num_microbatches: int, train: bool):
         """One stage: forward (and backward) microbatch after microbatch, no schedule."""
@@ -197,8 +197,10 @@ class ParallelEngine:
     # -- the trainer's API -------------------------------------------------------------
     def forward_backward(self, x_t_BCFHW: torch.Tensor, timesteps_B: torch.Tensor,
                          text_BXT: torch.Tensor, text_mask_BX: torch.Tensor,
-                         target_BCFHW: torch.Tensor, num_microbatches: int = 1) -> float:
-        """One step's gradients (previous grads are discarded); returns the global loss."""
+                         target_BCFHW: torch.Tensor, num_microbatches: int = 1,
+                         sync: bool = True) -> float | torch.Tensor:
+        """One step's gradients (previous grads are discarded); returns the global loss:
+        a float, or with `sync=False` a 0-dim tensor on the device (no host sync)."""
         for p in self.parameters():
             p.grad = None
         loss = self._run(x_t_BCFHW, timesteps_B, text_BXT, text_mask_BX, target_BCFHW,
@@ -206,19 +208,21 @@ class ParallelEngine:
         # TP-partial grads summed over TP; conditioning grads over local stages and PP.
         parallelize.finalize_grads(self.model_chunks, self.groups)
         pipeline.sync_duplicated_grads(self.model_chunks, self.groups.pp)
-        return loss
+        return loss.item() if sync else loss
 
     @torch.no_grad()
     def eval_loss(self, x_t_BCFHW, timesteps_B, text_BXT, text_mask_BX, target_BCFHW,
                   num_microbatches: int = 1) -> float:
         """Forward only; same loss definition as `forward_backward`."""
         return self._run(x_t_BCFHW, timesteps_B, text_BXT, text_mask_BX, target_BCFHW,
-                         num_microbatches, train=False)
+                         num_microbatches, train=False).item()
 
-    def clip_grad_norm_(self, max_norm: float) -> float:
+    def clip_grad_norm_(self, max_norm: float, sync: bool = True) -> float | torch.Tensor:
         """Clip by the global grad norm (each element of the full model counted once,
-        duplicated conditioning on PP rank 0's first stage); returns the norm."""
-        return parallelize.clip_grad_norm_(self.model_chunks, max_norm, self.groups).item()
+        duplicated conditioning on PP rank 0's first stage); returns the norm (a float, or
+        with `sync=False` a 0-dim tensor on the device)."""
+        norm = parallelize.clip_grad_norm_(self.model_chunks, max_norm, self.groups)
+        return norm.item() if sync else norm
 
     # -- checkpoints -------------------------------------------------------------------
     def state_dict_for_save(self, optimizer: torch.optim.Optimizer | None = None) -> dict:

@@ -125,8 +125,15 @@ class Trainer:
         text, mask = drop_captions(batch["text_emb"], batch["text_mask"],
                                    self.job.model.text_dropout,
                                    self._sample_seeds(batch["latent"].shape[0]))
-        loss = self.engine.forward_backward(x_t, t, text, mask, target, r.num_microbatches)
-        grad_norm = self.engine.clip_grad_norm_(o.clip_grad) if o.clip_grad > 0 else float("nan")
+        loss = self.engine.forward_backward(x_t, t, text, mask, target, r.num_microbatches,
+                                            sync=False)
+        if o.clip_grad > 0:
+            grad_norm = self.engine.clip_grad_norm_(o.clip_grad, sync=False)
+            # The step's one host sync (Megatron-LM has one too, its found-inf check):
+            # both values decide on the host whether the step is applied.
+            loss, grad_norm = torch.stack([loss.float(), grad_norm.float()]).tolist()
+        else:
+            loss, grad_norm = loss.item(), float("nan")
         # A finite loss can still come with overflowed (bf16) gradients: skip that step
         # rather than write NaN into every weight (Megatron-LM does the same).
         if math.isfinite(loss) and (o.clip_grad == 0 or math.isfinite(grad_norm)):

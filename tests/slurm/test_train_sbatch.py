@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from slurm_cluster import ROOT, job_state, last_iteration, release_requeued, slurm, wait_for
+from slurm_cluster import (ROOT, controller_log, job_state, last_iteration, release_requeued,
+                           slurm, wait_for)
 
 # One local cluster: its tests share one xdist worker (`make test` runs -n 2 --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("slurm")
@@ -49,7 +50,8 @@ def submit(env, tmp_path: Path, name: str) -> tuple[str, Path]:
 
 def finished(env, job_id: str) -> bool:
     state, _ = job_state(env, job_id)
-    assert state not in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"), state
+    assert state not in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"), \
+        f"job {job_id}: {state}{controller_log(env, [job_id])}"
     return state == "COMPLETED"
 
 
@@ -97,13 +99,14 @@ def _interrupt_twice(env, job_id: str, run_dir: Path) -> None:
     # 1. The time-limit warning: steps get SIGTERM, the batch script requeues the job.
     wait_for("iteration 30", lambda: last_iteration(run_dir) >= 30, 600)
     slurm(env, "scancel", "--signal=TERM", job_id)
-    release_requeued(env, job_id)
+    release_requeued(env, job_id, restarts=1)
     first = wait_for("the first resume", lambda: resumes(run_dir), 300)[0]
     # 2. scontrol requeue: the whole job gets SIGTERM and SLURM requeues it.
     wait_for(f"iteration {first + 30}", lambda: last_iteration(run_dir) >= first + 30, 600)
     slurm(env, "scontrol", "requeue", job_id)
-    release_requeued(env, job_id)
-    wait_for(f"job {job_id} to complete", lambda: finished(env, job_id), 600, poll_s=1)
+    release_requeued(env, job_id, restarts=2)
+    wait_for(f"job {job_id} to complete", lambda: finished(env, job_id), 600, poll_s=1,
+             details=lambda: controller_log(env, [job_id]))
 
     first_resume, second_resume = resumes(run_dir)
     assert 30 <= first_resume == first and first + 30 <= second_resume < TRAIN_ITERS
