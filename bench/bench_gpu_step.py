@@ -151,7 +151,7 @@ def bench_one(args, layout: ParallelLayout, groups, tokens: int) -> dict:
                             param_dtype=torch.bfloat16 if bf16 else None,
                             cp_backend=args.cp_backend)
     device = engine.device
-    opt = torch.optim.AdamW(engine.parameters(), lr=1e-4)  # foreach: DTensor-safe
+    opt = torch.optim.AdamW(engine.parameters(), lr=1e-4, fused=True)  # as the trainer
     batch_size = args.micro_batch_size * args.num_microbatches
     batch = make_batch(cfg, batch_size, device)
     if device.type == "cuda":

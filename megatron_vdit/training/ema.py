@@ -28,12 +28,24 @@ class EMA:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"--ema-decay={decay} must be in (0, 1)")
         self.decay = decay
-        self.num_updates = 0
         self.params: dict[str, list[torch.nn.Parameter]] = {}
         for name, p in named_params:
             self.params.setdefault(name, []).append(p)
         self.shadow = {name: _local(ps[0]).detach().float().clone()
                        for name, ps in self.params.items()}
+        # Counted on the device, so a step decides on the device whether it counts.
+        device = next(iter(self.shadow.values())).device
+        self._num_updates = torch.zeros((), dtype=torch.float64, device=device)
+
+    @property
+    def num_updates(self) -> int:
+        """Updates applied so far (a host read)."""
+        return int(self._num_updates.item())
+
+    @num_updates.setter
+    def num_updates(self, value) -> None:
+        self._num_updates = torch.as_tensor(value, dtype=torch.float64,
+                                            device=self._num_updates.device).clone()
 
     def shaped_like(self, name: str) -> torch.Tensor:
         """The shadow of `name` laid out as its parameter (an FSDP DTensor if that is one)."""
@@ -44,15 +56,24 @@ class EMA:
         return shadow.to(p.dtype)
 
     def current_decay(self) -> float:
-        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        n = self.num_updates
+        return min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
-    def update(self) -> None:
-        """After an optimizer step: shadow <- d * shadow + (1 - d) * param."""
-        d = self.current_decay()
+    def update(self, applied: torch.Tensor | None = None) -> None:
+        """After an optimizer step: shadow <- d * shadow + (1 - d) * param.
+
+        `applied`: a 0-dim bool tensor saying whether the optimizer applied the step; a
+        skipped step leaves the average and its count as they were. Decided on the
+        device, so the training step needs no host sync for it.
+        """
+        n = self._num_updates
+        d = torch.clamp((1 + n) / (10 + n), max=self.decay)
+        weight = (1 - d) if applied is None else (1 - d) * applied
+        weight = weight.float()
         for name, ps in self.params.items():
-            self.shadow[name].lerp_(_local(ps[0]).detach().float(), 1.0 - d)
-        self.num_updates += 1
+            self.shadow[name].lerp_(_local(ps[0]).detach().float(), weight)
+        self._num_updates = n + (1 if applied is None else applied.double())
 
     @contextlib.contextmanager
     @torch.no_grad()

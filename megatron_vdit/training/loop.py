@@ -9,7 +9,6 @@ resumed run the same randomness) -> engine forward/backward with gradient accumu
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -59,7 +58,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.engine.parameters(), lr=o.lr, betas=(o.adam_beta1, o.adam_beta2),
             eps=o.adam_eps, weight_decay=o.weight_decay,
-            foreach=True)  # multi-tensor kernels; the default per-tensor loop is slow on CPU
+            # Fused kernels (CPU and CUDA): fast, and they take `found_inf`, so a step with
+            # non-finite values is skipped on the device, without a host sync.
+            fused=True)
         self.objective = DiffusionObjective(m.objective, m.beta_schedule,
                                             flow_shift=m.flow_shift)
         # EMA of this rank's weight shards (docs/inference.md); saved with checkpoints.
@@ -78,7 +79,10 @@ class Trainer:
             shape, self.r.tokens_per_sample)
         self.iteration, self.val_curve, self.last_train_loss = 0, [], float("nan")
         self.saved_iteration, self.wall_time_before, self.start_time = None, 0.0, time.time()
-        self.skipped_steps = 0
+        # Per-step outcomes stay on the device until a log, eval or save reads them
+        # (`read_step_stats`): [skipped steps, steps with a non-finite loss].
+        self.step_counts = torch.zeros(2, device=self.engine.device)
+        self.step_values = torch.full((2,), float("nan"), device=self.engine.device)
         self.replica_leader = all(dist.get_rank(g) == 0 for g in (self.groups.tp, self.groups.cp,
                                                                     self.groups.pp))
         self.exit_handler = preemption.install(self.job.checkpoint.exit_signal_handler)
@@ -102,8 +106,14 @@ class Trainer:
         """Noised examples for this rank's slice of the global batch."""
         return self.objective.training_example(latent, self._sample_seeds(latent.shape[0]))
 
-    def train_step(self, lr: float | None = None) -> tuple[float, float, float]:
-        """One step at the schedule's LR (or `lr`, for a cooldown branch)."""
+    def train_step(self, lr: float | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One step at the schedule's LR (or `lr`, for a cooldown branch).
+
+        Returns the loss and grad norm as 0-dim tensors on the device (NaN grad norm
+        without clipping) and the LR. Nothing here waits for the device: whether the
+        step is applied is decided there (a non-finite loss or grad norm skips it), and
+        the outcome is read on the host at log, eval and save points only.
+        """
         s, o, r = self.job.schedule, self.job.optimizer, self.r
         # The LR of a step is the schedule's value once this step's samples are consumed,
         # so warmup reaches --lr exactly at --lr-warmup-samples.
@@ -126,25 +136,41 @@ class Trainer:
                                    self.job.model.text_dropout,
                                    self._sample_seeds(batch["latent"].shape[0]))
         loss = self.engine.forward_backward(x_t, t, text, mask, target, r.num_microbatches,
-                                            sync=False)
+                                            sync=False).float()
+        finite_loss = torch.isfinite(loss)
         if o.clip_grad > 0:
-            grad_norm = self.engine.clip_grad_norm_(o.clip_grad, sync=False)
-            # The step's one host sync (Megatron-LM has one too, its found-inf check):
-            # both values decide on the host whether the step is applied.
-            loss, grad_norm = torch.stack([loss.float(), grad_norm.float()]).tolist()
+            grad_norm = self.engine.clip_grad_norm_(o.clip_grad, sync=False).float()
+            # A finite loss can still come with overflowed (bf16) gradients: skip that
+            # step rather than write NaN into every weight (Megatron-LM does the same).
+            applied = finite_loss & torch.isfinite(grad_norm)
         else:
-            loss, grad_norm = loss.item(), float("nan")
-        # A finite loss can still come with overflowed (bf16) gradients: skip that step
-        # rather than write NaN into every weight (Megatron-LM does the same).
-        if math.isfinite(loss) and (o.clip_grad == 0 or math.isfinite(grad_norm)):
-            self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update()
-        else:
-            self.skipped_steps += 1
+            grad_norm, applied = torch.full_like(loss, float("nan")), finite_loss
+        # The fused AdamW kernel leaves weights, moments and step count alone where
+        # found_inf is 1. Every rank holds the same global loss and norm, so all agree.
+        self.optimizer.found_inf = (~applied).float()
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(applied)
+        self.step_counts += torch.stack([~applied, ~finite_loss]).float()
+        self.step_values = torch.stack([loss, grad_norm])
         self.optimizer.zero_grad(set_to_none=True)
         self.iteration += 1
         return loss, grad_norm, lr
+
+    def read_step_stats(self) -> dict:
+        """The last step's loss and grad norm, the steps skipped so far and whether any
+        step had a non-finite loss (`diverged`): one host read, made at log, eval and
+        save points only."""
+        loss, grad_norm, skipped, nonfinite = torch.cat(
+            [self.step_values, self.step_counts]).tolist()
+        self.last_train_loss = loss
+        return {"loss": loss, "grad_norm": grad_norm, "skipped_steps": int(skipped),
+                "diverged": nonfinite > 0}
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for non-finite values so far (a host read)."""
+        return int(self.step_counts[0].item())
 
     def validate_all(self) -> dict:
         """{"val_loss_raw": ..., "val_loss_ema": ...} (EMA only when kept) and "val_loss":
@@ -178,6 +204,8 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------
     def save(self) -> None:
+        self.read_step_stats()  # the trainer state records the last step's loss
+
         def write(tmp: Path):
             if self.job.checkpoint.async_save:
                 future = self.engine.async_save(tmp, self.optimizer, ema=self.ema)
@@ -277,7 +305,7 @@ class Trainer:
         saved_opt = [{k: v.clone() if torch.is_tensor(v) else v
                       for k, v in self.optimizer.state[p].items()} for p in params]
         saved_data = json.loads(json.dumps(self.source.state_dict()))
-        saved_counters = (self.skipped_steps, self.last_train_loss)
+        saved_counters = (self.step_counts.clone(), self.step_values, self.last_train_loss)
         saved_ema = None if self.ema is None else (
             {k: v.clone() for k, v in self.ema.shadow.items()}, self.ema.num_updates)
         top = self.optimizer.param_groups[0]["lr"]
@@ -297,16 +325,16 @@ class Trainer:
             self.ema.shadow, self.ema.num_updates = saved_ema
         self.source.load_state_dict(saved_data)
         self.iteration = start
-        self.skipped_steps, self.last_train_loss = saved_counters
+        self.step_counts, self.step_values, self.last_train_loss = saved_counters
 
-    def _log_step(self, log: MetricsLog, bar, loss, grad_norm, lr, window) -> None:
+    def _log_step(self, log: MetricsLog, bar, stats: dict, lr, window) -> None:
         elapsed, iters = time.time() - window[0], window[1]
         tokens_per_s = iters * self.r.batch_tokens / max(elapsed, 1e-9)
         log.log({"iteration": self.iteration, "tokens": self.iteration * self.r.batch_tokens,
-                 "train_loss": loss, "grad_norm": grad_norm, "lr": lr,
-                 "skipped_steps": self.skipped_steps, "tokens_per_s": tokens_per_s,
+                 "train_loss": stats["loss"], "grad_norm": stats["grad_norm"], "lr": lr,
+                 "skipped_steps": stats["skipped_steps"], "tokens_per_s": tokens_per_s,
                  "gflops_per_s_paper": tokens_per_s * self.flops_per_token / 1e9})
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
+        bar.set_postfix(loss=f"{stats['loss']:.4f}", tok_s=f"{tokens_per_s:.0f}")
 
     def _open_log(self) -> MetricsLog:
         if self.is_logger:
@@ -339,25 +367,32 @@ class Trainer:
                    desc="train", unit="it", dynamic_ncols=True)
         window = [time.time(), 0]
         while self.iteration < r.train_iters:
-            loss, grad_norm, lr = self.train_step()
-            self.last_train_loss, window[1] = loss, window[1] + 1
+            _, _, lr = self.train_step()
+            window[1] += 1
             bar.update(1)
-            if not math.isfinite(loss):
-                status = "diverged"
-                log.log({"iteration": self.iteration, "tokens": self.iteration * r.batch_tokens,
-                         "train_loss": loss, "status": status})
-                break
-            if self.iteration % log_interval == 0 or self.iteration == r.train_iters:
-                self._log_step(log, bar, loss, grad_norm, lr, window)
+            i = self.iteration
+            log_due = i % log_interval == 0 or i == r.train_iters
+            eval_due = i % s.eval_interval == 0 and i < r.train_iters
+            save_due = bool(save_interval) and i % save_interval == 0
+            if log_due or eval_due or save_due:
+                # The only point where the loop waits for the device (docs/design.md).
+                stats = self.read_step_stats()
+                if stats["diverged"]:  # a step since the last read had a non-finite loss
+                    status = "diverged"
+                    log.log({"iteration": i, "tokens": i * r.batch_tokens,
+                             "train_loss": stats["loss"], "status": status})
+                    break
+            if log_due:
+                self._log_step(log, bar, stats, lr, window)
                 self.finish_saves(blocking=False)
                 window = [time.time(), 0]
-            if self.iteration % s.eval_interval == 0 and self.iteration < r.train_iters:
+            if eval_due:
                 if s.eval_cooldown_fraction > 0:
                     if self._branch_due():
                         self._record_cooldown_branch(log)
                 else:
                     self._record_val(log)
-            if save_interval and self.iteration % save_interval == 0:
+            if save_due:
                 self.save()
             if self.exit_handler is not None and self.exit_handler.should_exit():
                 preemption.stop(self)  # saves, exits with preemption.EXIT_PREEMPTED

@@ -1,10 +1,10 @@
-"""A training step reads device values on the host once: the loss and the grad norm together.
+"""The training loop waits for the device only at log, eval and save points.
 
-On a GPU every such read (`.item()`, `.tolist()`, `float(t)`, `bool(t)`) waits for the
-queued kernels, so a step with two reads stalls twice. CPU tensors cannot show the stall,
-but the reads themselves can be counted: the tensor methods that copy a value to the
-host are wrapped, and each call made from the package's own code is recorded (torch's
-internals, the optimizer's CPU step counters for one, are not the package's reads).
+On a GPU every read of a device value on the host (`.item()`, `.tolist()`, `float(t)`,
+`bool(t)`) waits for the queued kernels. CPU tensors cannot show the stall, but the
+reads themselves can be counted: the tensor methods that copy a value to the host are
+wrapped, and each call made from the package's own code is recorded (torch's
+internals are not the package's reads).
 """
 import math
 import sys
@@ -45,15 +45,29 @@ def host_reads(monkeypatch):
 
 
 @pytest.mark.parametrize("clip", ["1.0", "0"])
-def test_one_host_read_per_training_step(tmp_path, host_reads, clip):
+def test_a_training_step_reads_nothing_on_the_host(tmp_path, host_reads, clip):
     trainer = Trainer(load_config(TINY + ["--clip-grad", clip, "--run-dir", str(tmp_path)]))
     trainer.train_step()  # the first step also checks the data's shapes
-    for step in range(3):
-        host_reads.clear()
+    host_reads.clear()
+    for _ in range(3):
         loss, grad_norm, _ = trainer.train_step()
-        assert len(host_reads) == 1, f"step {step + 1} read the device {len(host_reads)} " \
-                                     f"times: {host_reads}"
-        assert math.isfinite(loss) and math.isfinite(grad_norm) == (clip != "0")
+    assert host_reads == []
+    # The outcome is there for the next read: finite values, no step skipped.
+    stats = trainer.read_step_stats()
+    assert len(host_reads) == 1
+    assert math.isfinite(stats["loss"]) and stats["skipped_steps"] == 0
+    assert math.isfinite(stats["grad_norm"]) == (clip != "0") and not stats["diverged"]
+
+
+def test_the_loop_reads_once_per_log_interval(tmp_path, host_reads):
+    """12 steps logged every 4, no eval or save between: 3 reads by the loop (the start
+    and the end validate, and validation reads each batch's loss in the engine)."""
+    trainer = Trainer(load_config(TINY[:-1] + ["12", "--log-interval", "4",
+                                               "--eval-interval", "100",
+                                               "--run-dir", str(tmp_path)]))
+    trainer.run()
+    loop_reads = [where for _, where in host_reads if where.startswith("loop.py")]
+    assert len(loop_reads) == 3, host_reads
 
 
 def test_the_counter_sees_the_reads_of_validation(tmp_path, host_reads):

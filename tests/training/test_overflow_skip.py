@@ -17,7 +17,8 @@ TINY = ["--data", "synthetic", "--num-layers", "2", "--hidden-size", "64",
         "--num-attention-heads", "2", "--latent-frames", "2", "--latent-height", "8",
         "--latent-width", "8", "--text-hidden-size", "32", "--max-text-tokens", "12",
         "--micro-batch-size", "4", "--global-batch-size", "8", "--eval-samples", "8",
-        "--wandb-mode", "disabled", "--train-iters", "3", "--clip-grad", "1.0"]
+        "--wandb-mode", "disabled", "--train-iters", "3", "--clip-grad", "1.0",
+        "--ema-decay", "0.9"]
 GROWTH = 2.0 ** 100  # per block; 2^200 is far past float32's 3.4e38
 
 
@@ -29,7 +30,8 @@ def _snapshot(trainer):
     params = [p.detach().clone() for p in trainer.engine.parameters()]
     moments = [{k: v.clone() for k, v in trainer.optimizer.state[p].items()}
                for p in trainer.engine.parameters()]
-    return params, moments
+    ema = [v.clone() for v in trainer.ema.shadow.values()]
+    return params, moments, ema, trainer.ema.num_updates
 
 
 def test_overflowed_gradients_skip_the_step_and_training_goes_on(tmp_path):
@@ -38,7 +40,7 @@ def test_overflowed_gradients_skip_the_step_and_training_goes_on(tmp_path):
     # One normal step first: the zero-initialised output layer passes no gradient into
     # the blocks until it has been updated once.
     assert all(math.isfinite(v) for v in trainer.train_step()[:2])
-    params, moments = _snapshot(trainer)
+    params, moments, ema, ema_updates = _snapshot(trainer)
 
     hooks = [b.register_forward_hook(_amplify_output_gradient) for b in model.blocks.values()]
     loss, grad_norm, _ = trainer.train_step()
@@ -46,14 +48,17 @@ def test_overflowed_gradients_skip_the_step_and_training_goes_on(tmp_path):
         hook.remove()
     assert math.isfinite(loss) and not math.isfinite(grad_norm), (loss, grad_norm)
     assert trainer.skipped_steps == 1
-    after_params, after_moments = _snapshot(trainer)
+    after_params, after_moments, after_ema, after_ema_updates = _snapshot(trainer)
     assert all(torch.equal(a, b) for a, b in zip(params, after_params)), "skipped step moved weights"
     for a, b in zip(moments, after_moments):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), \
             "a skipped step must not touch AdamW's moments or step count"
+    assert ema_updates == after_ema_updates == 1, "a skipped step is no EMA update"
+    assert all(torch.equal(a, b) for a, b in zip(ema, after_ema)), "skipped step moved the EMA"
 
     loss, grad_norm, _ = trainer.train_step()
     assert math.isfinite(loss) and math.isfinite(grad_norm) and trainer.skipped_steps == 1
+    assert trainer.ema.num_updates == 2, "the next step updates the EMA again"
     final = [p.detach() for p in trainer.engine.parameters()]
     assert any(not torch.equal(a, b) for a, b in zip(params, final)), "training goes on"
     assert all(torch.isfinite(p).all() for p in final)
