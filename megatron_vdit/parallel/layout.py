@@ -177,6 +177,10 @@ class ParallelGroups:
     """All-to-all (Ulysses) part of the CP group: `ulysses_degree` adjacent CP ranks."""
     cp_ring: dist.ProcessGroup | None = None
     """Ring (p2p) part of the CP group: CP ranks with the same Ulysses index."""
+    replica: dist.ProcessGroup | None = None
+    """The pp x cp x tp ranks of this rank's data-parallel replica, which train on the
+    same batch (None when that is this rank alone): its first rank reads the batch and
+    broadcasts it (`training.data.ReplicaBroadcastSource`)."""
 
     def rank_in(self, name: str) -> int:
         import torch.distributed as dist
@@ -234,10 +238,15 @@ def build_parallel_groups(layout: ParallelLayout, device_type: str = "cpu", *,
     )
     mesh["dp", "cp"]._flatten("dp_cp")
     cp_ulysses, cp_ring = _build_cp_subgroups(layout, mesh, num_attention_heads)
+    replica = None
+    if world > layout.data_parallel_size:
+        # Rank lists in (pp, cp, tp) order, so the first is the replica's pp/cp/tp rank 0.
+        replicas = mesh.mesh.transpose(0, 1).reshape(layout.data_parallel_size, -1).tolist()
+        replica, _ = dist.new_subgroups_by_enumeration(replicas)
     return ParallelGroups(layout=layout, mesh=mesh, tp=mesh.get_group("tp"),
                           cp=mesh.get_group("cp"), pp=mesh.get_group("pp"),
                           dp=mesh.get_group("dp"), dp_cp=mesh.get_group("dp_cp"),
-                          cp_ulysses=cp_ulysses, cp_ring=cp_ring)
+                          cp_ulysses=cp_ulysses, cp_ring=cp_ring, replica=replica)
 
 
 def _build_cp_subgroups(layout: ParallelLayout, mesh: DeviceMesh,

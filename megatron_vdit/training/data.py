@@ -94,23 +94,27 @@ class ShardSource(_Source):
     same samples.
     """
 
-    def __init__(self, root: str, job: JobConfig, r: Resolved, dp_rank: int, dp_size: int):
+    def __init__(self, root: str, job: JobConfig, r: Resolved, dp_rank: int, dp_size: int,
+                 train: bool = True):
         from ..data.loader import ShardLoader
         from ..data.prefetch import Prefetcher
 
         self.root, self.dp_rank, self.dp_size = root, dp_rank, dp_size
+        self._val, self._prefetch = None, None
+        if not train:  # validation only: a rank that receives its train batches
+            return
         args = (root, "train", r.global_batch_size // dp_size)
         kwargs = dict(dp_rank=dp_rank, dp_size=dp_size, seed=job.data.data_seed)
         ShardLoader(*args, **kwargs)  # bad shards or arguments fail here, not in the worker
         # A worker process reads the next batch while the current step runs.
         self._prefetch = Prefetcher(functools.partial(open_reader, *args, **kwargs))
-        self._val = None
 
     def next(self) -> dict:
         return self._prefetch.next()
 
     def close(self) -> None:
-        self._prefetch.close()
+        if self._prefetch is not None:
+            self._prefetch.close()
 
     def val_batches(self, num_samples: int, batch_size: int):
         if self._val is None or self._val["latent"].shape[0] < num_samples:
@@ -137,10 +141,67 @@ class ShardSource(_Source):
         return {k: torch.cat(v)[:num_samples] for k, v in parts.items()}
 
     def state_dict(self) -> dict:
-        return self._prefetch.state_dict()
+        return self._prefetch.state_dict() if self._prefetch is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
-        self._prefetch.load_state_dict(state)
+        if self._prefetch is not None:
+            self._prefetch.load_state_dict(state)
+
+
+# What a training batch holds; the sources' other keys are not used by the step.
+BATCH_KEYS = ("latent", "text_emb", "text_mask")
+
+
+class ReplicaBroadcastSource:
+    """One data-parallel replica's batches read once and broadcast to its other ranks.
+
+    Every pp/cp/tp rank of a replica trains on the same batch, so only the replica's
+    first rank reads it (its own source: shards through the prefetch worker, or the
+    in-memory data) and broadcasts it over `group`, as tensors already on `device`;
+    the others open no train data (Megatron-LM reads on TP rank 0 and broadcasts too).
+    Shapes and dtypes travel once, on the first batch. Validation and the loader
+    position stay with each rank's own source (`inner`), which on the receiving ranks
+    serves validation only.
+    """
+
+    def __init__(self, inner, group, device):
+        import torch.distributed as dist
+        self.inner, self.group, self.device = inner, group, device
+        self.src = dist.get_global_rank(group, 0)
+        self.reads = dist.get_rank(group) == 0
+        self._layout: list | None = None  # [(key, shape, dtype name)]
+
+    def next(self) -> dict:
+        import torch
+        import torch.distributed as dist
+        batch = None
+        if self.reads:
+            read = self.inner.next()
+            batch = {k: read[k].to(self.device, non_blocking=True) for k in BATCH_KEYS}
+        if self._layout is None:
+            layout = [[(k, tuple(v.shape), str(v.dtype).removeprefix("torch."))
+                       for k, v in batch.items()] if self.reads else None]
+            dist.broadcast_object_list(layout, src=self.src, group=self.group,
+                                       device=self.device)
+            self._layout = layout[0]
+        if not self.reads:
+            batch = {k: torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
+                     for k, shape, dtype in self._layout}
+        for key in BATCH_KEYS:
+            dist.broadcast(batch[key], src=self.src, group=self.group)
+        return batch
+
+    def val_batches(self, num_samples: int, batch_size: int):
+        return self.inner.val_batches(num_samples, batch_size)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def open_reader(*args, **kwargs) -> "_LoaderReader":
@@ -168,11 +229,17 @@ class _LoaderReader:
 
 
 def build_source(job: JobConfig, r: Resolved, data_root: str | None, dp_rank: int,
-                 dp_size: int):
-    """The synthetic source when `data_root` is None, else shards under it."""
+                 dp_size: int, replica=None, device=None):
+    """The in-memory source when `data_root` is None, else shards under it; with a
+    `replica` group (several ranks train on this replica's batches), read by its first
+    rank only and broadcast on `device` (`ReplicaBroadcastSource`)."""
+    import torch.distributed as dist
+    reads = replica is None or dist.get_rank(replica) == 0
     if data_root is None:
-        return SyntheticSource(job, r, dp_rank, dp_size)
-    return ShardSource(data_root, job, r, dp_rank, dp_size)
+        source = SyntheticSource(job, r, dp_rank, dp_size)
+    else:
+        source = ShardSource(data_root, job, r, dp_rank, dp_size, train=reads)
+    return source if replica is None else ReplicaBroadcastSource(source, replica, device)
 
 
 def default_data_root(job: JobConfig) -> str:

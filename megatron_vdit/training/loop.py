@@ -67,7 +67,8 @@ class Trainer:
         self.ema = EMA(self.engine.named_parameters(), m.ema_decay) if m.ema_decay else None
         self.data_root = p.data_root
         self.source = build_source(self.job, self.r, p.data_root, self.dp_rank,
-                                   self.layout.data_parallel_size)
+                                   self.layout.data_parallel_size,
+                                   replica=self.groups.replica, device=self.engine.device)
         self.run_dir = Path(self.job.logging.run_dir)
         self.save_dir = save_dir(self.job)
         shape = accounting.ModelShape.from_config(self.mc)

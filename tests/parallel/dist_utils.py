@@ -47,8 +47,11 @@ def _worker(rank: int, world_size: int, tmp: str, fn: Callable, args: tuple, kwa
 
 
 def spawn_world(fn: Callable, world_size: int, *args, timeout_s: float = 300,
-                **kwargs) -> list[Any]:
-    """Run `fn(*args, **kwargs)` on `world_size` gloo ranks; return results by rank."""
+                daemon: bool = True, **kwargs) -> list[Any]:
+    """Run `fn(*args, **kwargs)` on `world_size` gloo ranks; return results by rank.
+
+    `daemon=False` lets a rank start processes of its own (a trainer's prefetch
+    worker); such a rank must stop them before it returns."""
     if dist.is_initialized():
         # A forked rank would inherit the group: its own init fails, its teardown hangs.
         raise RuntimeError("spawn_world: this process already has a default process group "
@@ -56,7 +59,7 @@ def spawn_world(fn: Callable, world_size: int, *args, timeout_s: float = 300,
     ctx = mp.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="vdit_dist_") as tmp:
         procs = [ctx.Process(target=_worker, args=(r, world_size, tmp, fn, args, kwargs),
-                             daemon=True) for r in range(world_size)]
+                             daemon=daemon) for r in range(world_size)]
         # Garbage left by earlier tests (process groups, loaders, their C++ objects) is
         # destroyed here, where the threads its destructors wait for still exist; frozen,
         # what remains is never collected in a rank, whose copy of those threads is gone
