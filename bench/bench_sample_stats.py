@@ -6,10 +6,13 @@
 Renders `--ref-batches` batches of `--num-prompts` real clips straight from the data
 module (`data/natural.py`; by default train-distribution clips at indices no run
 consumed, `--split val` for the held-out photographs), samples one video per caption
-of the first batch with the run's model, decodes them to pixels and compares per-channel
-RGB mean and std, the neighbouring-pixel difference (spatial frequency) and the
-frame difference (motion) with that batch. The tolerance is the data's own spread
-across batches of the same size (`inference/sample_stats.py`). Prints a markdown table,
+of the first batch with the run's model, decodes them to pixels and compares with that
+batch the colour statistics (per-channel RGB mean and std, the spread of clips' mean
+colours, the channel correlations of 4x4-pixel blocks) and the structure statistics
+(neighbouring-pixel difference, frame difference, pixel-level channel correlations);
+`inference/sample_stats.py` defines them. The tolerance is the data's own spread across
+batches of the same size. As a negative control the same comparison is made for as many
+N(0, I) latents decoded (the sampler's starting point, `--seed`). Prints a markdown table,
 writes a PNG of sampled frames next to the real clips of the same captions (--png) and
 the numbers (--json). Exit 0 whether or not the statistics hold: this measures.
 """
@@ -68,6 +71,7 @@ def write_png(path: str, sampled, real, title: str) -> None:
 
 def main() -> int:
     parser, args = parse_args()
+    import torch
     from tqdm import tqdm
 
     from megatron_vdit.data.natural import NaturalClips
@@ -95,7 +99,10 @@ def main() -> int:
     with tqdm(total=args.num_steps, desc=f"sample ({args.sampler})") as bar:
         latents = gen.sample_latents(prompts, options, progress=lambda _: bar.update(1))
     videos = gen.decode(latents)
-    rows = ss.compare(ss.video_statistics(videos), [ss.video_statistics(v) for v, _ in refs])
+    ref_stats = [ss.video_statistics(v) for v, _ in refs]
+    rows = ss.compare(ss.video_statistics(videos), ref_stats)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(args.seed))
+    noise_rows = ss.compare(ss.video_statistics(gen.decode(noise)), ref_stats)
     iters = find_field(cfg, "train_iters")
     header = (f"run {args.run_dir} ({iters} iters, {gen.weights} weights), {args.sampler} "
               f"{args.num_steps} steps, guidance {args.guidance_scale}, seed {args.seed}, "
@@ -103,15 +110,17 @@ def main() -> int:
               f"{args.num_prompts} samples vs {args.ref_batches} real batches of "
               f"{args.num_prompts} ({args.split} split from clip {start}); "
               f"holds when |z| <= {ss.Z_TOLERANCE}")
-    print(header + "\n\n" + ss.markdown_table(rows))
-    held = sum(r["ok"] for r in rows)
-    print(f"\n{held}/{len(rows)} statistics within tolerance")
+    print(header + "\n\n" + ss.markdown_table(rows, noise_rows))
+    for group, names in (("colour", ss.COLOUR_STATISTICS), ("structure", ss.STRUCTURE_STATISTICS)):
+        held = [sum(r["ok"] for r in rs if r["statistic"] in names) for rs in (rows, noise_rows)]
+        print(f"{group}: samples {held[0]}/{len(names)}, noise {held[1]}/{len(names)} "
+              "within tolerance")
     if args.png:
         write_png(args.png, videos, refs[0][0], header)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(
             {"run_dir": args.run_dir, "options": vars(args), "weights": gen.weights,
-             "rows": rows, "prompts": prompts}, indent=1))
+             "rows": rows, "noise_rows": noise_rows, "prompts": prompts}, indent=1))
     return 0
 
 
