@@ -48,6 +48,7 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 
@@ -70,9 +71,9 @@ from megatron_vdit.utils.machine import run_meta  # noqa: E402
 POS_INT, NON_NEG_INT = integer_at_least(1), integer_at_least(0)
 COMPILE_MODES = ("blocks", "model", "none")
 SMOKE = {"presets": ["cpu-0.13m"], "latent": [2, 8, 8], "text_len": 8, "batch": 2,
-         "repeats": 2, "warmup": 1, "gemm_size": 128, "profile_steps": 1, "compile": "none"}
-"""--smoke overrides: a 0.13M-parameter model on 32 video tokens, no compile (inductor
-takes tens of seconds even at this size), for the test suite."""
+         "repeats": 2, "warmup": 1, "gemm_size": 128, "profile_steps": 1}
+"""--smoke overrides: a 0.13M-parameter model on 32 video tokens, for the test suite;
+it compiles only when --compile is given (inductor takes tens of seconds even here)."""
 GEMM_FLOPS_PER_SAMPLE = 1e9
 """Each GEMM measurement repeats its matmuls until about this many FLOPs (one call of a
 small GEMM is too short to time)."""
@@ -181,18 +182,43 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def compile_step(model, mode: str, inputs, target) -> tuple[dict, object]:
-    """(record, step or None): the compiled step and its first (compiling) step's time and
-    loss; a compile error is recorded, not raised."""
+def compile_step(model, mode: str, inputs, target) -> tuple[dict, object, object]:
+    """(record, step, forward), step and forward None on failure: the compiled model's
+    training step and forward, and its first (compiling) step's time; a compile error is
+    recorded, not raised."""
     try:
-        step = make_step(model, compiled_forward(model, mode), inputs, target)
+        forward = compiled_forward(model, mode)
+        step = make_step(model, forward, inputs, target)
         start = time.perf_counter()
-        loss = step()
-        return {"mode": mode, "first_step_s": time.perf_counter() - start,
-                "first_loss": loss, "error": None}, step
+        step()
+        return ({"mode": mode, "first_step_s": time.perf_counter() - start, "error": None},
+                step, forward)
     except Exception as exc:  # noqa: BLE001 - any compile failure is a result to report
         line = (str(exc).strip().splitlines() or [""])[0]
-        return {"mode": mode, "error": f"{type(exc).__name__}: {line}"}, None
+        return {"mode": mode, "error": f"{type(exc).__name__}: {line}"}, None, None
+
+
+@contextlib.contextmanager
+def fresh_inductor_cache():
+    """An empty inductor cache for the duration (removed after): compile times are cold
+    compiles, not hits of an earlier run's cache."""
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="bench_cpu_efficiency_inductor_") as cache_dir:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
+        try:
+            yield
+        finally:
+            if old is None:
+                del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+
+
+def output_rel_diff(forward_a, forward_b, inputs) -> float:
+    """max |a - b| / max |a| of two models' predictions on `inputs` (grad mode on, as in
+    training, so a compiled model runs the graph it was timed with)."""
+    out_a, out_b = forward_a(*inputs).detach(), forward_b(*inputs).detach()
+    return ((out_a - out_b).abs().max() / out_a.abs().max()).item()
 
 
 def time_interleaved(runners: dict, repeats: int) -> dict[str, list[float]]:
@@ -210,13 +236,11 @@ def bench_preset(preset: str, args) -> dict:
     eager_model = build_model(cfg)
     by_op = counted_flops(eager_model, inputs, target)
     eager = make_step(eager_model, eager_model, inputs, target)
-    first_eager_loss = eager()
+    eager()
     compiled, compiled_step = {"mode": "none"}, None
     if args.compile != "none":
-        compiled, compiled_step = compile_step(build_model(cfg), args.compile, inputs, target)
-        if compiled_step is not None:
-            compiled["loss_rel_diff"] = (abs(compiled["first_loss"] - first_eager_loss)
-                                         / abs(first_eager_loss))
+        compiled, compiled_step, compiled_fwd = compile_step(build_model(cfg), args.compile,
+                                                             inputs, target)
     tokens = args.batch * cfg.tokens_per_sample
     square, square_flops = gemm_runner([(args.gemm_size,) * 3])
     fc1, fc1_flops = gemm_runner([(tokens, d, 4 * d), (tokens, 4 * d, d), (4 * d, tokens, d)])
@@ -227,6 +251,9 @@ def bench_preset(preset: str, args) -> dict:
         for fn in runners.values():
             fn()
     times = time_interleaved(runners, args.repeats)
+    if compiled_step is not None:  # both models have taken 1 + warmup + repeats steps
+        compiled["output_rel_diff"] = output_rel_diff(eager_model, compiled_fwd, inputs)
+        compiled["output_compared_after_steps"] = 1 + args.warmup + args.repeats
     model_flops = args.batch * accounting.model_flops_per_sample(
         accounting.ModelShape.from_config(cfg), cfg.tokens_per_sample)
     rates = {"gemm_square": [square_flops / t / 1e9 for t in times["gemm_square"]],
@@ -353,35 +380,43 @@ def efficiency_table(results: list[dict]) -> str:
         rows.append(f"| {r['preset']} ({s['num_layers']}, {s['hidden_size']}) "
                     f"| {s['tokens_per_step']} | {r['flops']['model_per_step'] / 1e9:.2f} "
                     f"| {_cell(e['step_s'], 1e3)} | {_cell(e['gflops'])} "
-                    f"| {_cell(r['gemm']['square']['gflops'])} | {_cell(e['efficiency'], 1, '.2f')} "
+                    f"| {_cell(r['gemm']['square']['gflops'])} "
+                    f"| {_cell(e['efficiency'], 1, '.2f')} "
                     f"| {_cell(r['gemm']['model_shape']['gflops'])} "
                     f"| {e['efficiency_vs_model_shape_gemm']['median']:.2f} |")
     return "\n".join(rows)
 
 
 def breakdown_table(results: list[dict]) -> str:
-    """Categories as rows, presets as columns: self CPU ms per step (share of the total)."""
+    """Categories as rows, presets as columns: self CPU ms per step (share of the total),
+    then the matmuls' own GFLOP/s against both GEMMs."""
     done = [r for r in results if r.get("breakdown")]
     rows = ["| self CPU ms per step (share) | " + " | ".join(r["preset"] for r in done) + " |",
             "|" + "---|" * (len(done) + 1)]
     for category in CATEGORIES:
-        cells = [f"{r['breakdown']['category_ms'][category]:.1f} "
-                 f"({r['breakdown']['category_ms'][category] / r['breakdown']['profiled_total_ms']:.0%})"
-                 for r in done]
+        cells = []
+        for r in done:
+            ms, total = r["breakdown"]["category_ms"][category], r["breakdown"]["profiled_total_ms"]
+            cells.append(f"{ms:.1f} ({ms / total:.0%})")
         rows.append(f"| {category} | " + " | ".join(cells) + " |")
     rows.append("| total profiled (timed step) | " + " | ".join(
         f"{r['breakdown']['profiled_total_ms']:.1f} ({r['breakdown']['timed_step_ms']:.1f})"
         for r in done) + " |")
-    rows.append("| matmul-only GFLOP/s (/ bare GEMM) | " + " | ".join(
-        f"{r['breakdown']['matmul_gflops']:.1f} ({r['breakdown']['matmul_gflops'] / r['gemm']['square']['gflops']['median']:.2f})"
-        if r["breakdown"]["matmul_gflops"] else "-" for r in done) + " |")
+    cells = []
+    for r in done:
+        rate, gemm = r["breakdown"]["matmul_gflops"], r["gemm"]
+        cells.append("-" if not rate else
+                     f"{rate:.1f} ({rate / gemm['square']['gflops']['median']:.2f}, "
+                     f"{rate / gemm['model_shape']['gflops']['median']:.2f})")
+    rows.append("| matmul-only GFLOP/s (/ bare GEMM, / fc1-shape GEMM) | " + " | ".join(cells)
+                + " |")
     return "\n".join(rows)
 
 
 def compile_table(results: list[dict]) -> str:
     rows = ["| preset | mode | compile s | step ms compiled (min-max) | step ms eager "
             "| GFLOP/s compiled | GFLOP/s eager | efficiency compiled | compiled / eager speed "
-            "| first-step loss rel. diff |", "|" + "---|" * 10]
+            "| prediction rel. diff |", "|" + "---|" * 10]
     for r in results:
         c, e = r["compiled"], r["eager"]
         if c.get("error"):
@@ -392,7 +427,7 @@ def compile_table(results: list[dict]) -> str:
                     f"| {c['gflops']['median']:.1f} | {e['gflops']['median']:.1f} "
                     f"| {c['efficiency']['median']:.2f} "
                     f"| {e['step_s']['median'] / c['step_s']['median']:.2f} "
-                    f"| {c['loss_rel_diff']:.1e} |")
+                    f"| {c['output_rel_diff']:.1e} |")
     return "\n".join(rows)
 
 
@@ -413,18 +448,22 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=POS_INT, default=2, help="torch intra-op threads")
     parser.add_argument("--gemm-size", type=POS_INT, default=1024,
                         help="side of the square bare fp32 GEMM (the ceiling)")
-    parser.add_argument("--compile", choices=COMPILE_MODES, default="blocks",
-                        help="torch.compile each block, the whole model, or nothing")
+    parser.add_argument("--compile", choices=COMPILE_MODES,
+                        help="torch.compile each block (default), the whole model, or "
+                             "nothing (the default with --smoke)")
     parser.add_argument("--profile-steps", type=NON_NEG_INT, default=3, metavar="N",
                         help="profiled eager steps for the breakdown (0: none)")
     parser.add_argument("--json", metavar="OUT", type=output_file,
                         help="also write the results as JSON here")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny shapes, 2 repeats, no compile (the test suite's run)")
+                        help="tiny shapes, 2 repeats, no compile unless --compile "
+                             "(the test suite's run)")
     args = parser.parse_args(argv)
     if args.smoke:
         for key, value in SMOKE.items():
             setattr(args, key, value)
+    if args.compile is None:
+        args.compile = "none" if args.smoke else "blocks"
     for preset in args.presets:
         try:
             _, d, heads = accounting.preset_shape(preset)
@@ -447,7 +486,8 @@ def main(argv=None) -> None:
     print(meta, flush=True)
     results = []
     for preset in args.presets:
-        results.append(bench_preset(preset, args))
+        with fresh_inductor_cache():
+            results.append(bench_preset(preset, args))
         print(f"{preset}: done", file=sys.stderr, flush=True)
     meta["load_avg_end"] = [round(x, 1) for x in os.getloadavg()]
     print(f"torch {torch.__version__}, {args.threads} threads, fp32, batch {args.batch}, latent "
