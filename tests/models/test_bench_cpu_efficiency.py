@@ -79,6 +79,9 @@ def test_smoke_run_is_well_formed(tmp_path):
     assert set(brk["category_ms"]) == CATEGORIES
     assert all(v >= 0 for v in brk["category_ms"].values())
     assert sum(brk["category_ms"].values()) == pytest.approx(brk["profiled_total_ms"])
+    assert brk["timed_step_ms"] == pytest.approx(1e3 * eager["step_s"]["median"])
+    assert brk["uncategorized_ms"] == pytest.approx(
+        brk["timed_step_ms"] - brk["profiled_total_ms"] + brk["category_ms"]["other"])
     for category in ("matmul", "attention", "norm", "rope", "optimizer"):
         assert brk["category_ms"][category] > 0, category  # each is found in a real step
     counts = result["flops"]["counted_by_op"]
