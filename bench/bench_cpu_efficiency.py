@@ -33,7 +33,8 @@ made by such an op (linked by sequence number); then by name: copies/allocation
 (copy_, empty, clone, cat, ...), reductions (sum, mean: bias and broadcast gradients),
 elementwise/modulation (add, mul, addcmul, gelu, ...), other (views, Python, autograd
 bookkeeping). Matmul-only GFLOP/s = the counted mm/addmm FLOPs / matmul self time: GEMM
-speed at the model's shapes, apart from everything around the GEMMs. Profiled steps run
+speed at the model's shapes, apart from everything around the GEMMs; attention GFLOP/s
+likewise, the counted bmm FLOPs of math SDPA / the fused kernels' self time. Profiled steps run
 about twice as long as timed ones, and the profiler's own overhead lands mostly in
 "other" (Python frames, dispatch), so the table gives each category's share of the timed
 step, and what the timed step leaves after the categorized ops.
@@ -363,11 +364,15 @@ def breakdown(step, rounds: int, by_op: dict[str, int], step_s: float) -> dict:
         samples.append(categorize(prof.events()))
     ms = {c: statistics.median(s[c] for s in samples) for c in CATEGORIES}
     linear_flops = by_op.get("aten.mm", 0) + by_op.get("aten.addmm", 0)
+    attention_flops = by_op.get("aten.bmm", 0)  # math SDPA's products, as counted
     categorized = sum(v for c, v in ms.items() if c != "other")
     return {"profiled_steps": rounds, "category_ms": ms, "profiled_total_ms": sum(ms.values()),
             "timed_step_ms": 1e3 * step_s, "uncategorized_ms": 1e3 * step_s - categorized,
             "matmul_flops_per_step": linear_flops,
-            "matmul_gflops": linear_flops / (ms["matmul"] / 1e3) / 1e9 if ms["matmul"] else None}
+            "matmul_gflops": linear_flops / (ms["matmul"] / 1e3) / 1e9 if ms["matmul"] else None,
+            "attention_flops_per_step": attention_flops,
+            "attention_gflops": (attention_flops / (ms["attention"] / 1e3) / 1e9
+                                 if ms["attention"] else None)}
 
 
 def _cell(s: dict, scale: float = 1.0, fmt: str = ".1f") -> str:
@@ -420,6 +425,11 @@ def breakdown_table(results: list[dict]) -> str:
                      f"{rate / gemm['model_shape']['gflops']['median']:.2f})")
     rows.append("| matmul-only GFLOP/s (/ bare GEMM, / fc1-shape GEMM) | " + " | ".join(cells)
                 + " |")
+    rows.append("| attention GFLOP/s (/ bare GEMM) | " + " | ".join(
+        "-" if not r["breakdown"]["attention_gflops"] else
+        f"{r['breakdown']['attention_gflops']:.1f} "
+        f"({r['breakdown']['attention_gflops'] / r['gemm']['square']['gflops']['median']:.2f})"
+        for r in done) + " |")
     return "\n".join(rows)
 
 

@@ -88,5 +88,8 @@ def test_smoke_run_is_well_formed(tmp_path):
     assert brk["matmul_flops_per_step"] == counts["aten.mm"] + counts["aten.addmm"]
     assert brk["matmul_gflops"] == pytest.approx(
         brk["matmul_flops_per_step"] / brk["category_ms"]["matmul"] / 1e6)
+    assert brk["attention_flops_per_step"] == counts["aten.bmm"]
+    assert brk["attention_gflops"] == pytest.approx(
+        counts["aten.bmm"] / brk["category_ms"]["attention"] / 1e6)
     assert f"| {result['preset']} ({shape['num_layers']}, {shape['hidden_size']}) |" in proc.stdout
     assert "| matmul-only GFLOP/s (/ bare GEMM, / fc1-shape GEMM) |" in proc.stdout
