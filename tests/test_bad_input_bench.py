@@ -18,7 +18,7 @@ def _load(name):
 @pytest.fixture(scope="module")
 def benches():
     return {name: _load(name) for name in ("bench_vs_diffusers", "bench_cp_scaling", "bench_precompute",
-                                      "bench_zero3_memory")}
+                                      "bench_zero3_memory", "bench_cpu_efficiency")}
 
 
 def _cases(tmp):
@@ -57,6 +57,22 @@ def _cases(tmp):
         ("bench_zero3_memory", ["--heads", "0"], "--heads"),
         ("bench_zero3_memory", ["--hidden", "nan"], "--hidden"),
         ("bench_zero3_memory", ["--json", str(a_file / "out.json")], "--json"),
+        ("bench_cpu_efficiency", ["--presets", "cpu-9t"], "cpu-9t"),
+        ("bench_cpu_efficiency", ["--repeats", "0"], "--repeats"),
+        ("bench_cpu_efficiency", ["--warmup", "-1"], "--warmup"),
+        ("bench_cpu_efficiency", ["--batch", "0"], "--batch"),
+        ("bench_cpu_efficiency", ["--latent", "3", "0", "16"], "--latent"),
+        ("bench_cpu_efficiency", ["--latent", "3", "15", "16"], "latent height=15"),
+        ("bench_cpu_efficiency", ["--channels", "nan"], "--channels"),
+        ("bench_cpu_efficiency", ["--text-dim", "0"], "--text-dim"),
+        ("bench_cpu_efficiency", ["--text-len", "-2"], "--text-len"),
+        ("bench_cpu_efficiency", ["--threads", "0"], "--threads"),
+        ("bench_cpu_efficiency", ["--gemm-size", "0"], "--gemm-size"),
+        ("bench_cpu_efficiency", ["--compile", "max"], "--compile"),
+        ("bench_cpu_efficiency", ["--profile-steps", "-1"], "--profile-steps"),
+        ("bench_cpu_efficiency", ["--json", str(tmp)], "--json"),
+        ("bench_cpu_efficiency", ["--json", str(a_file / "out.json")], "--json"),
+        ("bench_cpu_efficiency", ["--smoke", "yes"], "unrecognized arguments: yes"),
     ]
 
 
@@ -79,3 +95,5 @@ def test_good_flags_parse(benches, tmp_path):
     assert args.repeats == 1 and args.latent == [3, 16, 16]
     args, shape = benches["bench_cp_scaling"].parse_args(["--ranks", "1", "2", "--smoke"])
     assert args.ranks == [1, 2] and args.tokens == list(shape["tokens"])
+    args = benches["bench_cpu_efficiency"].parse_args(["--smoke", "--threads", "1"])
+    assert args.presets == ["cpu-0.13m"] and args.compile == "none" and args.threads == 1
