@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import math
 import os
 import statistics
@@ -62,16 +61,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 warnings.filterwarnings("ignore")
 
-from megatron_vdit.cli.errors import integer_at_least, output_file  # noqa: E402
+from megatron_vdit.cli.errors import output_file  # noqa: E402
 from megatron_vdit.models import accounting  # noqa: E402
 from megatron_vdit.models.config import VDiTConfig  # noqa: E402
 from megatron_vdit.models.validation import validate_model_shape  # noqa: E402
 from megatron_vdit.models.vdit import VideoDiT  # noqa: E402
-from megatron_vdit.parallel.layout import ParallelLayout, build_parallel_groups, init_distributed  # noqa: E402
 from megatron_vdit.utils.atomic_io import write_json_atomic  # noqa: E402
 from megatron_vdit.utils.machine import run_meta  # noqa: E402
 
-POS_INT, NON_NEG_INT = integer_at_least(1), integer_at_least(0)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import NON_NEG_INT, POS_INT, add_shape_args, our_config, stats, tp_group  # noqa: E402
 COMPILE_MODES = ("blocks", "model", "none")
 SMOKE = {"presets": ["cpu-0.13m"], "latent": [2, 8, 8], "text_len": 8, "batch": 2,
          "repeats": 2, "warmup": 1, "gemm_size": 128, "profile_steps": 1}
@@ -95,27 +94,6 @@ ELEMENTWISE_OPS = {"aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::
                    "aten::sin", "aten::square", "aten::mse_loss", "aten::mse_loss_backward",
                    "aten::where", "aten::masked_fill", "aten::conj_physical",
                    "aten::_conj_physical", "aten::lerp_", "aten::sqrt"}
-
-
-def stats(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "all": values}
-
-
-@functools.cache
-def tp_group():
-    """Our model's tensor-parallel group: a world of one (gloo), created once."""
-    init_distributed()
-    return build_parallel_groups(ParallelLayout()).tp
-
-
-def our_config(preset: str, args) -> VDiTConfig:
-    layers, d, heads = accounting.preset_shape(preset)
-    f, h, w = args.latent
-    return VDiTConfig(num_layers=layers, hidden_size=d, num_attention_heads=heads,
-                      in_channels=args.channels, latent_frames=f, latent_height=h,
-                      latent_width=w, text_hidden_size=args.text_dim,
-                      max_text_tokens=args.text_len, use_cpu_initialization=True)
 
 
 def make_batch(cfg: VDiTConfig, batch: int) -> tuple[tuple, torch.Tensor]:
@@ -460,12 +438,7 @@ def parse_args(argv=None):
                         help="timed rounds (each: both GEMMs, eager step, compiled step)")
     parser.add_argument("--warmup", type=NON_NEG_INT, default=2, help="untimed rounds first")
     parser.add_argument("--batch", type=POS_INT, default=8, help="samples per step")
-    parser.add_argument("--latent", type=POS_INT, nargs=3, default=[3, 16, 16],
-                        metavar=("F", "H", "W"), help="latent frames, height, width per sample")
-    parser.add_argument("--channels", type=POS_INT, default=4, help="latent channels")
-    parser.add_argument("--text-dim", type=POS_INT, default=64, help="text encoder width")
-    parser.add_argument("--text-len", type=POS_INT, default=32, help="text tokens per sample")
-    parser.add_argument("--threads", type=POS_INT, default=2, help="torch intra-op threads")
+    add_shape_args(parser)
     parser.add_argument("--gemm-size", type=POS_INT, default=1024,
                         help="side of the square bare fp32 GEMM (the ceiling)")
     parser.add_argument("--compile", choices=COMPILE_MODES,

@@ -53,29 +53,20 @@ warnings.filterwarnings("ignore")
 import diffusers  # noqa: E402
 from diffusers import WanTransformer3DModel  # noqa: E402
 
-from megatron_vdit.cli.errors import integer_at_least, output_file  # noqa: E402
+from megatron_vdit.cli.errors import output_file  # noqa: E402
 from megatron_vdit.models import accounting  # noqa: E402
 from megatron_vdit.models.config import VDiTConfig  # noqa: E402
 from megatron_vdit.models.vdit import VideoDiT  # noqa: E402
 from megatron_vdit.utils.atomic_io import write_json_atomic  # noqa: E402
 from megatron_vdit.utils.machine import run_meta  # noqa: E402
 
-POS_INT, NON_NEG_INT = integer_at_least(1), integer_at_least(0)
-from megatron_vdit.parallel.layout import ParallelLayout, build_parallel_groups, init_distributed  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import NON_NEG_INT, POS_INT, add_shape_args, our_config, stats, tp_group  # noqa: E402
 
 MODELS = ("ours", "diffusers")
 SMOKE = {"presets": ["cpu-0.13m"], "latent": [2, 8, 8], "text_len": 8, "batch": 2,
          "repeats": 2, "warmup": 1}
 """--smoke overrides: a 0.13M-parameter model on 32 video tokens, for the test suite."""
-
-
-def our_config(preset: str, args) -> VDiTConfig:
-    layers, d, heads = accounting.preset_shape(preset)
-    f, h, w = args.latent
-    return VDiTConfig(num_layers=layers, hidden_size=d, num_attention_heads=heads,
-                      in_channels=args.channels, latent_frames=f, latent_height=h,
-                      latent_width=w, text_hidden_size=args.text_dim,
-                      max_text_tokens=args.text_len, use_cpu_initialization=True)
 
 
 def wan_kwargs(cfg: VDiTConfig) -> dict:
@@ -102,13 +93,6 @@ def built_shape(which: str, model) -> dict:
             "heads": block.attn1.heads, "ffn": block.ffn.net[0].proj.out_features,
             "patch": list(model.config.patch_size), "in_channels": model.config.in_channels,
             "text_dim": model.condition_embedder.text_embedder.linear_1.in_features}
-
-
-@functools.cache
-def tp_group():
-    """Our model's tensor-parallel group: a world of one (gloo), created once."""
-    init_distributed()
-    return build_parallel_groups(ParallelLayout()).tp
 
 
 def build(which: str, cfg: VDiTConfig):
@@ -255,8 +239,7 @@ def bench_preset(preset: str, args) -> dict:
     return {
         "preset": preset, "tokens_per_step": tokens, "shape": shapes,
         "params": {which: sum(p.numel() for p in m.parameters()) for which, m in models.items()},
-        "step_s": {which: {"median": statistics.median(ts), "min": min(ts), "max": max(ts),
-                           "all": ts} for which, ts in times.items()},
+        "step_s": {which: stats(ts) for which, ts in times.items()},
         "ratio_diffusers_over_ours": (statistics.median(times["diffusers"])
                                       / statistics.median(times["ours"])),
         "profile_self_cpu_ms": profile,
@@ -325,12 +308,7 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=NON_NEG_INT, default=2,
                         help="untimed steps per model first")
     parser.add_argument("--batch", type=POS_INT, default=4, help="samples per step")
-    parser.add_argument("--latent", type=POS_INT, nargs=3, default=[3, 16, 16],
-                        metavar=("F", "H", "W"), help="latent frames, height, width per sample")
-    parser.add_argument("--channels", type=POS_INT, default=4, help="latent channels")
-    parser.add_argument("--text-dim", type=POS_INT, default=64, help="text encoder width")
-    parser.add_argument("--text-len", type=POS_INT, default=32, help="text tokens per sample")
-    parser.add_argument("--threads", type=POS_INT, default=2, help="torch intra-op threads")
+    add_shape_args(parser)
     parser.add_argument("--profile", type=NON_NEG_INT, default=0, metavar="TOP",
                         help="after timing, profile one step of each model and print the "
                              "TOP ops whose self CPU time differs most")

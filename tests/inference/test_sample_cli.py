@@ -7,6 +7,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,6 +81,7 @@ def test_bad_input_is_one_line_and_exit_2(trained_run, tmp_path):
 DOCUMENTED_PROMPT = "astronaut camera pans left slow zooms steady turns level coins disc moves up fast"
 
 
+@pytest.mark.xdist_group("natural_run")  # one worker trains natural_run once (conftest)
 def test_make_train_run_documented_command_writes_its_video(natural_run, tmp_path):
     """docs/inference.md's one command on a run of `make train`'s config (`--data natural`:
     no VAE, the sampler inverts the space-to-depth pixel encoding): 4 latent frames of

@@ -155,6 +155,7 @@ def _misses(stats, reference, tolerance, names):
             for k in names if not abs(stats[k] - reference[k]) <= tolerance[k]}
 
 
+@pytest.mark.xdist_group("natural_run")
 def test_trained_natural_model_samples_have_the_data_colour_statistics(natural_samples):
     sampled, noise, reference, tolerance = natural_samples
     assert not _misses(sampled, reference, tolerance, COLOUR)
@@ -165,6 +166,7 @@ def test_trained_natural_model_samples_have_the_data_colour_statistics(natural_s
     assert {"block_corr_RG", "block_corr_GB", "block_corr_RB"} <= noise_misses <= set(NOISE_PROOF)
 
 
+@pytest.mark.xdist_group("natural_run")
 @pytest.mark.xfail(strict=False, reason="measured (docs/inference.md): make train's model "
                    "has 2-4x the data's neighbour-pixel and frame differences (z +19, +11) and "
                    "a pixel-level G-B correlation of 0.69 against 0.97 (z -20) with every "
