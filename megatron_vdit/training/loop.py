@@ -9,6 +9,7 @@ resumed run the same randomness) -> engine forward/backward with gradient accumu
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -80,10 +81,12 @@ class Trainer:
             shape, self.r.tokens_per_sample)
         self.iteration, self.val_curve, self.last_train_loss = 0, [], float("nan")
         self.saved_iteration, self.wall_time_before, self.start_time = None, 0.0, time.time()
-        # Per-step outcomes stay on the device until a log, eval or save reads them
-        # (`read_step_stats`): [skipped steps, steps with a non-finite loss].
+        # Per-step outcomes stay on the device until a log, eval, save or exit point reads
+        # them (`read_step_stats`): [skipped steps, steps with a non-finite loss], and
+        # [loss, grad norm, iteration] of the last step, or of the first step whose loss
+        # was not finite (from then on no step is applied: the run has diverged).
         self.step_counts = torch.zeros(2, device=self.engine.device)
-        self.step_values = torch.full((2,), float("nan"), device=self.engine.device)
+        self.step_values = torch.full((3,), float("nan"), device=self.engine.device)
         self.replica_leader = all(dist.get_rank(g) == 0 for g in (self.groups.tp, self.groups.cp,
                                                                     self.groups.pp))
         self.exit_handler = preemption.install(self.job.checkpoint.exit_signal_handler)
@@ -110,10 +113,12 @@ class Trainer:
     def train_step(self, lr: float | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One step at the schedule's LR (or `lr`, for a cooldown branch).
 
-        Returns the loss and grad norm as 0-dim tensors on the device (NaN grad norm
-        without clipping) and the LR. Nothing here waits for the device: whether the
-        step is applied is decided there (a non-finite loss or grad norm skips it), and
-        the outcome is read on the host at log, eval and save points only.
+        Returns the loss and grad norm as 0-dim tensors on the device and the LR.
+        Nothing here waits for the device: whether the step is applied is decided there
+        (a non-finite grad norm skips it; a non-finite loss marks the run diverged, and
+        neither that step nor any later one is applied, so the weights, moments and EMA
+        stay those of the last good step), and the outcome is read on the host at log,
+        eval, save and exit points only.
         """
         s, o, r = self.job.schedule, self.job.optimizer, self.r
         # The LR of a step is the schedule's value once this step's samples are consumed,
@@ -139,34 +144,36 @@ class Trainer:
         loss = self.engine.forward_backward(x_t, t, text, mask, target, r.num_microbatches,
                                             sync=False).float()
         finite_loss = torch.isfinite(loss)
-        if o.clip_grad > 0:
-            grad_norm = self.engine.clip_grad_norm_(o.clip_grad, sync=False).float()
-            # A finite loss can still come with overflowed (bf16) gradients: skip that
-            # step rather than write NaN into every weight (Megatron-LM does the same).
-            applied = finite_loss & torch.isfinite(grad_norm)
-        else:
-            grad_norm, applied = torch.full_like(loss, float("nan")), finite_loss
+        # The norm is measured without clipping too (clipping at inf scales by 1): a
+        # finite loss can still come with overflowed (bf16) gradients, and that step is
+        # skipped rather than write NaN into every weight (Megatron-LM does the same).
+        grad_norm = self.engine.clip_grad_norm_(o.clip_grad if o.clip_grad > 0 else math.inf,
+                                                sync=False).float()
+        healthy = self.step_counts[1] == 0  # no non-finite loss so far
+        applied = finite_loss & torch.isfinite(grad_norm) & healthy
         # The fused AdamW kernel leaves weights, moments and step count alone where
         # found_inf is 1. Every rank holds the same global loss and norm, so all agree.
         self.optimizer.found_inf = (~applied).float()
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(applied)
-        self.step_counts += torch.stack([~applied, ~finite_loss]).float()
-        self.step_values = torch.stack([loss, grad_norm])
+        self.step_counts += torch.stack([~applied & healthy, ~finite_loss]).float()
+        values = torch.stack([loss, grad_norm, torch.full_like(loss, self.iteration + 1)])
+        self.step_values = torch.where(healthy, values, self.step_values)
         self.optimizer.zero_grad(set_to_none=True)
         self.iteration += 1
         return loss, grad_norm, lr
 
     def read_step_stats(self) -> dict:
-        """The last step's loss and grad norm, the steps skipped so far and whether any
-        step had a non-finite loss (`diverged`): one host read, made at log, eval and
-        save points only."""
-        loss, grad_norm, skipped, nonfinite = torch.cat(
+        """The last step's loss and grad norm (of the step whose loss was not finite,
+        once one was: `diverged`, at `iteration`), and the steps skipped so far: one host
+        read, made at log, eval, save and exit points only."""
+        loss, grad_norm, iteration, skipped, nonfinite = torch.cat(
             [self.step_values, self.step_counts]).tolist()
         self.last_train_loss = loss
         return {"loss": loss, "grad_norm": grad_norm, "skipped_steps": int(skipped),
-                "diverged": nonfinite > 0}
+                "diverged": nonfinite > 0,
+                "iteration": int(iteration) if math.isfinite(iteration) else self.iteration}
 
     @property
     def skipped_steps(self) -> int:
@@ -205,7 +212,7 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------
     def save(self) -> None:
-        self.read_step_stats()  # the trainer state records the last step's loss
+        stats = self.read_step_stats()  # the trainer state records the last step's loss
 
         def write(tmp: Path):
             if self.job.checkpoint.async_save:
@@ -220,6 +227,7 @@ class Trainer:
                         "data_parallel_size": self.layout.data_parallel_size,
                         "wall_time_s": self.wall_time_before + time.time() - self.start_time,
                         "val_curve": self.val_curve, "last_train_loss": self.last_train_loss,
+                        "skipped_steps": stats["skipped_steps"],
                         "config": self.identity,
                         # For tools/sample.py: the shards (and so the VAE) actually used.
                         "data_dir": self.data_root}
@@ -266,6 +274,7 @@ class Trainer:
         self.iteration = meta["iteration"]
         self.source.load_state_dict(json.loads(data_state.read_text()))
         self.val_curve, self.last_train_loss = meta["val_curve"], meta["last_train_loss"]
+        self.step_counts[0] = meta.get("skipped_steps", 0)  # older checkpoints: not kept
         self.wall_time_before = meta.get("wall_time_s", 0.0)
         self.saved_iteration = self.iteration
         if self.is_logger:
@@ -375,12 +384,14 @@ class Trainer:
             log_due = i % log_interval == 0 or i == r.train_iters
             eval_due = i % s.eval_interval == 0 and i < r.train_iters
             save_due = bool(save_interval) and i % save_interval == 0
-            if log_due or eval_due or save_due:
+            exit_due = self.exit_handler is not None and self.exit_handler.should_exit()
+            if log_due or eval_due or save_due or exit_due:
                 # The only point where the loop waits for the device (docs/design.md).
                 stats = self.read_step_stats()
                 if stats["diverged"]:  # a step since the last read had a non-finite loss
-                    status = "diverged"
-                    log.log({"iteration": i, "tokens": i * r.batch_tokens,
+                    status = "diverged"  # (a preempted run too: it has no later to resume)
+                    k = stats["iteration"]
+                    log.log({"iteration": k, "tokens": k * r.batch_tokens,
                              "train_loss": stats["loss"], "status": status})
                     break
             if log_due:
@@ -395,7 +406,7 @@ class Trainer:
                     self._record_val(log)
             if save_due:
                 self.save()
-            if self.exit_handler is not None and self.exit_handler.should_exit():
+            if exit_due:
                 preemption.stop(self)  # saves, exits with preemption.EXIT_PREEMPTED
         bar.close()
         return self._finish(log, status, start_iter)

@@ -56,7 +56,7 @@ def test_a_training_step_reads_nothing_on_the_host(tmp_path, host_reads, clip):
     stats = trainer.read_step_stats()
     assert len(host_reads) == 1
     assert math.isfinite(stats["loss"]) and stats["skipped_steps"] == 0
-    assert math.isfinite(stats["grad_norm"]) == (clip != "0") and not stats["diverged"]
+    assert math.isfinite(stats["grad_norm"]) and not stats["diverged"]  # measured unclipped too
 
 
 def test_the_loop_reads_once_per_log_interval(tmp_path, host_reads):
