@@ -44,7 +44,6 @@ step, and what the timed step leaves after the categorized ops.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
@@ -70,7 +69,8 @@ from megatron_vdit.utils.atomic_io import write_json_atomic  # noqa: E402
 from megatron_vdit.utils.machine import run_meta  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import NON_NEG_INT, POS_INT, add_shape_args, our_config, stats, tp_group  # noqa: E402
+from common import (NON_NEG_INT, POS_INT, make_batch, model_bench_parser, our_config,  # noqa: E402
+                    stats, tp_group)
 COMPILE_MODES = ("blocks", "model", "none")
 SMOKE = {"presets": ["cpu-0.13m"], "latent": [2, 8, 8], "text_len": 8, "batch": 2,
          "repeats": 2, "warmup": 1, "gemm_size": 128, "profile_steps": 1}
@@ -94,17 +94,6 @@ ELEMENTWISE_OPS = {"aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::
                    "aten::sin", "aten::square", "aten::mse_loss", "aten::mse_loss_backward",
                    "aten::where", "aten::masked_fill", "aten::conj_physical",
                    "aten::_conj_physical", "aten::lerp_", "aten::sqrt"}
-
-
-def make_batch(cfg: VDiTConfig, batch: int) -> tuple[tuple, torch.Tensor]:
-    """(model inputs, target) of one fixed random batch."""
-    g = torch.Generator().manual_seed(1)
-    shape = (batch, cfg.in_channels, cfg.latent_frames, cfg.latent_height, cfg.latent_width)
-    latent, target = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    t = torch.randint(0, 1000, (batch,), generator=g).float()
-    text = torch.randn(batch, cfg.max_text_tokens, cfg.text_hidden_size, generator=g)
-    mask = torch.ones(batch, cfg.max_text_tokens, dtype=torch.bool)
-    return (latent, t, text, mask), target
 
 
 def make_step(model, forward, inputs, target):
@@ -430,15 +419,10 @@ def compile_table(results: list[dict]) -> str:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog=os.path.basename(__file__),
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+",
-                        default=["cpu-0.6m", "cpu-1.6m", "cpu-4.7m", "cpu-16m"])
-    parser.add_argument("--repeats", type=POS_INT, default=9,
-                        help="timed rounds (each: both GEMMs, eager step, compiled step)")
-    parser.add_argument("--warmup", type=NON_NEG_INT, default=2, help="untimed rounds first")
-    parser.add_argument("--batch", type=POS_INT, default=8, help="samples per step")
-    add_shape_args(parser)
+    parser = model_bench_parser(
+        __file__, __doc__, ["cpu-0.6m", "cpu-1.6m", "cpu-4.7m", "cpu-16m"], repeats=9,
+        repeats_help="timed rounds (each: both GEMMs, eager step, compiled step)",
+        warmup_help="untimed rounds first", batch=8)
     parser.add_argument("--gemm-size", type=POS_INT, default=1024,
                         help="side of the square bare fp32 GEMM (the ceiling)")
     parser.add_argument("--compile", choices=COMPILE_MODES,

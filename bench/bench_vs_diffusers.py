@@ -61,7 +61,7 @@ from megatron_vdit.utils.atomic_io import write_json_atomic  # noqa: E402
 from megatron_vdit.utils.machine import run_meta  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import NON_NEG_INT, POS_INT, add_shape_args, our_config, stats, tp_group  # noqa: E402
+from common import NON_NEG_INT, make_batch, model_bench_parser, our_config, stats, tp_group  # noqa: E402
 
 MODELS = ("ours", "diffusers")
 SMOKE = {"presets": ["cpu-0.13m"], "latent": [2, 8, 8], "text_len": 8, "batch": 2,
@@ -107,12 +107,7 @@ def build(which: str, cfg: VDiTConfig):
 
 def make_forward(which: str, model, cfg: VDiTConfig, batch: int):
     """(forward closure, target) on a fixed random batch; the closure returns the output."""
-    g = torch.Generator().manual_seed(1)
-    shape = (batch, cfg.in_channels, cfg.latent_frames, cfg.latent_height, cfg.latent_width)
-    latent, target = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    t = torch.randint(0, 1000, (batch,), generator=g).float()
-    text = torch.randn(batch, cfg.max_text_tokens, cfg.text_hidden_size, generator=g)
-    mask = torch.ones(batch, cfg.max_text_tokens, dtype=torch.bool)
+    (latent, t, text, mask), target = make_batch(cfg, batch)
     if which == "ours":
         return (lambda: model(latent, t, text, mask)), target
     return (lambda: model(latent, t, text, return_dict=False)[0]), target
@@ -301,14 +296,9 @@ def table(results: list[dict]) -> str:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog=os.path.basename(__file__),
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["cpu-0.6m", "cpu-4.7m", "cpu-16m"])
-    parser.add_argument("--repeats", type=POS_INT, default=7, help="timed steps per model")
-    parser.add_argument("--warmup", type=NON_NEG_INT, default=2,
-                        help="untimed steps per model first")
-    parser.add_argument("--batch", type=POS_INT, default=4, help="samples per step")
-    add_shape_args(parser)
+    parser = model_bench_parser(__file__, __doc__, ["cpu-0.6m", "cpu-4.7m", "cpu-16m"],
+                                repeats=7, repeats_help="timed steps per model",
+                                warmup_help="untimed steps per model first", batch=4)
     parser.add_argument("--profile", type=NON_NEG_INT, default=0, metavar="TOP",
                         help="after timing, profile one step of each model and print the "
                              "TOP ops whose self CPU time differs most")

@@ -1,13 +1,18 @@
 """What the single-process CPU benchmarks share: the model shape flags, our model's config
-at a preset, its one-rank tensor-parallel group, and median/min/max summaries.
+at a preset, its one-rank tensor-parallel group, one fixed random batch, and
+median/min/max summaries.
 
 Benchmark scripts import it by path (``bench/`` is put on ``sys.path`` first), so it works
 both when a script runs as ``python bench/NAME.py`` and when a test loads the script file.
 """
 from __future__ import annotations
 
+import argparse
 import functools
+import os
 import statistics
+
+import torch
 
 from megatron_vdit.cli.errors import integer_at_least
 from megatron_vdit.models import accounting
@@ -15,6 +20,20 @@ from megatron_vdit.models.config import VDiTConfig
 from megatron_vdit.parallel.layout import ParallelLayout, build_parallel_groups, init_distributed
 
 POS_INT, NON_NEG_INT = integer_at_least(1), integer_at_least(0)
+
+
+def model_bench_parser(script: str, doc: str, presets: list[str], repeats: int,
+                       repeats_help: str, warmup_help: str, batch: int) -> argparse.ArgumentParser:
+    """A benchmark's parser with the flags every model benchmark takes: presets, timed
+    and untimed repeats, batch, and the shape flags (:func:`add_shape_args`)."""
+    parser = argparse.ArgumentParser(prog=os.path.basename(script),
+                                     description=doc.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=presets)
+    parser.add_argument("--repeats", type=POS_INT, default=repeats, help=repeats_help)
+    parser.add_argument("--warmup", type=NON_NEG_INT, default=2, help=warmup_help)
+    parser.add_argument("--batch", type=POS_INT, default=batch, help="samples per step")
+    add_shape_args(parser)
+    return parser
 
 
 def add_shape_args(parser) -> None:
@@ -48,3 +67,14 @@ def stats(values: list[float]) -> dict:
     """Median, min, max and every value of one timed quantity."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "all": values}
+
+
+def make_batch(cfg: VDiTConfig, batch: int) -> tuple[tuple, torch.Tensor]:
+    """(model inputs, target) of one fixed random batch."""
+    g = torch.Generator().manual_seed(1)
+    shape = (batch, cfg.in_channels, cfg.latent_frames, cfg.latent_height, cfg.latent_width)
+    latent, target = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g).float()
+    text = torch.randn(batch, cfg.max_text_tokens, cfg.text_hidden_size, generator=g)
+    mask = torch.ones(batch, cfg.max_text_tokens, dtype=torch.bool)
+    return (latent, t, text, mask), target
