@@ -101,11 +101,13 @@ class ShardSource(_Source):
 
         self.root, self.dp_rank, self.dp_size = root, dp_rank, dp_size
         self._val, self._prefetch = None, None
-        if not train:  # validation only: a rank that receives its train batches
-            return
         args = (root, "train", r.global_batch_size // dp_size)
         kwargs = dict(dp_rank=dp_rank, dp_size=dp_size, seed=job.data.data_seed)
-        ShardLoader(*args, **kwargs)  # bad shards or arguments fail here, not in the worker
+        # Bad shards or arguments fail here (the manifest is read, no shard opened), on
+        # every rank, also those that receive their batches: all exit with the error.
+        ShardLoader(*args, **kwargs)
+        if not train:  # validation only: a rank that receives its train batches
+            return
         # A worker process reads the next batch while the current step runs.
         self._prefetch = Prefetcher(functools.partial(open_reader, *args, **kwargs))
 

@@ -40,3 +40,24 @@ def test_one_rank_of_a_replica_reads_and_the_losses_match_one_process(tmp_path):
     assert [r["train_reader"] for r in tp2] == [True, False], "rank 1 opened train data"
     for rank in tp2:
         assert rank["losses"] == pytest.approx(single["losses"], rel=1e-5)
+
+
+def test_a_receiving_rank_refuses_bad_shards_as_the_reader_does(tmp_path):
+    """Startup checks run on every rank: a rank that will only receive its batches still
+    reads the manifest, so bad data stops it with the reader's error instead of leaving
+    it waiting in a broadcast."""
+    from megatron_vdit.training.data import ShardSource
+
+    argv = ARGS + ["--default-data-dir", str(tmp_path / "data"), "--train-iters", "3",
+                   "--run-dir", str(tmp_path / "run")]
+    prepared = prepare(load_config(argv))
+    root = prepared.data_root
+    manifest = Path(root) / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text(text.replace('"train"', '"training"'))  # no train split any more
+    errors = []
+    for train in (True, False):
+        with pytest.raises(ValueError) as err:
+            ShardSource(root, prepared.job, prepared.resolved, 0, 1, train=train)
+        errors.append(str(err.value))
+    assert errors[0] == errors[1] and "split 'train' not in" in errors[0]
