@@ -43,6 +43,8 @@ def _fit(args) -> int:
           f"{excluded or 'none'}", file=sys.stderr)
     opts = FitOptions(num_resamples=args.resamples, seed=args.seed, window=args.window,
                       surface=args.surface, t_slope=args.t_slope,
+                      bootstrap_windows=tuple(args.bootstrap_windows),
+                      bootstrap_surfaces=tuple(args.bootstrap_surfaces),
                       fixed_lr=args.fixed_lr, fixed_batch_tokens=args.fixed_batch_tokens,
                       compute=args.compute)
     law, core = pipeline.fit_law(runs, opts, sources=args.runs,
@@ -118,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "in lr where the cell has >= 15 settings and >= 5 lr values, the cubic "
                      "where it has >= 12, the quadratic on smaller grids (a 3 x 3 grid); "
                      "'near_set' averages the runs within 0.25%% of the best")
+    fit.add_argument("--bootstrap-windows", type=POSITIVE, nargs="+", default=[],
+                     metavar="W", help="resample rows cycle through these surface windows, "
+                     "so the intervals carry the window choice (e.g. 0.05 0.2; off by "
+                     "default: each window adds a surface fit per cell)")
+    fit.add_argument("--bootstrap-surfaces", nargs="+", default=[], metavar="FORM",
+                     choices=("auto", "quartic", "cubic", "quadratic", "near_set"),
+                     help="resample rows cycle through these cell surfaces, so the intervals "
+                     "carry the estimator choice (e.g. quartic cubic; off by default)")
     fit.add_argument("--t-slope", choices=("within_run", "cells"), default=FitOptions.t_slope,
                      help="token exponent of the eta and B laws: 'within_run' (default) from "
                      "how each run's loss changes between token counts, 'cells' from the "

@@ -35,6 +35,10 @@ class FitOptions:
     # carry the sensitivity of the optimum to the window as well as to the runs. Off by
     # default: it doubles the fit's time (docs/scaling_laws.md).
     bootstrap_windows: tuple = ()
+    # Surface forms the bootstrap rows cycle through (empty: ``surface`` only), so the
+    # level intervals carry the estimator choice too (a form richer than a cell's grid
+    # allows falls back to the cell's own). Off by default, like the windows.
+    bootstrap_surfaces: tuple = ()
     # How the eta and B laws get their token exponent (beta): "within_run" from how each
     # run's loss changes between token counts (hyperopt.within_run_slopes), "cells" from
     # the cell optima alone. Within-run falls back to cells where no size has two cells.
@@ -60,20 +64,65 @@ def bootstrap_weights(runs: RunSet, num_resamples: int, seed: int) -> np.ndarray
     return weights
 
 
+_FORM_ORDER = ("quadratic", "cubic", "quartic")
+
+
+def _alternative_form(cell, form: str) -> str:
+    """``form`` for ``cell``, or the cell's own form where ``form`` is richer than the
+    cell's grid supports (near_set and auto pass through)."""
+    own = cell.form
+    if form in _FORM_ORDER and own in _FORM_ORDER and (
+            _FORM_ORDER.index(form) > _FORM_ORDER.index(own)):
+        return own
+    return form
+
+
 def cell_surfaces(cell, weights_R: np.ndarray, opts: FitOptions) -> dict:
-    """The cell's surface for every row: row 0 at ``opts.window``, resample rows cycling
-    through ``opts.bootstrap_windows`` (each about its own plain fit)."""
+    """The cell's surface for every row: row 0 at ``opts.window`` with ``opts.surface``;
+    resample rows cycling through every (window, form) pair of
+    ``opts.bootstrap_windows`` x ``opts.bootstrap_surfaces``.
+
+    A window's rows are resampled at that window (about its own plain fit). Another
+    form's rows are the main form's resamples moved by the difference between the two
+    forms' plain fits: the rows then spread over what the estimators disagree on,
+    without borrowing a simpler form's smaller variance (resampling the cubic itself
+    narrowed the intervals: docs/scaling_laws.md)."""
     surface = fitted_surface(cell, weights_R, opts.surface)
-    windows = opts.bootstrap_windows
-    num_params = hyperopt.num_surface_params(
-        cell.form if opts.surface == "auto" else opts.surface)
-    for i, window in enumerate(windows):
-        rows = np.arange(1 + i, len(weights_R), len(windows))
-        mask = hyperopt.window_mask(cell, window, num_params)
-        alt = fitted_surface(cell, weights_R[np.r_[0, rows]], opts.surface, mask)
-        for key in ("log_lr", "log_batch", "log_loss", "valid", "convex", "inside"):
-            surface[key][rows] = alt[key][1:]
+    choices = [(window, form) for window in (opts.bootstrap_windows or (None,))
+               for form in (opts.bootstrap_surfaces or (None,))]
+    if choices == [(None, None)]:
+        return surface
+    # The within-run slopes use this surface's coefficients in every row, so they need
+    # its own validity, not that of the choice a row's optimum comes from.
+    surface["coef_valid"] = surface["valid"].copy()
+    main_form = cell.form if opts.surface == "auto" else opts.surface
+    keys = ("log_lr", "log_batch", "log_loss", "valid", "convex", "inside")
+    for i, (window, form) in enumerate(choices):
+        rows = np.arange(1 + i, len(weights_R), len(choices))
+        w = window or opts.window
+        if window is None:  # the main fit's own rows
+            plain = {key: surface[key][0] for key in keys}
+            values = {key: surface[key][rows].copy() for key in keys}
+        else:
+            base = fitted_surface(cell, weights_R[np.r_[0, rows]], main_form,
+                                  _window(cell, main_form, w))
+            plain = {key: base[key][0] for key in keys}
+            values = {key: base[key][1:] for key in keys}
+        form = _alternative_form(cell, form or main_form)
+        if form != main_form:
+            other = fitted_surface(cell, weights_R[:1], form, _window(cell, form, w))
+            for key in ("log_lr", "log_batch", "log_loss"):
+                values[key] = values[key] + (other[key][0] - plain[key])
+            values["valid"] = values["valid"] & other["valid"][0]
+        for key in keys:
+            surface[key][rows] = values[key]
     return surface
+
+
+def _window(cell, form: str, window: float) -> np.ndarray:
+    """The runs a ``form`` surface of ``cell`` uses at relative loss ``window``."""
+    return hyperopt.window_mask(
+        cell, window, hyperopt.num_surface_params(cell.form if form == "auto" else form))
 
 
 def fitted_surface(cell, weights_R: np.ndarray, form: str, in_window=None) -> dict:

@@ -45,6 +45,8 @@ ESTIMATORS = {
     "cubic+within-run": dict(surface="cubic", window=0.20, t_slope="within_run"),
     # The default FitOptions: quartic where the grid allows it, T slopes within runs.
     "default": dict(),
+    # The default with resample rows alternating quartic and cubic cell surfaces.
+    "default+surfaces": dict(bootstrap_surfaces=("quartic", "cubic")),
 }
 HP_EXPONENTS = (("eta", "beta", 1), ("eta", "gamma", 2), ("batch", "beta", 1),
                 ("batch", "gamma", 2))

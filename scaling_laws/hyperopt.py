@@ -453,7 +453,7 @@ def within_run_slopes(cells: list, surfaces: list, weights_R_runs: np.ndarray | 
             if near.sum() < MIN_PAIR_RUNS:
                 continue
             i1, i2, common = i1[near], i2[near], common[near]
-            valid_R = s1["valid"] & s2["valid"]
+            valid_R = s1.get("coef_valid", s1["valid"]) & s2.get("coef_valid", s2["valid"])
             grad_RM2 = 0.5 * (_log_gradient(s1, c1, i1) + _log_gradient(s2, c2, i2))
             pairs.append((common, c2.log_loss[i2] - c1.log_loss[i1], -grad_RM2 * np.log(t2 / t1),
                           valid_R))

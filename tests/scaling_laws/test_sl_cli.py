@@ -162,7 +162,9 @@ def test_law_file_check_on_load(tmp_path):
     assert planner.plan(str(tmp_path / "good.json"), 1e21)["params_nonembed"] > 0
 
 
-@pytest.mark.parametrize("flag, value", [("--t-slope", "both"), ("--surface", "quintic")])
+@pytest.mark.parametrize("flag, value", [("--t-slope", "both"), ("--surface", "quintic"),
+                                         ("--bootstrap-surfaces", "quintic"),
+                                         ("--bootstrap-windows", "0")])
 def test_fit_refuses_an_unknown_estimator_choice(tmp_path, flag, value):
     runs = tmp_path / "runs.jsonl"
     runs.write_text("\n".join(json.dumps(r) for r in PlantedSweep().records(seed=0)))
@@ -170,3 +172,16 @@ def test_fit_refuses_an_unknown_estimator_choice(tmp_path, flag, value):
                flag, value)
     assert out.returncode == 2 and flag in out.stderr and value in out.stderr, out.stderr
     assert not (tmp_path / "law.json").exists()
+
+
+def test_fit_records_the_bootstrap_choices_it_was_given(tmp_path):
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("\n".join(json.dumps(r) for r in PlantedSweep().records(seed=0)))
+    law_path = tmp_path / "law.json"
+    out = _run("-m", "scaling_laws", "fit", str(runs), "--out", str(law_path), "--resamples",
+               "4", "--no-extrapolation", "--bootstrap-windows", "0.05", "0.2",
+               "--bootstrap-surfaces", "quartic", "cubic")
+    assert law_path.exists(), out.stderr
+    provenance = json.loads(law_path.read_text())["provenance"]
+    assert provenance["bootstrap_windows"] == [0.05, 0.2]
+    assert provenance["bootstrap_surfaces"] == ["quartic", "cubic"]

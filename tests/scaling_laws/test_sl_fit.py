@@ -1,8 +1,10 @@
 """Cell optima, loss law, allocation and the degenerate inputs that must fail clearly."""
+import dataclasses
+
 import numpy as np
 import pytest
 
-from scaling_laws import allocation, hyperopt, loss_law, measured
+from scaling_laws import allocation, fit, hyperopt, loss_law, measured
 from scaling_laws.compute import ComputeModel
 from scaling_laws.fit import FitOptions, core_fit
 from scaling_laws.records import prepare
@@ -158,3 +160,47 @@ def test_edge_optimum_error_says_which_way_to_widen():
     sweep = PlantedSweep(grid_offset=(0.05, 1.0), diverge_lr_factor=1e9)  # LR grid too low
     with pytest.raises(ValueError, match="highest eta"):
         core_fit(prepare(sweep.records()), FAST)
+
+
+def test_bootstrap_surfaces_cycle_the_resample_rows_through_the_forms():
+    """Rows 1, 3, 5 resample the default (quartic) surface; rows 2, 4, 6 are the same
+    resamples moved by the cubic's plain optimum minus the quartic's; row 0 stays the
+    default's plain fit."""
+    runs = prepare(PlantedSweep.realistic().records(seed=0))
+    base = FitOptions(num_resamples=6, seed=3)
+    cells, _ = hyperopt.build_cells(runs, base.window, base.min_tokens_ratio, form=base.surface)
+    cell = next(c for c in cells if c.form == "quartic")
+    weights = fit.bootstrap_weights(runs, 6, 3)
+    alt = fit.cell_surfaces(cell, weights, FitOptions(num_resamples=6, seed=3,
+                                                      bootstrap_surfaces=("quartic", "cubic")))
+    quartic = fit.fitted_surface(cell, weights, "quartic")
+    cubic_mask = hyperopt.window_mask(cell, base.window, len(hyperopt.SURFACE_TERMS["cubic"]))
+    cubic = hyperopt.fit_surface(cell, weights[:1], "cubic", cubic_mask)
+    for key in ("log_lr", "log_batch"):
+        np.testing.assert_array_equal(alt[key][[0, 1, 3, 5]], quartic[key][[0, 1, 3, 5]])
+        shift = cubic[key][0] - quartic[key][0]
+        assert shift != 0
+        np.testing.assert_allclose(alt[key][[2, 4, 6]], quartic[key][[2, 4, 6]] + shift,
+                                   rtol=0, atol=1e-12)
+    # A form richer than a cell's grid allows falls back to the cell's own.
+    small = dataclasses.replace(cell, form="cubic")
+    assert fit._alternative_form(small, "quartic") == "cubic"
+    assert fit._alternative_form(small, "quadratic") == "quadratic"
+
+
+def test_bootstrap_choices_leave_the_within_run_slopes_alone():
+    """The within-run T slopes use the main surface's coefficients in every row, so the
+    rows' other windows or forms must not drop pairs from them (a cubic row whose vertex
+    leaves the box once took most pairs out and left a slope near 0)."""
+    runs = prepare(PlantedSweep.realistic().records(seed=0))
+    weights = fit.bootstrap_weights(runs, 20, 0)
+    slopes = []
+    for extra in ({}, {"bootstrap_surfaces": ("quartic", "cubic")},
+                  {"bootstrap_windows": (0.05, 0.20)}):
+        opts = FitOptions(num_resamples=20, seed=0, **extra)
+        cells, _ = hyperopt.build_cells(runs, opts.window, opts.min_tokens_ratio,
+                                        form=opts.surface)
+        surfaces = [fit.cell_surfaces(c, weights, opts) for c in cells]
+        slopes.append(hyperopt.within_run_slopes(cells, surfaces, weights))
+    np.testing.assert_array_equal(slopes[0], slopes[1])
+    np.testing.assert_array_equal(slopes[0], slopes[2])
