@@ -25,25 +25,20 @@ POS_INT, NON_NEG_INT = integer_at_least(1), integer_at_least(0)
 def model_bench_parser(script: str, doc: str, presets: list[str], repeats: int,
                        repeats_help: str, warmup_help: str, batch: int) -> argparse.ArgumentParser:
     """A benchmark's parser with the flags every model benchmark takes: presets, timed
-    and untimed repeats, batch, and the shape flags (:func:`add_shape_args`)."""
+    and untimed repeats, batch, latent and text shape, and threads."""
     parser = argparse.ArgumentParser(prog=os.path.basename(script),
                                      description=doc.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=presets)
     parser.add_argument("--repeats", type=POS_INT, default=repeats, help=repeats_help)
     parser.add_argument("--warmup", type=NON_NEG_INT, default=2, help=warmup_help)
     parser.add_argument("--batch", type=POS_INT, default=batch, help="samples per step")
-    add_shape_args(parser)
-    return parser
-
-
-def add_shape_args(parser) -> None:
-    """The latent, text and thread flags every model benchmark takes, same defaults."""
     parser.add_argument("--latent", type=POS_INT, nargs=3, default=[3, 16, 16],
                         metavar=("F", "H", "W"), help="latent frames, height, width per sample")
     parser.add_argument("--channels", type=POS_INT, default=4, help="latent channels")
     parser.add_argument("--text-dim", type=POS_INT, default=64, help="text encoder width")
     parser.add_argument("--text-len", type=POS_INT, default=32, help="text tokens per sample")
     parser.add_argument("--threads", type=POS_INT, default=2, help="torch intra-op threads")
+    return parser
 
 
 def our_config(preset: str, args) -> VDiTConfig:

@@ -30,6 +30,7 @@ def _cases(tmp):
         ("bench_vs_diffusers", ["--latent", "3", "0", "16"], "--latent"),
         ("bench_vs_diffusers", ["--channels", "nan"], "--channels"),
         ("bench_vs_diffusers", ["--text-len", "-2"], "--text-len"),
+        ("bench_vs_diffusers", ["--text-dim", "0"], "--text-dim"),
         ("bench_vs_diffusers", ["--threads", "0"], "--threads"),
         ("bench_vs_diffusers", ["--profile", "-1"], "--profile"),
         ("bench_vs_diffusers", ["--saved", "x"], "--saved"),

@@ -16,6 +16,8 @@ Gradient reduction, end to end (one optimizer step):
 """
 from __future__ import annotations
 
+import math
+
 
 import torch
 import torch.distributed as dist
@@ -179,6 +181,7 @@ def clip_grad_norm_(model_params, max_norm: float, groups: ParallelGroups,
         all_reduce_sum(total_sq, groups.dp_cp)
     all_reduce_sum(total_sq, groups.pp)
     total = total_sq.sqrt().float()
-    clip_coef = (max_norm / (total + 1e-6)).clamp(max=1.0)  # no host sync
-    torch._foreach_mul_([local_grad(p) for p, _ in pairs], clip_coef)
+    if math.isfinite(max_norm):  # max_norm=inf: only measure (the trainer's --clip-grad 0)
+        clip_coef = (max_norm / (total + 1e-6)).clamp(max=1.0)  # no host sync
+        torch._foreach_mul_([local_grad(p) for p, _ in pairs], clip_coef)
     return total

@@ -164,7 +164,9 @@ def test_law_file_check_on_load(tmp_path):
 
 @pytest.mark.parametrize("flag, value", [("--t-slope", "both"), ("--surface", "quintic"),
                                          ("--bootstrap-surfaces", "quintic"),
-                                         ("--bootstrap-windows", "0")])
+                                         ("--bootstrap-windows", "0"),
+                                         ("--bootstrap-windows", "-0.1"),
+                                         ("--bootstrap-windows", "nan")])
 def test_fit_refuses_an_unknown_estimator_choice(tmp_path, flag, value):
     runs = tmp_path / "runs.jsonl"
     runs.write_text("\n".join(json.dumps(r) for r in PlantedSweep().records(seed=0)))
