@@ -52,8 +52,9 @@ HP_EXPONENTS = (("eta", "beta", 1), ("eta", "gamma", 2), ("batch", "beta", 1),
                 ("batch", "gamma", 2))
 
 
-def _levels(sweep, core, key) -> list[tuple[float, bool]]:
-    """Per size: (log(law / truth) at the middle T, 95% interval covers the truth)."""
+def _levels(sweep, core, key) -> list[tuple[float, bool, float]]:
+    """Per size: (log(law / truth) at the middle T, 95% interval covers the truth, that
+    interval's width in log units)."""
     t_mid = float(np.exp(np.mean(np.log(to_billions(sweep.curve_tokens)))))
     truth_fn = sweep.eta_opt if key == "eta" else sweep.batch_opt
     out = []
@@ -61,7 +62,7 @@ def _levels(sweep, core, key) -> list[tuple[float, bool]]:
         n_b = float(to_billions(sweep.shape(params)[2]))
         rows = np.log(hyperopt.predict_hp(core[key], n_b, t_mid) / truth_fn(n_b, t_mid))
         low, high = fit.interval(rows[1:]) if len(rows) > 1 else (np.nan, np.nan)
-        out.append((float(rows[0]), bool(low <= 0 <= high)))
+        out.append((float(rows[0]), bool(low <= 0 <= high), float(high - low)))
     return out
 
 
@@ -95,7 +96,8 @@ def one_sweep(sweep: PlantedSweep, seed: int, num_resamples: int, options: dict)
     for key, name, col in HP_EXPONENTS:
         true = (sweep.eta_law if key == "eta" else sweep.batch_law)[name]
         low, high = fit.interval(core[key][1:, col])
-        out[(key, name)] = (float(core[key][0, col] / true - 1), bool(low <= true <= high))
+        out[(key, name)] = (float(core[key][0, col] / true - 1), bool(low <= true <= high),
+                            float(high - low))
     out["levels"] = {key: _levels(sweep, core, key) for key in ("eta", "batch")}
     return out
 
@@ -107,13 +109,16 @@ def summarise(results: list[dict]) -> dict:
         summary[f"{key}.{name}"] = {
             "median_rel_error": float(np.median(errs)),
             "median_abs_rel_error": float(np.median(np.abs(errs))),
-            "coverage": float(np.mean([r[(key, name)][1] for r in results]))}
+            "coverage": float(np.mean([r[(key, name)][1] for r in results])),
+            "median_interval_width": float(np.median([r[(key, name)][2] for r in results]))}
     for key in ("eta", "batch"):
-        logs = np.array([[v for v, _ in r["levels"][key]] for r in results])
-        cover = np.array([[c for _, c in r["levels"][key]] for r in results])
+        logs, cover, width = (np.array([[level[i] for level in r["levels"][key]]
+                                        for r in results]) for i in range(3))
         summary[f"{key}.level"] = {"median_ratio_per_size": np.exp(np.median(logs, 0)).tolist(),
                                    "sd_log_per_size": logs.std(0).tolist(),
-                                   "coverage_per_size": cover.mean(0).tolist()}
+                                   "coverage_per_size": cover.mean(0).tolist(),
+                                   "median_log_interval_width_per_size":
+                                       np.median(width, 0).tolist()}
     for k in ("cost_predicted", "cost_true_opt_nearest", "cost_noise_free"):
         summary[k] = float(np.mean([r["costs"][k] for r in results]))
     att = [r["t_slope_attenuation"] for r in results if r["t_slope_attenuation"] is not None]
@@ -135,12 +140,14 @@ def format_summary(name: str, s: dict) -> str:
     for label in ("eta.beta", "eta.gamma", "batch.beta", "batch.gamma"):
         r = s[label]
         lines.append(f"  {label:12s} median err {r['median_rel_error']:+7.2%}  median |err| "
-                     f"{r['median_abs_rel_error']:6.2%}  coverage {r['coverage']:4.0%}")
+                     f"{r['median_abs_rel_error']:6.2%}  coverage {r['coverage']:4.0%}  "
+                     f"median 95% interval width {r['median_interval_width']:.4f}")
     for key in ("eta", "batch"):
         r = s[f"{key}.level"]
         lines.append(f"  {key} level / truth per size: " + " ".join(
             f"{v:.3f}" for v in r["median_ratio_per_size"]) + "; coverage " + " ".join(
-            f"{c:.0%}" for c in r["coverage_per_size"]))
+            f"{c:.0%}" for c in r["coverage_per_size"]) + "; median 95% interval width (log) "
+            + " ".join(f"{w:.4f}" for w in r["median_log_interval_width_per_size"]))
     lines.append(f"  measured cost at predicted (eta, B) {s['cost_predicted']:.3%}; at the "
                  f"true optimum's nearest grid point {s['cost_true_opt_nearest']:.3%}; excess "
                  f"{s['cost_excess_over_true_opt_nearest']:+.3%}; noise-free cost "

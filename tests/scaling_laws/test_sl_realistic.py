@@ -177,3 +177,31 @@ def test_study_draws_its_figure(tmp_path):
     assert hp_study.main(["--reps", "2", "--resamples", "0", "--estimators", "cubic",
                           "default", "--png", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_joint_study_shows_the_polynomial_family_bias_noise_free():
+    """scaling_laws.joint_study on one noise-free sweep: the quartic's eta exponent is off
+    by more than 5% in the joint fit too (the family's bias, docs/scaling_laws.md), the
+    degree-5 surface is within 5%, and B's exponent is within 3% either way (truth: the
+    planted laws)."""
+    from scaling_laws import joint_study
+
+    clean = PlantedSweep.realistic(noise_run=0.0, noise_point=0.0)
+    result = joint_study.one_sweep(clean, seed=0)
+    assert result["quartic"][0] > 0.05
+    assert abs(result["degree5"][0]) < 0.05
+    for name in ("quartic", "degree5"):
+        assert abs(result[name][1]) < 0.03
+        assert result["per_size"][name].shape == (len(clean.sizes_params), 2)
+
+
+@pytest.mark.parametrize("argv, message", [(["--reps", "0"], "--reps"),
+                                           (["--noise", "-0.1"], "--noise"),
+                                           (["--noise", "nan"], "--noise")])
+def test_joint_study_refuses_bad_flags(argv, message, capsys):
+    from scaling_laws import joint_study
+
+    with pytest.raises(SystemExit) as exit_info:
+        joint_study.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
