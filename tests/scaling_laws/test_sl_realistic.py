@@ -1,8 +1,10 @@
 """Realistic planted surfaces: their shape, the quadratic's bias on them, the default estimator's fix."""
+import importlib
+
 import numpy as np
 import pytest
 
-from scaling_laws import fit, hp_study, hyperopt, measured
+from scaling_laws import fit, hp_study, hyperopt, joint_study, measured
 from scaling_laws.compute import to_billions
 from scaling_laws.records import prepare
 from scaling_laws.synthetic import PlantedSweep
@@ -159,15 +161,15 @@ def test_cubic_cell_slopes_miss_the_three_percent_bar():
     assert s["batch.beta"]["median_rel_error"] < -0.03, s["batch.beta"]
 
 
-@pytest.mark.parametrize("argv, message", [(["--reps", "0"], "--reps"),
-                                           (["--resamples", "-1"], "--resamples"),
-                                           (["--noise", "-0.1"], "--noise"),
-                                           (["--noise-point", "nan"], "--noise-point"),
-                                           (["--estimators", "cubic9"], "--estimators"),
-                                           (["--png", "/"], "--png")])
-def test_study_refuses_bad_flags_before_fitting(argv, message, capsys):
+@pytest.mark.parametrize("study, argv, message", [
+    ("hp_study", ["--reps", "0"], "--reps"), ("hp_study", ["--resamples", "-1"], "--resamples"),
+    ("hp_study", ["--noise", "-0.1"], "--noise"), ("hp_study", ["--noise-point", "nan"], "--noise-point"),
+    ("hp_study", ["--estimators", "cubic9"], "--estimators"), ("hp_study", ["--png", "/"], "--png"),
+    ("joint_study", ["--reps", "0"], "--reps"), ("joint_study", ["--noise", "-0.1"], "--noise"),
+    ("joint_study", ["--noise", "nan"], "--noise")])
+def test_studies_refuse_bad_flags_before_fitting(study, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        hp_study.main(argv)
+        importlib.import_module(f"scaling_laws.{study}").main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -184,8 +186,6 @@ def test_joint_study_shows_the_polynomial_family_bias_noise_free():
     by more than 5% in the joint fit too (the family's bias, docs/scaling_laws.md), the
     degree-5 surface is within 5%, and B's exponent is within 3% either way (truth: the
     planted laws)."""
-    from scaling_laws import joint_study
-
     clean = PlantedSweep.realistic(noise_run=0.0, noise_point=0.0)
     result = joint_study.one_sweep(clean, seed=0)
     assert result["quartic"][0] > 0.05
@@ -194,14 +194,3 @@ def test_joint_study_shows_the_polynomial_family_bias_noise_free():
         assert abs(result[name][1]) < 0.03
         assert result["per_size"][name].shape == (len(clean.sizes_params), 2)
 
-
-@pytest.mark.parametrize("argv, message", [(["--reps", "0"], "--reps"),
-                                           (["--noise", "-0.1"], "--noise"),
-                                           (["--noise", "nan"], "--noise")])
-def test_joint_study_refuses_bad_flags(argv, message, capsys):
-    from scaling_laws import joint_study
-
-    with pytest.raises(SystemExit) as exit_info:
-        joint_study.main(argv)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
