@@ -48,6 +48,7 @@ ESTIMATORS = {
     # The default with resample rows alternating quartic and cubic cell surfaces.
     "default+surfaces": dict(bootstrap_surfaces=("quartic", "cubic")),
 }
+BLOCK = 40  # the targets are medians over 40 sweeps: longer studies show each block's
 HP_EXPONENTS = (("eta", "beta", 1), ("eta", "gamma", 2), ("batch", "beta", 1),
                 ("batch", "gamma", 2))
 
@@ -109,6 +110,10 @@ def summarise(results: list[dict]) -> dict:
         summary[f"{key}.{name}"] = {
             "median_rel_error": float(np.median(errs)),
             "median_abs_rel_error": float(np.median(np.abs(errs))),
+            # Sweep-to-sweep spread, comparable with python -m scaling_laws.bound.
+            "sd_rel_error": float(np.std(errs)),
+            "block_medians": [float(np.median(errs[i:i + BLOCK]))
+                              for i in range(0, len(errs) - BLOCK + 1, BLOCK)],
             "coverage": float(np.mean([r[(key, name)][1] for r in results])),
             "median_interval_width": float(np.median([r[(key, name)][2] for r in results]))}
     for key in ("eta", "batch"):
@@ -140,8 +145,12 @@ def format_summary(name: str, s: dict) -> str:
     for label in ("eta.beta", "eta.gamma", "batch.beta", "batch.gamma"):
         r = s[label]
         lines.append(f"  {label:12s} median err {r['median_rel_error']:+7.2%}  median |err| "
-                     f"{r['median_abs_rel_error']:6.2%}  coverage {r['coverage']:4.0%}  "
-                     f"median 95% interval width {r['median_interval_width']:.4f}")
+                     f"{r['median_abs_rel_error']:6.2%}  sd {r['sd_rel_error']:6.2%}  coverage "
+                     f"{r['coverage']:4.0%}  median 95% interval width "
+                     f"{r['median_interval_width']:.4f}")
+        if len(r["block_medians"]) > 1:
+            lines.append(f"  {'':12s} median err per block of {BLOCK} sweeps: " + " ".join(
+                f"{m:+.1%}" for m in r["block_medians"]))
     for key in ("eta", "batch"):
         r = s[f"{key}.level"]
         lines.append(f"  {key} level / truth per size: " + " ".join(

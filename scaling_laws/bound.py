@@ -1,0 +1,228 @@
+"""How precisely a planted sweep can determine the hyperparameter laws at all:
+``python -m scaling_laws.bound``.
+
+  python -m scaling_laws.bound [--design realistic|recovery] [--noise 0.003] [--sweeps 40]
+
+The Cramer-Rao bound of an *oracle* estimator that knows the planted family
+(:class:`scaling_laws.synthetic.PlantedSweep`: the power laws of eta_opt and B_opt, the
+valley's shape, the noise model) and only has to fit its parameters. No estimator that
+is unbiased on the sweep can have a smaller variance; a real one, which does not know
+the family, has more. It tells a target that the estimator misses from one that the
+sweep's design cannot support.
+
+Parameters (all free, the truth as the expansion point):
+- the six exponents and log levels of the eta_opt and B_opt laws;
+- the valley's shape (its nonzero curvature, asymmetry and coupling fields), shared by
+  every size or (``per_size_shape``, the default) free per model size, as the fitter's
+  cell surfaces are;
+- a free log-loss level per (size, token count), so the loss law is not assumed.
+
+Noise model: the log loss of run ``r`` at token count ``k`` carries a run offset (shared
+by its whole curve) plus a point offset, so the covariance of a run's curve is
+``s_run^2 11' + s_point^2 I``. The bound is the Gaussian one at the design's noise
+variances; Student-t noise of the same variance carries more information about a
+location (x ``(df+1) df / ((df+3)(df-2))``: 1.43 at 4 dof), which
+:func:`student_t_information_factor` gives and the report applies as a second column.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+
+import numpy as np
+
+from megatron_vdit.cli.errors import NON_NEGATIVE, integer_at_least
+
+from scaling_laws.compute import to_billions
+from scaling_laws.synthetic import PlantedSweep
+
+LAW_PARAMS = (("eta_law", "alpha"), ("eta_law", "beta"), ("eta_law", "gamma"),
+              ("batch_law", "alpha"), ("batch_law", "beta"), ("batch_law", "gamma"))
+SHAPE_FIELDS = ("k_lr", "k_batch", "k_cross", "skew", "lr_asymmetry", "batch_asymmetry",
+                "lr_batch_coupling")
+EXPONENTS = (("eta", "beta", 1), ("eta", "gamma", 2), ("batch", "beta", 4),
+             ("batch", "gamma", 5))
+_STEP = 1e-5  # central-difference step in each parameter (log alpha, exponents, shape)
+
+
+def student_t_information_factor(df: float | None) -> float:
+    """Fisher information about a location under unit-variance Student-t noise with
+    ``df`` degrees of freedom, over that under Gaussian noise of the same variance."""
+    if df is None:
+        return 1.0
+    return (df + 1) * df / ((df + 3) * (df - 2))
+
+
+def shape_fields(sweep: PlantedSweep) -> tuple:
+    """The valley's shape parameters the oracle fits: those nonzero in the truth."""
+    return tuple(name for name in SHAPE_FIELDS if getattr(sweep, name) != 0)
+
+
+def _moved(sweep: PlantedSweep, param, step: float) -> PlantedSweep:
+    group, key = param
+    if group is None:
+        return dataclasses.replace(sweep, **{key: getattr(sweep, key) + step})
+    law = dict(getattr(sweep, group))
+    law[key] = law[key] * math.exp(step) if key == "alpha" else law[key] + step
+    return dataclasses.replace(sweep, **{group: law})
+
+
+def _design(sweep: PlantedSweep):
+    """The completed runs' (size index, n_billion, lr, batch_tokens), the token counts."""
+    runs = [r for r in sweep.records(seed=0) if r["status"] == "completed"]
+    sizes = sorted({r["params_nonembed"] for r in runs})
+    size_index = np.array([sizes.index(r["params_nonembed"]) for r in runs])
+    n_b = np.array([float(to_billions(r["params_nonembed"])) for r in runs])
+    lr = np.array([r["lr"] for r in runs])
+    batch = np.array([float(r["batch_tokens"]) for r in runs])
+    t_b = np.array([float(to_billions(t)) for t in sorted(sweep.curve_tokens)])
+    return size_index, n_b, lr, batch, t_b, len(sizes)
+
+
+def jacobians(sweep: PlantedSweep, per_size_shape: bool = True) -> tuple[np.ndarray, list]:
+    """(runs, token counts, params) derivatives of each run's log loss curve, and the
+    parameter names, in the order: :data:`LAW_PARAMS`, the shape (per size if
+    ``per_size_shape``), the free level of every (size, token count)."""
+    size_index, n_b, lr, batch, t_b, num_sizes = _design(sweep)
+    num_runs, num_t = len(lr), len(t_b)
+
+    def log_loss(s: PlantedSweep) -> np.ndarray:
+        return np.log(s.loss(n_b[:, None], t_b[None, :], lr[:, None], batch[:, None]))
+
+    def derivative(param) -> np.ndarray:
+        return (log_loss(_moved(sweep, param, _STEP))
+                - log_loss(_moved(sweep, param, -_STEP))) / (2 * _STEP)
+
+    columns = [derivative(p) for p in LAW_PARAMS]
+    names = [f"{group.split('_')[0]}.{key}" for group, key in LAW_PARAMS]
+    for field in shape_fields(sweep):
+        d = derivative((None, field))
+        if per_size_shape:
+            for size in range(num_sizes):
+                columns.append(np.where((size_index == size)[:, None], d, 0.0))
+                names.append(f"{field}[{size}]")
+        else:
+            columns.append(d)
+            names.append(field)
+    for size in range(num_sizes):
+        for k in range(num_t):
+            level = np.zeros((num_runs, num_t))
+            level[size_index == size, k] = 1.0
+            columns.append(level)
+            names.append(f"level[{size},{k}]")
+    return np.stack(columns, axis=-1), names
+
+
+def covariance_bound(jacobian_RKP: np.ndarray, curve_cov_KK: np.ndarray) -> np.ndarray:
+    """Inverse Fisher information ``(sum_r J_r' S^-1 J_r)^-1`` for runs with independent
+    curves of covariance ``S`` each and mean derivatives ``J_r``."""
+    precision = np.linalg.inv(curve_cov_KK)
+    info = np.einsum("rkp,kl,rlq->pq", jacobian_RKP, precision, jacobian_RKP)
+    return np.linalg.inv(info)
+
+
+def exponent_bounds(sweep: PlantedSweep, per_size_shape: bool = True) -> dict:
+    """Smallest standard deviation (Gaussian noise) of each law exponent, relative to
+    its planted value: ``{"eta.beta": sd / |beta|, ...}``."""
+    jac, _ = jacobians(sweep, per_size_shape)
+    num_t = jac.shape[1]
+    cov = sweep.noise_run ** 2 * np.ones((num_t, num_t)) + sweep.noise_point ** 2 * np.eye(num_t)
+    sd = np.sqrt(np.diag(covariance_bound(jac, cov)))
+    laws = {"eta": sweep.eta_law, "batch": sweep.batch_law}
+    return {f"{key}.{name}": float(sd[col] / abs(laws[key][name]))
+            for key, name, col in EXPONENTS}
+
+
+def median_standard_error(sd: float, num_sweeps: int) -> float:
+    """Standard error of the median of ``num_sweeps`` normal draws of spread ``sd``."""
+    return math.sqrt(math.pi / 2) * sd / math.sqrt(num_sweeps)
+
+
+def chance_within(bar: float, sd: float, num_sweeps: int) -> float:
+    """Chance that an unbiased estimator of spread ``sd`` has a median over
+    ``num_sweeps`` sweeps within ``bar`` of the truth (normal approximation)."""
+    se = median_standard_error(sd, num_sweeps)
+    return math.erf(bar / (se * math.sqrt(2)))
+
+
+def oracle_fit(sweep: PlantedSweep, records: list, per_size_shape: bool = False) -> dict:
+    """The oracle itself: generalised least squares of the planted family's parameters
+    (those of :func:`jacobians`) to ``records`` (as :meth:`PlantedSweep.records` writes
+    them), started at the truth. Gaussian maximum likelihood, so on sweeps with Gaussian
+    noise its spread approaches :func:`exponent_bounds`. Returns the fitted exponents."""
+    from scipy.optimize import least_squares
+
+    size_index, n_b, lr, batch, t_b, num_sizes = _design(sweep)
+    by_key = {(r["lr"], r["batch_tokens"], r["params_nonembed"]): r for r in records}
+    runs = [r for r in sweep.records(seed=0) if r["status"] == "completed"]
+    observed = np.log([[p["val_loss"] for p in by_key[(r["lr"], r["batch_tokens"],
+                                                         r["params_nonembed"])]["val_loss_curve"]]
+                       + [by_key[(r["lr"], r["batch_tokens"], r["params_nonembed"])]["val_loss"]]
+                       for r in runs])
+    num_t = len(t_b)
+    fields = shape_fields(sweep)
+    num_shape = len(fields) * (num_sizes if per_size_shape else 1)
+    # Fuller-Battese: subtracting this share of each run's mean whitens its curve.
+    share = 1 - math.sqrt(sweep.noise_point ** 2
+                          / (sweep.noise_point ** 2 + num_t * sweep.noise_run ** 2))
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        mean = np.empty_like(observed)
+        for size in range(num_sizes if per_size_shape else 1):
+            s = sweep
+            for j, param in enumerate(LAW_PARAMS):
+                s = _moved(s, param, theta[j])
+            for q, field in enumerate(fields):
+                index = len(LAW_PARAMS) + (size * len(fields) + q if per_size_shape else q)
+                s = _moved(s, (None, field), theta[index])
+            rows = size_index == size if per_size_shape else slice(None)
+            mean[rows] = np.log(s.loss(n_b[rows, None], t_b[None, :], lr[rows, None],
+                                       batch[rows, None]))
+        levels = theta[len(LAW_PARAMS) + num_shape:].reshape(num_sizes, num_t)
+        r = observed - mean - levels[size_index]
+        return ((r - share * r.mean(axis=1, keepdims=True)) / sweep.noise_point).ravel()
+
+    num_params = len(LAW_PARAMS) + num_shape + num_sizes * num_t
+    theta = least_squares(residuals, np.zeros(num_params), method="lm").x
+    laws = {"eta": sweep.eta_law, "batch": sweep.batch_law}
+    return {f"{key}.{name}": float(laws[key][name] + theta[col])
+            for key, name, col in EXPONENTS}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--design", choices=("realistic", "recovery"), default="realistic")
+    parser.add_argument("--noise", type=NON_NEGATIVE, default=None,
+                        help="per-run relative noise (default: the design's)")
+    parser.add_argument("--sweeps", type=integer_at_least(1), default=40,
+                        help="sweeps a target's median is taken over (>= 1)")
+    parser.add_argument("--bar", type=NON_NEGATIVE, default=0.03,
+                        help="relative bar on the median exponent error (default 3%%)")
+    args = parser.parse_args(argv)
+    overrides = {} if args.noise is None else {"noise_run": args.noise}
+    sweep = getattr(PlantedSweep, args.design)(**overrides)
+    if sweep.noise_run == 0 and sweep.noise_point == 0:
+        parser.error("--noise 0 with no point noise: the bound is 0")
+    factor = student_t_information_factor(sweep.noise_df)
+    print(f"{args.design} planted sweep: noise {sweep.noise_run:.2%} per run, "
+          f"{sweep.noise_point:.3%} per point; oracle knows the family, fits "
+          f"{', '.join(shape_fields(sweep))} and the laws")
+    for per_size in (False, True):
+        bounds = exponent_bounds(sweep, per_size)
+        print(f"\nshape {'free per size' if per_size else 'shared by all sizes'}: smallest "
+              f"relative sd per sweep (Gaussian; x{1 / math.sqrt(factor):.2f} for noise "
+              f"with the design's tails), and an unbiased oracle's chance that its median "
+              f"over {args.sweeps} sweeps is within {args.bar:.0%}")
+        for label, sd in bounds.items():
+            sd_t = sd / math.sqrt(factor)
+            print(f"  {label:12s} sd {sd:7.2%} ({sd_t:7.2%})  median's se "
+                  f"{median_standard_error(sd, args.sweeps):6.2%}  chance "
+                  f"{chance_within(args.bar, sd, args.sweeps):5.1%} "
+                  f"({chance_within(args.bar, sd_t, args.sweeps):5.1%})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The oracle's Cramer-Rao bound on the planted sweeps (scaling_laws.bound): its algebra
+against closed forms, and the bound against the spread of the oracle's own fits."""
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from scaling_laws import bound
+from scaling_laws.synthetic import PlantedSweep
+
+
+def test_covariance_bound_of_a_shared_location_matches_the_closed_form():
+    """One mean ``mu`` seen by R runs of K points with covariance s_r^2 11' + s_p^2 I:
+    the best variance is (s_r^2 + s_p^2 / K) / R."""
+    num_runs, num_t, s_run, s_point = 30, 6, 3e-3, 3e-4
+    jac = np.ones((num_runs, num_t, 1))
+    cov = s_run ** 2 * np.ones((num_t, num_t)) + s_point ** 2 * np.eye(num_t)
+    expected = (s_run ** 2 + s_point ** 2 / num_t) / num_runs
+    assert bound.covariance_bound(jac, cov)[0, 0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_student_t_factor_matches_the_fisher_information_integral():
+    """Fisher information of a unit-variance t location, integrated numerically."""
+    for df in (3.0, 4.0, 10.0):
+        scale = math.sqrt((df - 2) / df)
+        dist = stats.t(df, scale=scale)
+        # d/dmu log f(x - mu) = (df + 1) x / (df scale^2 + x^2)
+        info = integrate.quad(lambda x: ((df + 1) * x / (df * scale ** 2 + x ** 2)) ** 2
+                              * dist.pdf(x), -np.inf, np.inf)[0]
+        assert bound.student_t_information_factor(df) == pytest.approx(info, rel=1e-6)
+    assert bound.student_t_information_factor(None) == 1.0
+
+
+def test_jacobian_of_eta_level_matches_the_linex_derivative():
+    """d log L / d log alpha_eta = -k_lr linex'(u) / shape (u falls by one per unit)."""
+    sweep = PlantedSweep.realistic()
+    jac, names = bound.jacobians(sweep, per_size_shape=True)
+    size_index, n_b, lr, batch, t_b, _ = bound._design(sweep)
+    a = sweep.lr_asymmetry
+    for run in (0, len(lr) // 2, len(lr) - 1):
+        u, v = sweep._uv(n_b[run], t_b, lr[run], batch[run])
+        shape = sweep.loss(n_b[run], t_b, lr[run], batch[run]) / (
+            sweep.loss(n_b[run], t_b, sweep.eta_opt(n_b[run], t_b), sweep.batch_opt(n_b[run], t_b)))
+        d_linex = 2 * (a * np.expm1(a * u)) / a ** 2
+        expected = -sweep.k_lr * d_linex / shape
+        assert jac[run, :, names.index("eta.alpha")] == pytest.approx(expected, rel=1e-6)
+    # Every run sees exactly one free level per token count: its size's.
+    levels = jac[..., [i for i, n in enumerate(names) if n.startswith("level")]]
+    assert np.all(levels.sum(axis=-1) == 1.0)
+    assert names.count("k_lr[0]") == 1 and len(np.unique(size_index)) == 5
+
+
+def test_oracle_fits_spread_as_the_bound_says():
+    """The oracle's own fits on 40 Gaussian-noise realistic sweeps: spread within 0.7-1.4x
+    of the bound (a 40-sample sd is good to about 11%), no bias beyond 3 standard errors.
+    300 sweeps gave 0.94, 1.02, 0.97 and 1.00 of it (docs/scaling_laws.md)."""
+    sweep = PlantedSweep.realistic(noise_df=None)
+    expected = bound.exponent_bounds(sweep, per_size_shape=False)
+    laws = {"eta": sweep.eta_law, "batch": sweep.batch_law}
+    errors = {label: [] for label in expected}
+    for seed in range(40):
+        fitted = bound.oracle_fit(sweep, sweep.records(seed=seed))
+        for label in expected:
+            key, name = label.split(".")
+            errors[label].append(fitted[label] / laws[key][name] - 1)
+    for label, sd in expected.items():
+        e = np.array(errors[label])
+        assert 0.7 * sd < e.std() < 1.4 * sd, (label, e.std(), sd)
+        assert abs(e.mean()) < 3 * sd / math.sqrt(len(e)), (label, e.mean(), sd)
+
+
+def test_bound_scales_with_the_noise_and_the_design_limits_eta_beta():
+    """Halving both noises halves every bound; at the realistic design's 0.3% noise even
+    the oracle's eta T exponent spreads by about 10% per sweep, its B exponents by < 1%."""
+    base = bound.exponent_bounds(PlantedSweep.realistic(), per_size_shape=True)
+    half = bound.exponent_bounds(PlantedSweep.realistic(noise_run=1.5e-3, noise_point=1.5e-4),
+                                 per_size_shape=True)
+    for label in base:
+        assert half[label] == pytest.approx(base[label] / 2, rel=1e-6)
+    assert 0.08 < base["eta.beta"] < 0.13 and base["batch.beta"] < 0.01
+    assert bound.chance_within(0.03, base["eta.beta"], 40) < 0.9
+
+
+def test_bound_command_reports_and_refuses_bad_flags(capsys):
+    assert bound.main(["--sweeps", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "eta.beta" in out and "free per size" in out
+    for argv, flag in ((["--sweeps", "0"], "--sweeps"), (["--noise", "-1"], "--noise"),
+                       (["--design", "paper"], "--design"), (["--bar", "nan"], "--bar")):
+        with pytest.raises(SystemExit) as exit_info:
+            bound.main(argv)
+        assert exit_info.value.code == 2
+        assert flag in capsys.readouterr().err
