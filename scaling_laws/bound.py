@@ -135,6 +135,38 @@ def exponent_bounds(sweep: PlantedSweep, per_size_shape: bool = True) -> dict:
             for key, name, col in EXPONENTS}
 
 
+def level_bounds(sweep: PlantedSweep) -> dict:
+    """Smallest sd of log eta_opt and log B_opt at each model size and the sweep's middle
+    token count (geometric mean), the optima free per size (the laws' alpha and gamma
+    replaced by a level per size; the T exponents and the shape, per size, stay free):
+    how well one size's grid can place its optimum. ``{"eta": [sd per size], "batch":
+    [...]}`` in natural-log units."""
+    jac, names = jacobians(sweep, per_size_shape=True)
+    size_index, _, _, _, t_b, num_sizes = _design(sweep)
+    tied = ("eta.alpha", "eta.gamma", "batch.alpha", "batch.gamma")
+    keep = [i for i, name in enumerate(names) if name not in tied]
+    columns = [jac[..., i] for i in keep]
+    kept_names = [names[i] for i in keep]
+    for law in ("eta", "batch"):
+        for size in range(num_sizes):
+            columns.append(np.where((size_index == size)[:, None],
+                                    jac[..., names.index(f"{law}.alpha")], 0.0))
+            kept_names.append(f"{law}.level[{size}]")
+    num_t = jac.shape[1]
+    cov = sweep.noise_run ** 2 * np.ones((num_t, num_t)) + sweep.noise_point ** 2 * np.eye(num_t)
+    bound_cov = covariance_bound(np.stack(columns, axis=-1), cov)
+    log_t_mid = float(np.mean(np.log(t_b)))  # the level parameter sits at T = 1 billion
+    out = {}
+    for law in ("eta", "batch"):
+        out[law] = []
+        for size in range(num_sizes):
+            grad = np.zeros(len(kept_names))
+            grad[kept_names.index(f"{law}.level[{size}]")] = 1.0
+            grad[kept_names.index(f"{law}.beta")] = log_t_mid
+            out[law].append(float(np.sqrt(grad @ bound_cov @ grad)))
+    return out
+
+
 def median_standard_error(sd: float, num_sweeps: int) -> float:
     """Standard error of the median of ``num_sweeps`` normal draws of spread ``sd``."""
     return math.sqrt(math.pi / 2) * sd / math.sqrt(num_sweeps)
@@ -221,6 +253,11 @@ def main(argv=None) -> int:
                   f"{median_standard_error(sd, args.sweeps):6.2%}  chance "
                   f"{chance_within(args.bar, sd, args.sweeps):5.1%} "
                   f"({chance_within(args.bar, sd_t, args.sweeps):5.1%})")
+    levels = level_bounds(sweep)
+    print("\noptimum free per size: smallest sd of its log eta_opt / log B_opt, per size "
+          "(Gaussian)")
+    for key in ("eta", "batch"):
+        print(f"  {key:6s} " + " ".join(f"{v:.4f}" for v in levels[key]))
     return 0
 
 

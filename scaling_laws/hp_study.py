@@ -156,7 +156,8 @@ def format_summary(name: str, s: dict) -> str:
         lines.append(f"  {key} level / truth per size: " + " ".join(
             f"{v:.3f}" for v in r["median_ratio_per_size"]) + "; coverage " + " ".join(
             f"{c:.0%}" for c in r["coverage_per_size"]) + "; median 95% interval width (log) "
-            + " ".join(f"{w:.4f}" for w in r["median_log_interval_width_per_size"]))
+            + " ".join(f"{w:.4f}" for w in r["median_log_interval_width_per_size"])
+            + "; sd (log) " + " ".join(f"{v:.3f}" for v in r["sd_log_per_size"]))
     lines.append(f"  measured cost at predicted (eta, B) {s['cost_predicted']:.3%}; at the "
                  f"true optimum's nearest grid point {s['cost_true_opt_nearest']:.3%}; excess "
                  f"{s['cost_excess_over_true_opt_nearest']:+.3%}; noise-free cost "

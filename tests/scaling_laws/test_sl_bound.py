@@ -92,3 +92,25 @@ def test_bound_command_reports_and_refuses_bad_flags(capsys):
             bound.main(argv)
         assert exit_info.value.code == 2
         assert flag in capsys.readouterr().err
+
+
+def test_freeing_each_sizes_optimum_only_loosens_the_bound():
+    """A size's optimum free of the power law can only be placed less precisely than the
+    law's level at that size (more free parameters, larger bound), and halving the
+    noise halves it."""
+    sweep = PlantedSweep.realistic()
+    free = bound.level_bounds(sweep)
+    jac, names = bound.jacobians(sweep, per_size_shape=True)
+    num_t = jac.shape[1]
+    cov = sweep.noise_run ** 2 * np.ones((num_t, num_t)) + sweep.noise_point ** 2 * np.eye(num_t)
+    tied_cov = bound.covariance_bound(jac, cov)
+    _, n_b, _, _, t_b, _ = bound._design(sweep)
+    log_t_mid = float(np.mean(np.log(t_b)))
+    for key in ("eta", "batch"):
+        idx = [names.index(f"{key}.{p}") for p in ("alpha", "beta", "gamma")]
+        for size, log_n in enumerate(np.log(np.unique(n_b))):
+            grad = np.array([1.0, log_t_mid, log_n])
+            tied_sd = math.sqrt(grad @ tied_cov[np.ix_(idx, idx)] @ grad)
+            assert free[key][size] > tied_sd
+    half = bound.level_bounds(PlantedSweep.realistic(noise_run=1.5e-3, noise_point=1.5e-4))
+    assert np.allclose(half["eta"], np.array(free["eta"]) / 2, rtol=1e-6)
