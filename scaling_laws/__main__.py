@@ -16,7 +16,7 @@ from megatron_vdit.cli.errors import (NON_NEGATIVE, POSITIVE, add_debug_flag,
                                       check_output_file, integer_at_least, run_cli)
 from scaling_laws import lawfile, pipeline, planner, records, report
 from scaling_laws.compute import ACCOUNTINGS
-from scaling_laws.fit import FitOptions
+from scaling_laws.fit import BOOTSTRAPS, FitOptions
 
 
 def _check_fit_paths(args) -> None:
@@ -44,7 +44,7 @@ def _fit(args) -> int:
     opts = FitOptions(num_resamples=args.resamples, seed=args.seed, window=args.window,
                       surface=args.surface, t_slope=args.t_slope,
                       bootstrap_windows=tuple(args.bootstrap_windows),
-                      bootstrap_surfaces=tuple(args.bootstrap_surfaces),
+                      bootstrap_surfaces=tuple(args.bootstrap_surfaces), bootstrap=args.bootstrap,
                       fixed_lr=args.fixed_lr, fixed_batch_tokens=args.fixed_batch_tokens,
                       compute=args.compute)
     law, core = pipeline.fit_law(runs, opts, sources=args.runs,
@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
                      choices=("auto", "quartic", "cubic", "quadratic", "near_set"),
                      help="resample rows cycle through these cell surfaces, so the intervals "
                      "carry the estimator choice (e.g. quartic cubic; off by default)")
+    fit.add_argument("--bootstrap", choices=BOOTSTRAPS, default=FitOptions.bootstrap,
+                     help="resample rows: 'runs' resamples each size's runs (default; wide, "
+                     "covers the estimator's bias too); 'wild' keeps every run and flips the "
+                     "signs of its residuals (about calibrated widths where noise dominates; "
+                     "docs/scaling_laws.md)")
     fit.add_argument("--t-slope", choices=("within_run", "cells"), default=FitOptions.t_slope,
                      help="token exponent of the eta and B laws: 'within_run' (default) from "
                      "how each run's loss changes between token counts, 'cells' from the "

@@ -39,6 +39,10 @@ class FitOptions:
     # level intervals carry the estimator choice too (a form richer than a cell's grid
     # allows falls back to the cell's own). Off by default, like the windows.
     bootstrap_surfaces: tuple = ()
+    # How resample rows are drawn: "runs" resamples each size's runs with replacement;
+    # "wild" keeps every run and flips the sign of its residuals from the plain cell
+    # surfaces (one sign per run, shared by its whole curve). docs/scaling_laws.md.
+    bootstrap: str = "runs"
     # How the eta and B laws get their token exponent (beta): "within_run" from how each
     # run's loss changes between token counts (hyperopt.within_run_slopes), "cells" from
     # the cell optima alone. Within-run falls back to cells where no size has two cells.
@@ -67,6 +71,39 @@ def bootstrap_weights(runs: RunSet, num_resamples: int, seed: int) -> np.ndarray
 _FORM_ORDER = ("quadratic", "cubic", "quartic")
 
 
+BOOTSTRAPS = ("runs", "wild")
+
+
+def wild_signs(runs: RunSet, num_resamples: int, seed: int) -> np.ndarray:
+    """(1 + num_resamples, num_runs) Rademacher signs, one per run and row; row 0 is 0
+    (the plain fit sees the data as they are)."""
+    rng = np.random.default_rng(seed)
+    signs = rng.choice([-1.0, 1.0], size=(num_resamples + 1, runs.num_runs))
+    signs[0] = 0.0
+    return signs
+
+
+def wild_losses(cell, signs_R_runs: np.ndarray, form: str) -> np.ndarray:
+    """(R, runs of ``cell``) losses of the wild bootstrap: the plain ``form`` surface's
+    fitted loss at each run of the window plus its residual, rescaled by its leverage
+    (``r / sqrt(1 - h)``, so a resample's noise has the data's variance) and signed by
+    the run's sign in that row. Runs outside the window keep their loss."""
+    form = cell.form if form == "auto" else form
+    m = cell.in_window
+    loss_M = np.exp(cell.log_loss)
+    x, y = cell.log_lr[m], cell.log_batch[m]
+    design_MP = hyperopt._design(x - x.mean(), y - y.mean(), form)
+    coef, *_ = np.linalg.lstsq(design_MP, loss_M[m], rcond=None)
+    fitted = design_MP @ coef
+    leverage = np.einsum("mi,ij,mj->m", design_MP, np.linalg.pinv(design_MP.T @ design_MP),
+                         design_MP)
+    scaled = (loss_M[m] - fitted) / np.sqrt(np.clip(1 - leverage, 1e-3, None))
+    out_RM = np.tile(loss_M, (len(signs_R_runs), 1))
+    signs_RM = signs_R_runs[:, cell.run_index[m]]
+    out_RM[:, m] = np.where(signs_RM == 0, loss_M[m], fitted + signs_RM * scaled)
+    return np.maximum(out_RM, 1e-12)
+
+
 def _alternative_form(cell, form: str) -> str:
     """``form`` for ``cell``, or the cell's own form where ``form`` is richer than the
     cell's grid supports (near_set and auto pass through)."""
@@ -77,7 +114,8 @@ def _alternative_form(cell, form: str) -> str:
     return form
 
 
-def cell_surfaces(cell, weights_R: np.ndarray, opts: FitOptions) -> dict:
+def cell_surfaces(cell, weights_R: np.ndarray, opts: FitOptions,
+                  loss_RM: np.ndarray | None = None) -> dict:
     """The cell's surface for every row: row 0 at ``opts.window`` with ``opts.surface``;
     resample rows cycling through every (window, form) pair of
     ``opts.bootstrap_windows`` x ``opts.bootstrap_surfaces``.
@@ -87,7 +125,8 @@ def cell_surfaces(cell, weights_R: np.ndarray, opts: FitOptions) -> dict:
     forms' plain fits: the rows then spread over what the estimators disagree on,
     without borrowing a simpler form's smaller variance (resampling the cubic itself
     narrowed the intervals: docs/scaling_laws.md)."""
-    surface = fitted_surface(cell, weights_R, opts.surface)
+    pick = (lambda rows: None) if loss_RM is None else (lambda rows: loss_RM[rows])  # noqa: E731
+    surface = fitted_surface(cell, weights_R, opts.surface, loss_RM=loss_RM)
     choices = [(window, form) for window in (opts.bootstrap_windows or (None,))
                for form in (opts.bootstrap_surfaces or (None,))]
     if choices == [(None, None)]:
@@ -105,12 +144,12 @@ def cell_surfaces(cell, weights_R: np.ndarray, opts: FitOptions) -> dict:
             values = {key: surface[key][rows].copy() for key in keys}
         else:
             base = fitted_surface(cell, weights_R[np.r_[0, rows]], main_form,
-                                  _window(cell, main_form, w))
+                                  _window(cell, main_form, w), pick(np.r_[0, rows]))
             plain = {key: base[key][0] for key in keys}
             values = {key: base[key][1:] for key in keys}
         form = _alternative_form(cell, form or main_form)
         if form != main_form:
-            other = fitted_surface(cell, weights_R[:1], form, _window(cell, form, w))
+            other = fitted_surface(cell, weights_R[:1], form, _window(cell, form, w), pick([0]))
             for key in ("log_lr", "log_batch", "log_loss"):
                 values[key] = values[key] + (other[key][0] - plain[key])
             values["valid"] = values["valid"] & other["valid"][0]
@@ -125,15 +164,18 @@ def _window(cell, form: str, window: float) -> np.ndarray:
         cell, window, hyperopt.num_surface_params(cell.form if form == "auto" else form))
 
 
-def fitted_surface(cell, weights_R: np.ndarray, form: str, in_window=None) -> dict:
+def fitted_surface(cell, weights_R: np.ndarray, form: str, in_window=None,
+                   loss_RM: np.ndarray | None = None) -> dict:
     """``hyperopt.fit_surface`` with the degrees-of-freedom correction. A quartic places
     the optimum and the cubic on the same runs gives its level: near the optimum the
     loss is flat, so the cubic's location bias (a few %) moves its minimum by about
     ``k u^2`` (1e-5), while its three fewer coefficients narrow the loss law's
     intervals (with the quartic's level the recovery design's alpha_T erred by 4.6%)."""
-    surface = _df_correct(hyperopt.fit_surface(cell, weights_R, form, in_window))
+    # The wild bootstrap's residuals are already rescaled by their leverage.
+    correct = _df_correct if loss_RM is None else (lambda surface: surface)  # noqa: E731
+    surface = correct(hyperopt.fit_surface(cell, weights_R, form, in_window, loss_RM))
     if surface["form"] == "quartic":
-        level = _df_correct(hyperopt.fit_surface(cell, weights_R, "cubic", in_window))
+        level = correct(hyperopt.fit_surface(cell, weights_R, "cubic", in_window, loss_RM))
         surface["log_loss"] = np.where(surface["valid"], level["log_loss"], np.nan)
     return surface
 
@@ -208,8 +250,16 @@ def core_fit(runs: RunSet, opts: FitOptions) -> dict:
     _check_cells(cells, skipped, runs)
     for cell in cells:
         cell.accounting = opts.compute
-    weights_R = bootstrap_weights(runs, opts.num_resamples, opts.seed)
-    surfaces = [cell_surfaces(c, weights_R, opts) for c in cells]
+    if opts.bootstrap not in BOOTSTRAPS:
+        raise ValueError(f"bootstrap must be one of {BOOTSTRAPS}, got {opts.bootstrap!r}")
+    if opts.bootstrap == "wild":
+        weights_R = np.ones((opts.num_resamples + 1, runs.num_runs))
+        signs_R = wild_signs(runs, opts.num_resamples, opts.seed)
+        surfaces = [cell_surfaces(c, weights_R, opts, wild_losses(c, signs_R, opts.surface))
+                    for c in cells]
+    else:
+        weights_R = bootstrap_weights(runs, opts.num_resamples, opts.seed)
+        surfaces = [cell_surfaces(c, weights_R, opts) for c in cells]
     stack = {k: np.stack([s[k] for s in surfaces], axis=1) for k in ("log_lr", "log_batch",
                                                                      "log_loss", "valid")}
     if stack["valid"][0].sum() == 0:

@@ -47,6 +47,8 @@ ESTIMATORS = {
     "default": dict(),
     # The default with resample rows alternating quartic and cubic cell surfaces.
     "default+surfaces": dict(bootstrap_surfaces=("quartic", "cubic")),
+    # The default with the wild bootstrap (every run kept, residual signs flipped).
+    "default+wild": dict(bootstrap="wild"),
 }
 BLOCK = 40  # the targets are medians over 40 sweeps: longer studies show each block's
 HP_EXPONENTS = (("eta", "beta", 1), ("eta", "gamma", 2), ("batch", "beta", 1),

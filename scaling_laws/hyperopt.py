@@ -293,14 +293,15 @@ def _vertex(coef_RP, form: str, box):
 
 
 def fit_surface(cell: Cell, weights_R_runs: np.ndarray, form: str = "quadratic",
-                in_window: np.ndarray | None = None) -> dict:
+                in_window: np.ndarray | None = None, loss_RM: np.ndarray | None = None) -> dict:
     """Weighted least-squares surface of the loss in (log eta, log B) for every resample.
 
     ``form`` picks the columns (:data:`SURFACE_TERMS`); ``in_window`` the runs used
     (default ``cell.in_window``). Returns arrays over resamples: ``log_lr``,
     ``log_batch`` (the minimum's location), ``log_loss`` (surface minimum), ``hessian``
     (R,2,2) there, ``valid`` (identifiable, convex, minimum inside the sampled box).
-    Invalid resamples hold NaN.
+    Invalid resamples hold NaN. ``loss_RM`` (R, the cell's runs) gives every row its own
+    losses (the wild bootstrap); by default every row sees the cell's own.
     """
     if form == "auto":
         form = cell.form
@@ -317,7 +318,10 @@ def fit_surface(cell: Cell, weights_R_runs: np.ndarray, form: str = "quadratic",
     ok_R = ((_level_count(w_RM, x) >= MIN_LEVELS) & (_level_count(w_RM, y) >= MIN_LEVELS)
             & (_level_count(w_RM, settings.astype(float)) >= num_params))
     gram_RPP = np.einsum("rm,mi,mj->rij", w_RM, design_MP, design_MP)
-    rhs_RP = np.einsum("rm,mi,m->ri", w_RM, design_MP, z)
+    if loss_RM is None:
+        rhs_RP = np.einsum("rm,mi,m->ri", w_RM, design_MP, z)
+    else:
+        rhs_RP = np.einsum("rm,mi,rm->ri", w_RM, design_MP, loss_RM[:, m])
     # Enough levels is necessary, not sufficient (settings can still be collinear).
     eig_RP = np.linalg.eigvalsh(gram_RPP)
     ok_R &= eig_RP[:, 0] > (1e-9 if form == "quadratic" else 1e-12) * np.maximum(
@@ -330,7 +334,9 @@ def fit_surface(cell: Cell, weights_R_runs: np.ndarray, form: str = "quadratic",
     min_R = np.einsum("rp,rp->r", coef_RP, _design(vertex_R2[:, 0], vertex_R2[:, 1], form))
     valid_R &= min_R > 0
     nan = np.where(valid_R, 0.0, np.nan)
+    run_log_loss = None if loss_RM is None else np.log(loss_RM)
     return {"log_lr": vertex_R2[:, 0] + x0 + nan, "log_batch": vertex_R2[:, 1] + y0 + nan,
+            "run_log_loss": run_log_loss,
             "log_loss": np.log(np.where(valid_R, min_R, 1.0)) + nan, "hessian": hess_R22,
             "valid": valid_R, "convex": convex_R, "inside": inside_R, "form": form,
             "num_params": num_params, "num_in_surface": int(m.sum()),
@@ -455,13 +461,16 @@ def within_run_slopes(cells: list, surfaces: list, weights_R_runs: np.ndarray | 
             i1, i2, common = i1[near], i2[near], common[near]
             valid_R = s1.get("coef_valid", s1["valid"]) & s2.get("coef_valid", s2["valid"])
             grad_RM2 = 0.5 * (_log_gradient(s1, c1, i1) + _log_gradient(s2, c2, i2))
-            pairs.append((common, c2.log_loss[i2] - c1.log_loss[i1], -grad_RM2 * np.log(t2 / t1),
-                          valid_R))
+            if s1.get("run_log_loss") is None:
+                d_RM = (c2.log_loss[i2] - c1.log_loss[i1])[None, :]
+            else:  # the wild bootstrap's rows carry their own losses
+                d_RM = s2["run_log_loss"][:, i2] - s1["run_log_loss"][:, i1]
+            pairs.append((common, d_RM, -grad_RM2 * np.log(t2 / t1), valid_R))
     if not pairs:
         return None
     num_rows = len(pairs[0][3])
     gram_R22, rhs_R2 = np.zeros((num_rows, 2, 2)), np.zeros((num_rows, 2))
-    for common, d_M, g_RM2, valid_R in pairs:
+    for common, d_RM, g_RM2, valid_R in pairs:
         if weights_R_runs is None:
             w_RM = np.ones((num_rows, len(common)))
         else:
@@ -472,7 +481,8 @@ def within_run_slopes(cells: list, surfaces: list, weights_R_runs: np.ndarray | 
         total_R = np.maximum(w_RM.sum(1), 1e-300)
         # The pair's free d l: centre d and the gradients on their weighted means.
         g_c = g_RM2 - (np.einsum("rm,rmk->rk", w_RM, g_RM2) / total_R[:, None])[:, None, :]
-        d_c = d_M[None, :] - ((w_RM @ d_M) / total_R)[:, None]
+        d_RM = np.broadcast_to(d_RM, w_RM.shape)
+        d_c = d_RM - (np.einsum("rm,rm->r", w_RM, d_RM) / total_R)[:, None]
         gram_R22 += np.einsum("rm,rmi,rmj->rij", w_RM, g_c, g_c)
         rhs_R2 += np.einsum("rm,rmi,rm->ri", w_RM, g_c, d_c)
     eig_R2 = np.linalg.eigvalsh(gram_R22)

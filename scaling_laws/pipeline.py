@@ -127,10 +127,12 @@ def fit_law(runs: RunSet, opts: fit.FitOptions | None = None, sources=(), extrap
     law["provenance"] = lawfile.stamp({
         "sources": [str(s) for s in sources], "runs_used": runs.run_id.tolist(),
         "runs_excluded": runs.excluded, "num_resamples": opts.num_resamples, "seed": opts.seed,
-        "resampling": "runs with replacement within each model size",
+        "resampling": ("runs with replacement within each model size" if opts.bootstrap == "runs"
+                       else "wild: every run kept, its residuals' sign flipped per row"),
         "surface_window": opts.window, "surface": opts.surface,
         "bootstrap_windows": list(opts.bootstrap_windows),
-        "bootstrap_surfaces": list(opts.bootstrap_surfaces), "compute": opts.compute,
+        "bootstrap_surfaces": list(opts.bootstrap_surfaces), "bootstrap": opts.bootstrap,
+        "compute": opts.compute,
         "t_slope": core["t_slope"], "t_slope_attenuation": core["t_slope_attenuation"],
         "cell_flops_range": [float(min(c.flops for c in core["cells"])),
                              float(max(c.flops for c in core["cells"]))],

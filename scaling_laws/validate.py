@@ -1,4 +1,5 @@
-"""Planted-law recovery study: ``python -m scaling_laws.validate [--reps 40] [--resamples 200]``.
+"""Planted-law recovery study: ``python -m scaling_laws.validate [--reps 40] [--resamples 200]
+[--bootstrap runs|wild]``.
 
 Synthesises sweeps from known laws (:class:`scaling_laws.synthetic.PlantedSweep`),
 fits them, and reports for every exponent the relative error of the plain fit and
@@ -33,10 +34,12 @@ def truths(sweep: PlantedSweep, core: dict) -> dict:
             ("loss", "alpha_N"): sweep.loss_law["alpha_N"], ("n_opt", "a"): a}
 
 
-def one_repetition(sweep: PlantedSweep, seed: int, num_resamples: int) -> dict:
+def one_repetition(sweep: PlantedSweep, seed: int, num_resamples: int,
+                   bootstrap: str = "runs") -> dict:
     """{(law, exponent): (relative error, interval covers truth, truth)} for one sweep."""
     core = fit.core_fit(prepare(sweep.records(seed=seed)),
-                        fit.FitOptions(num_resamples=num_resamples, seed=seed))
+                        fit.FitOptions(num_resamples=num_resamples, seed=seed,
+                                       bootstrap=bootstrap))
     truth = truths(sweep, core)
     out = {}
     for law, name, key, col in EXPONENTS:
@@ -47,8 +50,9 @@ def one_repetition(sweep: PlantedSweep, seed: int, num_resamples: int) -> dict:
     return out
 
 
-def study(sweep: PlantedSweep, reps: int, num_resamples: int, progress=True) -> dict:
-    results = [one_repetition(sweep, seed, num_resamples)
+def study(sweep: PlantedSweep, reps: int, num_resamples: int, progress=True,
+          bootstrap: str = "runs") -> dict:
+    results = [one_repetition(sweep, seed, num_resamples, bootstrap)
                for seed in tqdm(range(reps), desc="planted sweeps", disable=not progress)]
     summary = {}
     for law, name, _, _ in EXPONENTS:
@@ -73,13 +77,16 @@ def main(argv=None) -> int:
     parser.add_argument("--resamples", type=int, default=200)
     parser.add_argument("--realistic-noise", action="store_true",
                         help="also run the default PlantedSweep (0.1%% per-run noise, 5 sizes)")
+    parser.add_argument("--bootstrap", choices=fit.BOOTSTRAPS, default="runs",
+                        help="how the intervals' resample rows are drawn (FitOptions.bootstrap)")
     args = parser.parse_args(argv)
     designs = [("recovery design (0.02% run noise, 6 sizes)", PlantedSweep.recovery())]
     if args.realistic_noise:
         designs.append(("paper-like design (0.1% run noise, 5 sizes)", PlantedSweep()))
     for title, sweep in designs:
-        summary = study(sweep, args.reps, args.resamples)
-        print(f"\n{title}: {args.reps} seeded sweeps x {args.resamples} resamples")
+        summary = study(sweep, args.reps, args.resamples, bootstrap=args.bootstrap)
+        print(f"\n{title}: {args.reps} seeded sweeps x {args.resamples} resamples "
+              f"({args.bootstrap} bootstrap)")
         print(f"{'law':10s} {'exponent':8s} {'truth':>8s} {'max |err|':>10s} {'mean err':>9s} "
               f"{'coverage':>9s}")
         for (law, name), row in summary.items():

@@ -166,7 +166,8 @@ def test_law_file_check_on_load(tmp_path):
                                          ("--bootstrap-surfaces", "quintic"),
                                          ("--bootstrap-windows", "0"),
                                          ("--bootstrap-windows", "-0.1"),
-                                         ("--bootstrap-windows", "nan")])
+                                         ("--bootstrap-windows", "nan"),
+                                         ("--bootstrap", "pairs")])
 def test_fit_refuses_an_unknown_estimator_choice(tmp_path, flag, value):
     runs = tmp_path / "runs.jsonl"
     runs.write_text("\n".join(json.dumps(r) for r in PlantedSweep().records(seed=0)))
@@ -182,8 +183,9 @@ def test_fit_records_the_bootstrap_choices_it_was_given(tmp_path):
     law_path = tmp_path / "law.json"
     out = _run("-m", "scaling_laws", "fit", str(runs), "--out", str(law_path), "--resamples",
                "4", "--no-extrapolation", "--bootstrap-windows", "0.05", "0.2",
-               "--bootstrap-surfaces", "quartic", "cubic")
+               "--bootstrap-surfaces", "quartic", "cubic", "--bootstrap", "wild")
     assert law_path.exists(), out.stderr
     provenance = json.loads(law_path.read_text())["provenance"]
     assert provenance["bootstrap_windows"] == [0.05, 0.2]
     assert provenance["bootstrap_surfaces"] == ["quartic", "cubic"]
+    assert provenance["bootstrap"] == "wild" and provenance["resampling"].startswith("wild")

@@ -204,3 +204,45 @@ def test_bootstrap_choices_leave_the_within_run_slopes_alone():
         slopes.append(hyperopt.within_run_slopes(cells, surfaces, weights))
     np.testing.assert_array_equal(slopes[0], slopes[1])
     np.testing.assert_array_equal(slopes[0], slopes[2])
+
+
+def test_wild_losses_are_the_plain_fit_plus_leverage_scaled_signed_residuals():
+    """Row 0 sees the data; a row with sign s gives each window run
+    ``fitted + s r / sqrt(1 - h)``, with ``h`` from the hat matrix of the cell's design."""
+    sweep = PlantedSweep.realistic()
+    runs = prepare(sweep.records(seed=3))
+    cell = hyperopt.build_cells(runs, window=0.2)[0][10]
+    signs = np.zeros((3, runs.num_runs))
+    signs[1], signs[2] = 1.0, -1.0
+    loss_RM = fit.wild_losses(cell, signs, "auto")
+    m = cell.in_window
+    x, y = cell.log_lr[m] - cell.log_lr[m].mean(), cell.log_batch[m] - cell.log_batch[m].mean()
+    terms = hyperopt.SURFACE_TERMS[cell.form]
+    design = np.stack([x ** t.count("x") * y ** t.count("y") for t in terms], 1)
+    hat = design @ np.linalg.inv(design.T @ design) @ design.T
+    z = np.exp(cell.log_loss[m])
+    fitted = hat @ z
+    scaled = (z - fitted) / np.sqrt(1 - np.diag(hat))
+    np.testing.assert_allclose(loss_RM[0], np.exp(cell.log_loss))
+    np.testing.assert_allclose(loss_RM[1][m], fitted + scaled, rtol=1e-9)
+    np.testing.assert_allclose(loss_RM[2][m], fitted - scaled, rtol=1e-9)
+    np.testing.assert_allclose(loss_RM[1:, ~m], np.exp(cell.log_loss[~m])[None].repeat(2, 0))
+    signs = fit.wild_signs(runs, 50, seed=0)
+    assert np.all(signs[0] == 0) and set(np.unique(signs[1:])) == {-1.0, 1.0}
+
+
+def test_wild_bootstrap_rows_equal_the_plain_fit_on_an_exact_surface():
+    """Noise-free symmetric sweep: the loss is a quadratic in (log eta, log B) times a
+    level, so every cell surface fits it exactly, the residuals are 0 and every wild
+    row (optima and within-run slopes) repeats the plain fit."""
+    core = core_fit(prepare(_noise_free().records()), FitOptions(num_resamples=8,
+                                                                 bootstrap="wild"))
+    for key in ("log_lr", "log_batch"):
+        rows = core["stack"][key]
+        np.testing.assert_allclose(rows[1:], np.broadcast_to(rows[0], rows[1:].shape),
+                                   atol=1e-6)
+    for law in ("eta", "batch"):
+        np.testing.assert_allclose(core[law][1:], np.broadcast_to(core[law][0], (8, 3)),
+                                   rtol=1e-5)
+    with pytest.raises(ValueError, match="bootstrap must be one of"):
+        core_fit(prepare(_noise_free().records()), FitOptions(num_resamples=2, bootstrap="pairs"))
