@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resample rows: 'runs' resamples each size's runs (default; wide, "
                      "covers the estimator's bias too); 'wild' keeps every run and flips the "
                      "signs of its residuals (about calibrated widths where noise dominates; "
+                     "not with --surface near_set or --bootstrap-windows; "
                      "docs/scaling_laws.md)")
     fit.add_argument("--t-slope", choices=("within_run", "cells"), default=FitOptions.t_slope,
                      help="token exponent of the eta and B laws: 'within_run' (default) from "

@@ -2,6 +2,7 @@
 ``python -m scaling_laws.bound``.
 
   python -m scaling_laws.bound [--design realistic|recovery] [--noise 0.003] [--sweeps 40]
+                               [--bar 0.03]
 
 The Cramer-Rao bound of an *oracle* estimator that knows the planted family
 (:class:`scaling_laws.synthetic.PlantedSweep`: the power laws of eta_opt and B_opt, the
@@ -12,9 +13,10 @@ sweep's design cannot support.
 
 Parameters (all free, the truth as the expansion point):
 - the six exponents and log levels of the eta_opt and B_opt laws;
-- the valley's shape (its nonzero curvature, asymmetry and coupling fields), shared by
-  every size or (``per_size_shape``, the default) free per model size, as the fitter's
-  cell surfaces are;
+- the valley's shape (its nonzero curvature, asymmetry and coupling fields), with a
+  ``shape_scope``: ``"shared"`` by every size, free per model size (``"size"``, what the
+  within-run token slopes assume: one shape per size, moving with T), or free per
+  (size, token count) cell (``"cell"``, as free as the fitter's cell surfaces);
 - a free log-loss level per (size, token count), so the loss law is not assumed.
 
 Noise model: the log loss of run ``r`` at token count ``k`` carries a run offset (shared
@@ -22,7 +24,8 @@ by its whole curve) plus a point offset, so the covariance of a run's curve is
 ``s_run^2 11' + s_point^2 I``. The bound is the Gaussian one at the design's noise
 variances; Student-t noise of the same variance carries more information about a
 location (x ``(df+1) df / ((df+3)(df-2))``: 1.43 at 4 dof), which
-:func:`student_t_information_factor` gives and the report applies as a second column.
+:func:`student_t_information_factor` gives and the report applies as a second column:
+an upper limit on the extra information, not a spread any fit is shown to reach.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ SHAPE_FIELDS = ("k_lr", "k_batch", "k_cross", "skew", "lr_asymmetry", "batch_asy
 EXPONENTS = (("eta", "beta", 1), ("eta", "gamma", 2), ("batch", "beta", 4),
              ("batch", "gamma", 5))
 _STEP = 1e-5  # central-difference step in each parameter (log alpha, exponents, shape)
+SHAPE_SCOPES = ("shared", "size", "cell")
 
 
 def student_t_information_factor(df: float | None) -> float:
@@ -52,6 +56,9 @@ def student_t_information_factor(df: float | None) -> float:
     ``df`` degrees of freedom, over that under Gaussian noise of the same variance."""
     if df is None:
         return 1.0
+    if not df > 2:
+        raise ValueError(f"Student-t noise needs more than 2 degrees of freedom for a "
+                         f"variance, got {df}")
     return (df + 1) * df / ((df + 3) * (df - 2))
 
 
@@ -81,10 +88,23 @@ def _design(sweep: PlantedSweep):
     return size_index, n_b, lr, batch, t_b, len(sizes)
 
 
-def jacobians(sweep: PlantedSweep, per_size_shape: bool = True) -> tuple[np.ndarray, list]:
+def _shape_groups(shape_scope: str, size_index: np.ndarray, num_sizes: int, num_t: int):
+    """(suffix, (runs, token counts) mask) of every group that gets its own shape."""
+    if shape_scope not in SHAPE_SCOPES:
+        raise ValueError(f"shape_scope must be one of {SHAPE_SCOPES}, got {shape_scope!r}")
+    every_t = np.ones(num_t, bool)
+    if shape_scope == "shared":
+        return [("", np.ones((len(size_index), num_t), bool))]
+    if shape_scope == "size":
+        return [(f"[{s}]", (size_index == s)[:, None] & every_t) for s in range(num_sizes)]
+    return [(f"[{s},{k}]", (size_index == s)[:, None] & (np.arange(num_t) == k))
+            for s in range(num_sizes) for k in range(num_t)]
+
+
+def jacobians(sweep: PlantedSweep, shape_scope: str = "size") -> tuple[np.ndarray, list]:
     """(runs, token counts, params) derivatives of each run's log loss curve, and the
-    parameter names, in the order: :data:`LAW_PARAMS`, the shape (per size if
-    ``per_size_shape``), the free level of every (size, token count)."""
+    parameter names, in the order: :data:`LAW_PARAMS`, the shape (one set per group of
+    ``shape_scope``), the free level of every (size, token count)."""
     size_index, n_b, lr, batch, t_b, num_sizes = _design(sweep)
     num_runs, num_t = len(lr), len(t_b)
 
@@ -97,15 +117,12 @@ def jacobians(sweep: PlantedSweep, per_size_shape: bool = True) -> tuple[np.ndar
 
     columns = [derivative(p) for p in LAW_PARAMS]
     names = [f"{group.split('_')[0]}.{key}" for group, key in LAW_PARAMS]
+    groups = _shape_groups(shape_scope, size_index, num_sizes, num_t)
     for field in shape_fields(sweep):
         d = derivative((None, field))
-        if per_size_shape:
-            for size in range(num_sizes):
-                columns.append(np.where((size_index == size)[:, None], d, 0.0))
-                names.append(f"{field}[{size}]")
-        else:
-            columns.append(d)
-            names.append(field)
+        for suffix, mask in groups:
+            columns.append(np.where(mask, d, 0.0))
+            names.append(f"{field}{suffix}")
     for size in range(num_sizes):
         for k in range(num_t):
             level = np.zeros((num_runs, num_t))
@@ -113,6 +130,10 @@ def jacobians(sweep: PlantedSweep, per_size_shape: bool = True) -> tuple[np.ndar
             columns.append(level)
             names.append(f"level[{size},{k}]")
     return np.stack(columns, axis=-1), names
+
+
+def _curve_cov(sweep: PlantedSweep, num_t: int) -> np.ndarray:
+    return sweep.noise_run ** 2 * np.ones((num_t, num_t)) + sweep.noise_point ** 2 * np.eye(num_t)
 
 
 def covariance_bound(jacobian_RKP: np.ndarray, curve_cov_KK: np.ndarray) -> np.ndarray:
@@ -123,25 +144,23 @@ def covariance_bound(jacobian_RKP: np.ndarray, curve_cov_KK: np.ndarray) -> np.n
     return np.linalg.inv(info)
 
 
-def exponent_bounds(sweep: PlantedSweep, per_size_shape: bool = True) -> dict:
+def exponent_bounds(sweep: PlantedSweep, shape_scope: str = "size") -> dict:
     """Smallest standard deviation (Gaussian noise) of each law exponent, relative to
     its planted value: ``{"eta.beta": sd / |beta|, ...}``."""
-    jac, _ = jacobians(sweep, per_size_shape)
-    num_t = jac.shape[1]
-    cov = sweep.noise_run ** 2 * np.ones((num_t, num_t)) + sweep.noise_point ** 2 * np.eye(num_t)
-    sd = np.sqrt(np.diag(covariance_bound(jac, cov)))
+    jac, _ = jacobians(sweep, shape_scope)
+    sd = np.sqrt(np.diag(covariance_bound(jac, _curve_cov(sweep, jac.shape[1]))))
     laws = {"eta": sweep.eta_law, "batch": sweep.batch_law}
     return {f"{key}.{name}": float(sd[col] / abs(laws[key][name]))
             for key, name, col in EXPONENTS}
 
 
-def level_bounds(sweep: PlantedSweep) -> dict:
+def level_bounds(sweep: PlantedSweep, shape_scope: str = "size") -> dict:
     """Smallest sd of log eta_opt and log B_opt at each model size and the sweep's middle
     token count (geometric mean), the optima free per size (the laws' alpha and gamma
-    replaced by a level per size; the T exponents and the shape, per size, stay free):
-    how well one size's grid can place its optimum. ``{"eta": [sd per size], "batch":
-    [...]}`` in natural-log units."""
-    jac, names = jacobians(sweep, per_size_shape=True)
+    replaced by a level per size; the T exponents and the shape stay free): how well one
+    size's grid can place its optimum. ``{"eta": [sd per size], "batch": [...]}`` in
+    natural-log units."""
+    jac, names = jacobians(sweep, shape_scope)
     size_index, _, _, _, t_b, num_sizes = _design(sweep)
     tied = ("eta.alpha", "eta.gamma", "batch.alpha", "batch.gamma")
     keep = [i for i, name in enumerate(names) if name not in tied]
@@ -152,9 +171,7 @@ def level_bounds(sweep: PlantedSweep) -> dict:
             columns.append(np.where((size_index == size)[:, None],
                                     jac[..., names.index(f"{law}.alpha")], 0.0))
             kept_names.append(f"{law}.level[{size}]")
-    num_t = jac.shape[1]
-    cov = sweep.noise_run ** 2 * np.ones((num_t, num_t)) + sweep.noise_point ** 2 * np.eye(num_t)
-    bound_cov = covariance_bound(np.stack(columns, axis=-1), cov)
+    bound_cov = covariance_bound(np.stack(columns, axis=-1), _curve_cov(sweep, jac.shape[1]))
     log_t_mid = float(np.mean(np.log(t_b)))  # the level parameter sits at T = 1 billion
     out = {}
     for law in ("eta", "batch"):
@@ -179,45 +196,42 @@ def chance_within(bar: float, sd: float, num_sweeps: int) -> float:
     return math.erf(bar / (se * math.sqrt(2)))
 
 
-def oracle_fit(sweep: PlantedSweep, records: list, per_size_shape: bool = False) -> dict:
+def oracle_fit(sweep: PlantedSweep, records: list, shape_scope: str = "shared") -> dict:
     """The oracle itself: generalised least squares of the planted family's parameters
-    (those of :func:`jacobians`) to ``records`` (as :meth:`PlantedSweep.records` writes
-    them), started at the truth. Gaussian maximum likelihood, so on sweeps with Gaussian
-    noise its spread approaches :func:`exponent_bounds`. Returns the fitted exponents."""
+    (those of :func:`jacobians` with this ``shape_scope``) to ``records`` (as
+    :meth:`PlantedSweep.records` writes them), started at the truth. Gaussian maximum
+    likelihood, so on sweeps with Gaussian noise its spread approaches
+    ``exponent_bounds(sweep, shape_scope)``. Returns the fitted exponents."""
     from scipy.optimize import least_squares
 
     size_index, n_b, lr, batch, t_b, num_sizes = _design(sweep)
     by_key = {(r["lr"], r["batch_tokens"], r["params_nonembed"]): r for r in records}
-    runs = [r for r in sweep.records(seed=0) if r["status"] == "completed"]
-    observed = np.log([[p["val_loss"] for p in by_key[(r["lr"], r["batch_tokens"],
-                                                         r["params_nonembed"])]["val_loss_curve"]]
-                       + [by_key[(r["lr"], r["batch_tokens"], r["params_nonembed"])]["val_loss"]]
+    runs = [by_key[(r["lr"], r["batch_tokens"], r["params_nonembed"])]
+            for r in sweep.records(seed=0) if r["status"] == "completed"]
+    observed = np.log([[p["val_loss"] for p in r["val_loss_curve"]] + [r["val_loss"]]
                        for r in runs])
     num_t = len(t_b)
     fields = shape_fields(sweep)
-    num_shape = len(fields) * (num_sizes if per_size_shape else 1)
+    groups = _shape_groups(shape_scope, size_index, num_sizes, num_t)
+    first_level = len(LAW_PARAMS) + len(fields) * len(groups)
     # Fuller-Battese: subtracting this share of each run's mean whitens its curve.
     share = 1 - math.sqrt(sweep.noise_point ** 2
                           / (sweep.noise_point ** 2 + num_t * sweep.noise_run ** 2))
 
     def residuals(theta: np.ndarray) -> np.ndarray:
         mean = np.empty_like(observed)
-        for size in range(num_sizes if per_size_shape else 1):
+        for g, (_, mask) in enumerate(groups):
             s = sweep
             for j, param in enumerate(LAW_PARAMS):
                 s = _moved(s, param, theta[j])
             for q, field in enumerate(fields):
-                index = len(LAW_PARAMS) + (size * len(fields) + q if per_size_shape else q)
-                s = _moved(s, (None, field), theta[index])
-            rows = size_index == size if per_size_shape else slice(None)
-            mean[rows] = np.log(s.loss(n_b[rows, None], t_b[None, :], lr[rows, None],
-                                       batch[rows, None]))
-        levels = theta[len(LAW_PARAMS) + num_shape:].reshape(num_sizes, num_t)
-        r = observed - mean - levels[size_index]
+                s = _moved(s, (None, field), theta[len(LAW_PARAMS) + q * len(groups) + g])
+            full = np.log(s.loss(n_b[:, None], t_b[None, :], lr[:, None], batch[:, None]))
+            mean[mask] = full[mask]
+        r = observed - mean - theta[first_level:].reshape(num_sizes, num_t)[size_index]
         return ((r - share * r.mean(axis=1, keepdims=True)) / sweep.noise_point).ravel()
 
-    num_params = len(LAW_PARAMS) + num_shape + num_sizes * num_t
-    theta = least_squares(residuals, np.zeros(num_params), method="lm").x
+    theta = least_squares(residuals, np.zeros(first_level + num_sizes * num_t), method="lm").x
     laws = {"eta": sweep.eta_law, "batch": sweep.batch_law}
     return {f"{key}.{name}": float(laws[key][name] + theta[col])
             for key, name, col in EXPONENTS}
@@ -235,15 +249,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     overrides = {} if args.noise is None else {"noise_run": args.noise}
     sweep = getattr(PlantedSweep, args.design)(**overrides)
-    if sweep.noise_run == 0 and sweep.noise_point == 0:
-        parser.error("--noise 0 with no point noise: the bound is 0")
     factor = student_t_information_factor(sweep.noise_df)
     print(f"{args.design} planted sweep: noise {sweep.noise_run:.2%} per run, "
           f"{sweep.noise_point:.3%} per point; oracle knows the family, fits "
           f"{', '.join(shape_fields(sweep))} and the laws")
-    for per_size in (False, True):
-        bounds = exponent_bounds(sweep, per_size)
-        print(f"\nshape {'free per size' if per_size else 'shared by all sizes'}: smallest "
+    scopes = {"shared": "shared by all sizes", "size": "free per size (what the within-run "
+              "T slopes assume)", "cell": "free per (size, T) cell (as free as the cell "
+              "surfaces)"}
+    for scope, title in scopes.items():
+        bounds = exponent_bounds(sweep, scope)
+        print(f"\nshape {title}: smallest "
               f"relative sd per sweep (Gaussian; x{1 / math.sqrt(factor):.2f} for noise "
               f"with the design's tails), and an unbiased oracle's chance that its median "
               f"over {args.sweeps} sweeps is within {args.bar:.0%}")
@@ -253,11 +268,12 @@ def main(argv=None) -> int:
                   f"{median_standard_error(sd, args.sweeps):6.2%}  chance "
                   f"{chance_within(args.bar, sd, args.sweeps):5.1%} "
                   f"({chance_within(args.bar, sd_t, args.sweeps):5.1%})")
-    levels = level_bounds(sweep)
-    print("\noptimum free per size: smallest sd of its log eta_opt / log B_opt, per size "
-          "(Gaussian)")
-    for key in ("eta", "batch"):
-        print(f"  {key:6s} " + " ".join(f"{v:.4f}" for v in levels[key]))
+    print("\noptimum free per size: smallest sd of its log eta_opt / log B_opt at the "
+          "middle T, per size (Gaussian)")
+    for scope in ("size", "cell"):
+        levels = level_bounds(sweep, scope)
+        for key in ("eta", "batch"):
+            print(f"  shape per {scope:4s} {key:6s} " + " ".join(f"{v:.4f}" for v in levels[key]))
     return 0
 
 

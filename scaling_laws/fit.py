@@ -8,6 +8,8 @@ correlation between its T points is respected. Quantities a resample cannot iden
 (a cell whose surface loses convexity, a loss fit that fails) are NaN in that row and
 counted in ``bootstrap_failures``; intervals are percentiles over the finite rows. The
 resampled cell optima get a degrees-of-freedom correction (``_df_correct``).
+``FitOptions.bootstrap = "wild"`` draws the rows differently: every run kept, the signs of
+its residuals from the plain cell surface flipped per row (``wild_losses``).
 
 Legend: ``_R`` rows (plain fit + resamples), ``_C`` cells, ``_K`` budgets.
 """
@@ -93,10 +95,9 @@ def wild_losses(cell, signs_R_runs: np.ndarray, form: str) -> np.ndarray:
     loss_M = np.exp(cell.log_loss)
     x, y = cell.log_lr[m], cell.log_batch[m]
     design_MP = hyperopt._design(x - x.mean(), y - y.mean(), form)
-    coef, *_ = np.linalg.lstsq(design_MP, loss_M[m], rcond=None)
-    fitted = design_MP @ coef
-    leverage = np.einsum("mi,ij,mj->m", design_MP, np.linalg.pinv(design_MP.T @ design_MP),
-                         design_MP)
+    q_MP = np.linalg.qr(design_MP)[0]  # hat matrix Q Q': well conditioned for a quartic
+    fitted = q_MP @ (q_MP.T @ loss_M[m])
+    leverage = (q_MP ** 2).sum(axis=1)
     scaled = (loss_M[m] - fitted) / np.sqrt(np.clip(1 - leverage, 1e-3, None))
     out_RM = np.tile(loss_M, (len(signs_R_runs), 1))
     signs_RM = signs_R_runs[:, cell.run_index[m]]
@@ -125,7 +126,9 @@ def cell_surfaces(cell, weights_R: np.ndarray, opts: FitOptions,
     forms' plain fits: the rows then spread over what the estimators disagree on,
     without borrowing a simpler form's smaller variance (resampling the cubic itself
     narrowed the intervals: docs/scaling_laws.md)."""
-    pick = (lambda rows: None) if loss_RM is None else (lambda rows: loss_RM[rows])  # noqa: E731
+    def pick(rows):  # the wild bootstrap's losses of these rows
+        return None if loss_RM is None else loss_RM[rows]
+
     surface = fitted_surface(cell, weights_R, opts.surface, loss_RM=loss_RM)
     choices = [(window, form) for window in (opts.bootstrap_windows or (None,))
                for form in (opts.bootstrap_surfaces or (None,))]
@@ -171,8 +174,10 @@ def fitted_surface(cell, weights_R: np.ndarray, form: str, in_window=None,
     loss is flat, so the cubic's location bias (a few %) moves its minimum by about
     ``k u^2`` (1e-5), while its three fewer coefficients narrow the loss law's
     intervals (with the quartic's level the recovery design's alpha_T erred by 4.6%)."""
-    # The wild bootstrap's residuals are already rescaled by their leverage.
-    correct = _df_correct if loss_RM is None else (lambda surface: surface)  # noqa: E731
+    def correct(surface: dict) -> dict:
+        # The wild bootstrap's residuals are already rescaled by their leverage.
+        return _df_correct(surface) if loss_RM is None else surface
+
     surface = correct(hyperopt.fit_surface(cell, weights_R, form, in_window, loss_RM))
     if surface["form"] == "quartic":
         level = correct(hyperopt.fit_surface(cell, weights_R, "cubic", in_window, loss_RM))
@@ -241,25 +246,58 @@ def loss_fn_rows(loss_RP: np.ndarray):
     return lambda n, t: (t_c / t) ** a_t + (n_c / n) ** a_n + l_inf
 
 
+def _check_bootstrap(opts: FitOptions) -> None:
+    if opts.bootstrap not in BOOTSTRAPS:
+        raise ValueError(f"bootstrap must be one of {BOOTSTRAPS}, got {opts.bootstrap!r}")
+    if opts.bootstrap == "wild" and opts.surface == "near_set":
+        raise ValueError("bootstrap 'wild' needs a fitted cell surface to take residuals "
+                         "from; surface 'near_set' has none (use bootstrap 'runs')")
+    if opts.bootstrap == "wild" and opts.bootstrap_windows:
+        raise ValueError("bootstrap 'wild' does not combine with bootstrap_windows: runs "
+                         "outside the main window would keep their loss in every row")
+
+
+def _resampled_surfaces(cells, runs: RunSet, opts: FitOptions):
+    """(row weights over runs, each cell's surfaces) for ``opts.bootstrap``."""
+    if opts.bootstrap == "wild":
+        weights_R = np.ones((opts.num_resamples + 1, runs.num_runs))
+        signs_R = wild_signs(runs, opts.num_resamples, opts.seed)
+        return weights_R, [cell_surfaces(c, weights_R, opts,
+                                         wild_losses(c, signs_R, opts.surface)) for c in cells]
+    weights_R = bootstrap_weights(runs, opts.num_resamples, opts.seed)
+    return weights_R, [cell_surfaces(c, weights_R, opts) for c in cells]
+
+
+def _within_run_or_none(cells, surfaces, weights_R, runs: RunSet, opts: FitOptions):
+    """(within-run slopes per row or None, the guard's attenuation). The guard reads
+    run-resampled rows whatever ``opts.bootstrap`` is (its bar was set on them; wild
+    rows read less), so the choice of bootstrap never changes the plain fit."""
+    slopes_R2 = hyperopt.within_run_slopes(cells, surfaces, weights_R)
+    if opts.bootstrap == "runs":
+        guard_R2 = slopes_R2
+    else:
+        guard_weights = bootstrap_weights(runs, opts.num_resamples, opts.seed)
+        guard = dataclasses.replace(opts, bootstrap="runs", bootstrap_surfaces=())
+        guard_R2 = hyperopt.within_run_slopes(
+            cells, [cell_surfaces(c, guard_weights, guard) for c in cells], guard_weights)
+    attenuation = _slope_attenuation(guard_R2)
+    if slopes_R2 is None or (attenuation is not None
+                             and abs(attenuation) > MAX_SLOPE_ATTENUATION):
+        return None, attenuation
+    return slopes_R2, attenuation
+
+
 def core_fit(runs: RunSet, opts: FitOptions) -> dict:
     """All fitted quantities as arrays over rows (plain fit + resamples)."""
     if opts.t_slope not in ("within_run", "cells"):
         raise ValueError(f"t_slope must be 'within_run' or 'cells', got {opts.t_slope!r}")
+    _check_bootstrap(opts)
     cells, skipped = hyperopt.build_cells(runs, opts.window, opts.min_tokens_ratio,
                                           form=opts.surface)
     _check_cells(cells, skipped, runs)
     for cell in cells:
         cell.accounting = opts.compute
-    if opts.bootstrap not in BOOTSTRAPS:
-        raise ValueError(f"bootstrap must be one of {BOOTSTRAPS}, got {opts.bootstrap!r}")
-    if opts.bootstrap == "wild":
-        weights_R = np.ones((opts.num_resamples + 1, runs.num_runs))
-        signs_R = wild_signs(runs, opts.num_resamples, opts.seed)
-        surfaces = [cell_surfaces(c, weights_R, opts, wild_losses(c, signs_R, opts.surface))
-                    for c in cells]
-    else:
-        weights_R = bootstrap_weights(runs, opts.num_resamples, opts.seed)
-        surfaces = [cell_surfaces(c, weights_R, opts) for c in cells]
+    weights_R, surfaces = _resampled_surfaces(cells, runs, opts)
     stack = {k: np.stack([s[k] for s in surfaces], axis=1) for k in ("log_lr", "log_batch",
                                                                      "log_loss", "valid")}
     if stack["valid"][0].sum() == 0:
@@ -274,11 +312,7 @@ def core_fit(runs: RunSet, opts: FitOptions) -> dict:
                          f"({_edge_summary(cells)})")
     slopes_R2, t_slope, attenuation = None, "cells", None
     if opts.t_slope == "within_run":
-        slopes_R2 = hyperopt.within_run_slopes(cells, surfaces, weights_R)
-        attenuation = _slope_attenuation(slopes_R2)
-        if slopes_R2 is None or (attenuation is not None
-                                 and abs(attenuation) > MAX_SLOPE_ATTENUATION):
-            slopes_R2 = None
+        slopes_R2, attenuation = _within_run_or_none(cells, surfaces, weights_R, runs, opts)
         t_slope = "within_run" if slopes_R2 is not None else "cells"
     eta = hyperopt.fit_power_law(stack["log_lr"], t_C, n_C,
                                  None if slopes_R2 is None else slopes_R2[:, 0])
@@ -299,8 +333,9 @@ def core_fit(runs: RunSet, opts: FitOptions) -> dict:
             "t_slope_attenuation": attenuation}
 
 
-# Within-run slopes are refused (cell slopes used) when the bootstrap says they are
-# attenuated by more than this: the surfaces' gradients are then too noisy (on the
+# Within-run slopes are refused (cell slopes used) when the run-resampling bootstrap
+# says they are attenuated by more than this (read on run-resampled rows under either
+# bootstrap): the surfaces' gradients are then too noisy (on the
 # realistic planted sweeps: -1.1% at 0.1% noise per run, -5.8% at 0.3%, -21% at 1%,
 # medians from python -m scaling_laws.hp_study --estimators default --noise X).
 MAX_SLOPE_ATTENUATION = 0.10

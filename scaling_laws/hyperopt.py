@@ -461,7 +461,7 @@ def within_run_slopes(cells: list, surfaces: list, weights_R_runs: np.ndarray | 
             i1, i2, common = i1[near], i2[near], common[near]
             valid_R = s1.get("coef_valid", s1["valid"]) & s2.get("coef_valid", s2["valid"])
             grad_RM2 = 0.5 * (_log_gradient(s1, c1, i1) + _log_gradient(s2, c2, i2))
-            if s1.get("run_log_loss") is None:
+            if s1.get("run_log_loss") is None or s2.get("run_log_loss") is None:
                 d_RM = (c2.log_loss[i2] - c1.log_loss[i1])[None, :]
             else:  # the wild bootstrap's rows carry their own losses
                 d_RM = s2["run_log_loss"][:, i2] - s1["run_log_loss"][:, i1]

@@ -30,12 +30,14 @@ def test_student_t_factor_matches_the_fisher_information_integral():
                               * dist.pdf(x), -np.inf, np.inf)[0]
         assert bound.student_t_information_factor(df) == pytest.approx(info, rel=1e-6)
     assert bound.student_t_information_factor(None) == 1.0
+    with pytest.raises(ValueError, match="more than 2 degrees"):
+        bound.student_t_information_factor(2.0)
 
 
 def test_jacobian_of_eta_level_matches_the_linex_derivative():
     """d log L / d log alpha_eta = -k_lr linex'(u) / shape (u falls by one per unit)."""
     sweep = PlantedSweep.realistic()
-    jac, names = bound.jacobians(sweep, per_size_shape=True)
+    jac, names = bound.jacobians(sweep, shape_scope="size")
     size_index, n_b, lr, batch, t_b, _ = bound._design(sweep)
     a = sweep.lr_asymmetry
     for run in (0, len(lr) // 2, len(lr) - 1):
@@ -49,6 +51,13 @@ def test_jacobian_of_eta_level_matches_the_linex_derivative():
     levels = jac[..., [i for i, n in enumerate(names) if n.startswith("level")]]
     assert np.all(levels.sum(axis=-1) == 1.0)
     assert names.count("k_lr[0]") == 1 and len(np.unique(size_index)) == 5
+    # A cell's shape touches only that cell's token count.
+    jac_cell, names_cell = bound.jacobians(sweep, shape_scope="cell")
+    column = jac_cell[..., names_cell.index("k_lr[2,3]")]
+    assert np.all(column[size_index != 2] == 0) and np.all(column[:, [0, 1, 2, 4, 5]] == 0)
+    assert np.any(column[size_index == 2, 3] != 0)
+    with pytest.raises(ValueError, match="shape_scope"):
+        bound.jacobians(sweep, shape_scope="run")
 
 
 def test_oracle_fits_spread_as_the_bound_says():
@@ -56,7 +65,7 @@ def test_oracle_fits_spread_as_the_bound_says():
     of the bound (a 40-sample sd is good to about 11%), no bias beyond 3 standard errors.
     300 sweeps gave 0.94, 1.02, 0.97 and 1.00 of it (docs/scaling_laws.md)."""
     sweep = PlantedSweep.realistic(noise_df=None)
-    expected = bound.exponent_bounds(sweep, per_size_shape=False)
+    expected = bound.exponent_bounds(sweep, shape_scope="shared")
     laws = {"eta": sweep.eta_law, "batch": sweep.batch_law}
     errors = {label: [] for label in expected}
     for seed in range(40):
@@ -73,13 +82,18 @@ def test_oracle_fits_spread_as_the_bound_says():
 def test_bound_scales_with_the_noise_and_the_design_limits_eta_beta():
     """Halving both noises halves every bound; at the realistic design's 0.3% noise even
     the oracle's eta T exponent spreads by about 10% per sweep, its B exponents by < 1%."""
-    base = bound.exponent_bounds(PlantedSweep.realistic(), per_size_shape=True)
+    base = bound.exponent_bounds(PlantedSweep.realistic(), shape_scope="size")
     half = bound.exponent_bounds(PlantedSweep.realistic(noise_run=1.5e-3, noise_point=1.5e-4),
-                                 per_size_shape=True)
+                                 shape_scope="size")
     for label in base:
         assert half[label] == pytest.approx(base[label] / 2, rel=1e-6)
     assert 0.08 < base["eta.beta"] < 0.13 and base["batch.beta"] < 0.01
     assert bound.chance_within(0.03, base["eta.beta"], 40) < 0.9
+    # Freer shapes can only loosen the bound.
+    cell = bound.exponent_bounds(PlantedSweep.realistic(), shape_scope="cell")
+    shared = bound.exponent_bounds(PlantedSweep.realistic(), shape_scope="shared")
+    for label in base:
+        assert shared[label] <= base[label] * (1 + 1e-9) <= cell[label] * (1 + 1e-9)
 
 
 def test_bound_command_reports_and_refuses_bad_flags(capsys):
@@ -100,7 +114,7 @@ def test_freeing_each_sizes_optimum_only_loosens_the_bound():
     noise halves it."""
     sweep = PlantedSweep.realistic()
     free = bound.level_bounds(sweep)
-    jac, names = bound.jacobians(sweep, per_size_shape=True)
+    jac, names = bound.jacobians(sweep, shape_scope="size")
     num_t = jac.shape[1]
     cov = sweep.noise_run ** 2 * np.ones((num_t, num_t)) + sweep.noise_point ** 2 * np.eye(num_t)
     tied_cov = bound.covariance_bound(jac, cov)
@@ -114,3 +128,23 @@ def test_freeing_each_sizes_optimum_only_loosens_the_bound():
             assert free[key][size] > tied_sd
     half = bound.level_bounds(PlantedSweep.realistic(noise_run=1.5e-3, noise_point=1.5e-4))
     assert np.allclose(half["eta"], np.array(free["eta"]) / 2, rtol=1e-6)
+
+
+def test_level_bound_is_taken_at_the_middle_token_count():
+    """Token counts centred (geometric mean) on 1 billion, where the level parameter sits:
+    the level bound is that parameter's own sd, with no share of the T exponent's."""
+    sweep = PlantedSweep.realistic(curve_tokens=(0.25e9, 0.5e9, 1e9, 2e9, 4e9))
+    free = bound.level_bounds(sweep)
+    jac, names = bound.jacobians(sweep, shape_scope="size")
+    size_index = bound._design(sweep)[0]
+    tied = ("eta.alpha", "eta.gamma", "batch.alpha", "batch.gamma")
+    keep = [i for i, n in enumerate(names) if n not in tied]
+    columns = [jac[..., i] for i in keep]
+    for law in ("eta", "batch"):
+        for size in range(5):
+            columns.append(np.where((size_index == size)[:, None],
+                                    jac[..., names.index(f"{law}.alpha")], 0.0))
+    cov = (sweep.noise_run ** 2 * np.ones((5, 5)) + sweep.noise_point ** 2 * np.eye(5))
+    sd = np.sqrt(np.diag(bound.covariance_bound(np.stack(columns, -1), cov)))
+    np.testing.assert_allclose(free["eta"], sd[-10:-5], rtol=1e-9)
+    np.testing.assert_allclose(free["batch"], sd[-5:], rtol=1e-9)

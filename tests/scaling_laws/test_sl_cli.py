@@ -183,9 +183,26 @@ def test_fit_records_the_bootstrap_choices_it_was_given(tmp_path):
     law_path = tmp_path / "law.json"
     out = _run("-m", "scaling_laws", "fit", str(runs), "--out", str(law_path), "--resamples",
                "4", "--no-extrapolation", "--bootstrap-windows", "0.05", "0.2",
-               "--bootstrap-surfaces", "quartic", "cubic", "--bootstrap", "wild")
+               "--bootstrap-surfaces", "quartic", "cubic")
     assert law_path.exists(), out.stderr
     provenance = json.loads(law_path.read_text())["provenance"]
     assert provenance["bootstrap_windows"] == [0.05, 0.2]
     assert provenance["bootstrap_surfaces"] == ["quartic", "cubic"]
+    assert provenance["bootstrap"] == "runs"
+
+
+def test_fit_with_the_wild_bootstrap_records_it_and_refuses_near_set(tmp_path):
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("\n".join(json.dumps(r) for r in PlantedSweep().records(seed=0)))
+    law_path = tmp_path / "law.json"
+    out = _run("-m", "scaling_laws", "fit", str(runs), "--out", str(law_path), "--resamples",
+               "4", "--no-extrapolation", "--bootstrap", "wild", "--bootstrap-surfaces",
+               "quartic", "cubic")
+    assert law_path.exists(), out.stderr
+    provenance = json.loads(law_path.read_text())["provenance"]
     assert provenance["bootstrap"] == "wild" and provenance["resampling"].startswith("wild")
+    refused = tmp_path / "refused.json"
+    out = _run("-m", "scaling_laws", "fit", str(runs), "--out", str(refused), "--bootstrap",
+               "wild", "--surface", "near_set")
+    assert out.returncode == 2 and "near_set" in out.stderr, out.stderr
+    assert not refused.exists()

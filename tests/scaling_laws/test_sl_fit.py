@@ -207,28 +207,48 @@ def test_bootstrap_choices_leave_the_within_run_slopes_alone():
 
 
 def test_wild_losses_are_the_plain_fit_plus_leverage_scaled_signed_residuals():
-    """Row 0 sees the data; a row with sign s gives each window run
-    ``fitted + s r / sqrt(1 - h)``, with ``h`` from the hat matrix of the cell's design."""
-    sweep = PlantedSweep.realistic()
-    runs = prepare(sweep.records(seed=3))
-    cell = hyperopt.build_cells(runs, window=0.2)[0][10]
-    signs = np.zeros((3, runs.num_runs))
-    signs[1], signs[2] = 1.0, -1.0
+    """Row 0 sees the data; in a row with signs s each window run gets
+    ``fitted + s_run r / sqrt(1 - h)``, with ``h`` from the hat matrix of the cell's
+    (quartic) design and the sign of that run; runs outside the window keep their loss."""
+    runs = prepare(PlantedSweep.realistic().records(seed=3))
+    cells = hyperopt.build_cells(runs, window=0.05, form="auto")[0]
+    cell = next(c for c in cells if c.form == "quartic" and (~c.in_window).sum() >= 3)
+    signs = fit.wild_signs(runs, 4, seed=7)
     loss_RM = fit.wild_losses(cell, signs, "auto")
     m = cell.in_window
     x, y = cell.log_lr[m] - cell.log_lr[m].mean(), cell.log_batch[m] - cell.log_batch[m].mean()
-    terms = hyperopt.SURFACE_TERMS[cell.form]
-    design = np.stack([x ** t.count("x") * y ** t.count("y") for t in terms], 1)
-    hat = design @ np.linalg.inv(design.T @ design) @ design.T
+    design = np.stack([x ** t.count("x") * y ** t.count("y")
+                       for t in hyperopt.SURFACE_TERMS["quartic"]], 1)
+    q, _ = np.linalg.qr(design)  # the hat matrix as Q Q', well conditioned for a quartic
+    hat = q @ q.T
     z = np.exp(cell.log_loss[m])
     fitted = hat @ z
     scaled = (z - fitted) / np.sqrt(1 - np.diag(hat))
     np.testing.assert_allclose(loss_RM[0], np.exp(cell.log_loss))
-    np.testing.assert_allclose(loss_RM[1][m], fitted + scaled, rtol=1e-9)
-    np.testing.assert_allclose(loss_RM[2][m], fitted - scaled, rtol=1e-9)
-    np.testing.assert_allclose(loss_RM[1:, ~m], np.exp(cell.log_loss[~m])[None].repeat(2, 0))
-    signs = fit.wild_signs(runs, 50, seed=0)
+    for row in range(1, 5):
+        run_signs = signs[row, cell.run_index[m]]
+        assert set(np.unique(run_signs)) == {-1.0, 1.0}
+        np.testing.assert_allclose(loss_RM[row][m], fitted + run_signs * scaled, rtol=1e-6)
+        np.testing.assert_allclose(loss_RM[row][~m], np.exp(cell.log_loss[~m]))
     assert np.all(signs[0] == 0) and set(np.unique(signs[1:])) == {-1.0, 1.0}
+
+
+def test_within_run_slopes_of_a_wild_row_equal_a_fit_to_that_rows_losses():
+    """Row r of the batched wild slopes equals the slopes of cells whose losses are row
+    r's, fitted on their own (every run in the pairs, so both pick the same runs)."""
+    runs = prepare(PlantedSweep.realistic().records(seed=1))
+    cells = hyperopt.build_cells(runs, window=0.2, form="auto")[0]
+    signs = fit.wild_signs(runs, 3, seed=5)
+    ones = np.ones((4, runs.num_runs))
+    losses = [fit.wild_losses(c, signs, "auto") for c in cells]
+    surfaces = [fit.fitted_surface(c, ones, c.form, loss_RM=loss) for c, loss in zip(cells, losses)]
+    batched = hyperopt.within_run_slopes(cells, surfaces, ones, window=10.0)
+    for row in (1, 3):
+        own = [dataclasses.replace(c, log_loss=np.log(loss[row])) for c, loss in zip(cells, losses)]
+        alone = hyperopt.within_run_slopes(
+            own, [fit.fitted_surface(c, ones[:1], c.form) for c in own], ones[:1], window=10.0)
+        np.testing.assert_allclose(batched[row], alone[0], rtol=1e-9)
+    assert not np.allclose(batched[1], batched[0])
 
 
 def test_wild_bootstrap_rows_equal_the_plain_fit_on_an_exact_surface():
@@ -246,3 +266,25 @@ def test_wild_bootstrap_rows_equal_the_plain_fit_on_an_exact_surface():
                                    rtol=1e-5)
     with pytest.raises(ValueError, match="bootstrap must be one of"):
         core_fit(prepare(_noise_free().records()), FitOptions(num_resamples=2, bootstrap="pairs"))
+
+
+def test_the_bootstrap_choice_leaves_the_plain_fit_alone():
+    """At 1% noise the attenuation guard decides between within-run and cell slopes; it
+    reads run-resampled rows under either bootstrap, so the plain fit is the same (it
+    once read the wild rows, which read less attenuation: B beta 0.720 -> 0.505 here)."""
+    sweep = PlantedSweep.realistic(noise_run=0.01, noise_point=3e-4)
+    runs = prepare(sweep.records(seed=9))
+    cores = {b: core_fit(runs, FitOptions(num_resamples=60, seed=9, bootstrap=b))
+             for b in fit.BOOTSTRAPS}
+    assert cores["wild"]["t_slope"] == cores["runs"]["t_slope"]
+    assert cores["wild"]["t_slope_attenuation"] == cores["runs"]["t_slope_attenuation"]
+    for law in ("eta", "batch"):
+        np.testing.assert_allclose(cores["wild"][law][0], cores["runs"][law][0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(surface="near_set"), "near_set"), (dict(bootstrap_windows=(0.05, 0.2)), "windows")])
+def test_wild_bootstrap_refuses_what_it_cannot_resample(options, message):
+    runs = prepare(PlantedSweep().records(seed=0))
+    with pytest.raises(ValueError, match=message):
+        core_fit(runs, FitOptions(num_resamples=4, bootstrap="wild", **options))

@@ -200,11 +200,11 @@ def test_joint_study_shows_the_polynomial_family_bias_noise_free():
 
 
 def test_wild_bootstrap_narrows_the_intervals_to_the_spread():
-    """10 realistic sweeps x 100 resamples with each bootstrap: the wild rows' intervals
+    """6 realistic sweeps x 60 resamples with each bootstrap: the wild rows' intervals
     are less than 0.7x as wide as the run-resampling ones for every exponent (the docs'
     40 x 200: 0.27-0.39x), and not empty; the plain fit itself is the same."""
-    runs = hp_study.study(SWEEP, 10, 100, hp_study.ESTIMATORS["default"], progress=False)
-    wild = hp_study.study(SWEEP, 10, 100, hp_study.ESTIMATORS["default+wild"], progress=False)
+    runs = hp_study.study(SWEEP, 6, 60, hp_study.ESTIMATORS["default"], progress=False)
+    wild = hp_study.study(SWEEP, 6, 60, hp_study.ESTIMATORS["default+wild"], progress=False)
     for label in ("eta.beta", "eta.gamma", "batch.beta", "batch.gamma"):
         assert wild[label]["median_rel_error"] == runs[label]["median_rel_error"]
         assert wild[label]["median_interval_width"] < 0.7 * runs[label]["median_interval_width"]
