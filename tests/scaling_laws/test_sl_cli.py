@@ -162,6 +162,14 @@ def test_law_file_check_on_load(tmp_path):
     assert planner.plan(str(tmp_path / "good.json"), 1e21)["params_nonembed"] > 0
 
 
+def _fit_planted(tmp_path, *flags, out_name="law.json"):
+    """``scaling_laws fit`` on a planted sweep's records with ``flags``: (result, law path)."""
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("\n".join(json.dumps(r) for r in PlantedSweep().records(seed=0)))
+    law_path = tmp_path / out_name
+    return _run("-m", "scaling_laws", "fit", str(runs), "--out", str(law_path), *flags), law_path
+
+
 @pytest.mark.parametrize("flag, value", [("--t-slope", "both"), ("--surface", "quintic"),
                                          ("--bootstrap-surfaces", "quintic"),
                                          ("--bootstrap-windows", "0"),
@@ -169,21 +177,15 @@ def test_law_file_check_on_load(tmp_path):
                                          ("--bootstrap-windows", "nan"),
                                          ("--bootstrap", "pairs")])
 def test_fit_refuses_an_unknown_estimator_choice(tmp_path, flag, value):
-    runs = tmp_path / "runs.jsonl"
-    runs.write_text("\n".join(json.dumps(r) for r in PlantedSweep().records(seed=0)))
-    out = _run("-m", "scaling_laws", "fit", str(runs), "--out", str(tmp_path / "law.json"),
-               flag, value)
+    out, law_path = _fit_planted(tmp_path, flag, value)
     assert out.returncode == 2 and flag in out.stderr and value in out.stderr, out.stderr
-    assert not (tmp_path / "law.json").exists()
+    assert not law_path.exists()
 
 
 def test_fit_records_the_bootstrap_choices_it_was_given(tmp_path):
-    runs = tmp_path / "runs.jsonl"
-    runs.write_text("\n".join(json.dumps(r) for r in PlantedSweep().records(seed=0)))
-    law_path = tmp_path / "law.json"
-    out = _run("-m", "scaling_laws", "fit", str(runs), "--out", str(law_path), "--resamples",
-               "4", "--no-extrapolation", "--bootstrap-windows", "0.05", "0.2",
-               "--bootstrap-surfaces", "quartic", "cubic")
+    out, law_path = _fit_planted(tmp_path, "--resamples", "4", "--no-extrapolation",
+                                 "--bootstrap-windows", "0.05", "0.2",
+                                 "--bootstrap-surfaces", "quartic", "cubic")
     assert law_path.exists(), out.stderr
     provenance = json.loads(law_path.read_text())["provenance"]
     assert provenance["bootstrap_windows"] == [0.05, 0.2]
@@ -192,17 +194,12 @@ def test_fit_records_the_bootstrap_choices_it_was_given(tmp_path):
 
 
 def test_fit_with_the_wild_bootstrap_records_it_and_refuses_near_set(tmp_path):
-    runs = tmp_path / "runs.jsonl"
-    runs.write_text("\n".join(json.dumps(r) for r in PlantedSweep().records(seed=0)))
-    law_path = tmp_path / "law.json"
-    out = _run("-m", "scaling_laws", "fit", str(runs), "--out", str(law_path), "--resamples",
-               "4", "--no-extrapolation", "--bootstrap", "wild", "--bootstrap-surfaces",
-               "quartic", "cubic")
+    out, law_path = _fit_planted(tmp_path, "--resamples", "4", "--no-extrapolation",
+                                 "--bootstrap", "wild", "--bootstrap-surfaces", "quartic", "cubic")
     assert law_path.exists(), out.stderr
     provenance = json.loads(law_path.read_text())["provenance"]
     assert provenance["bootstrap"] == "wild" and provenance["resampling"].startswith("wild")
-    refused = tmp_path / "refused.json"
-    out = _run("-m", "scaling_laws", "fit", str(runs), "--out", str(refused), "--bootstrap",
-               "wild", "--surface", "near_set")
+    out, refused = _fit_planted(tmp_path, "--bootstrap", "wild", "--surface", "near_set",
+                                out_name="refused.json")
     assert out.returncode == 2 and "near_set" in out.stderr, out.stderr
     assert not refused.exists()
