@@ -196,7 +196,7 @@ def chance_within(bar: float, sd: float, num_sweeps: int) -> float:
     return math.erf(bar / (se * math.sqrt(2)))
 
 
-def oracle_fit(sweep: PlantedSweep, records: list, shape_scope: str = "shared") -> dict:
+def oracle_fit(sweep: PlantedSweep, records: list, shape_scope: str = "size") -> dict:
     """The oracle itself: generalised least squares of the planted family's parameters
     (those of :func:`jacobians` with this ``shape_scope``) to ``records`` (as
     :meth:`PlantedSweep.records` writes them), started at the truth. Gaussian maximum

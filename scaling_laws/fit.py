@@ -95,7 +95,9 @@ def wild_losses(cell, signs_R_runs: np.ndarray, form: str) -> np.ndarray:
     loss_M = np.exp(cell.log_loss)
     x, y = cell.log_lr[m], cell.log_batch[m]
     design_MP = hyperopt._design(x - x.mean(), y - y.mean(), form)
-    q_MP = np.linalg.qr(design_MP)[0]  # hat matrix Q Q': well conditioned for a quartic
+    # Hat matrix Q Q', well conditioned for a quartic. A rank-deficient design would get
+    # leverages summing to P, not its rank; fit_surface refuses such a cell in every row.
+    q_MP = np.linalg.qr(design_MP)[0]
     fitted = q_MP @ (q_MP.T @ loss_M[m])
     leverage = (q_MP ** 2).sum(axis=1)
     scaled = (loss_M[m] - fitted) / np.sqrt(np.clip(1 - leverage, 1e-3, None))
