@@ -2,7 +2,7 @@
 ``python -m scaling_laws.bound``.
 
   python -m scaling_laws.bound [--design realistic|recovery] [--noise 0.003] [--sweeps 40]
-                               [--bar 0.03]
+                               [--bar 0.03] [--check-sweeps 0]
 
 The Cramer-Rao bound of an *oracle* estimator that knows the planted family
 (:class:`scaling_laws.synthetic.PlantedSweep`: the power laws of eta_opt and B_opt, the
@@ -35,8 +35,9 @@ import math
 import sys
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from megatron_vdit.cli.errors import NON_NEGATIVE, integer_at_least
+from megatron_vdit.cli.errors import NON_NEGATIVE, POSITIVE, integer_at_least
 
 from scaling_laws.compute import to_billions
 from scaling_laws.synthetic import PlantedSweep
@@ -237,6 +238,23 @@ def oracle_fit(sweep: PlantedSweep, records: list, shape_scope: str = "size") ->
             for key, name, col in EXPONENTS}
 
 
+def check_oracle(sweep: PlantedSweep, num_sweeps: int, shape_scope: str) -> dict:
+    """The oracle's own fits on ``num_sweeps`` seeded sweeps of ``sweep`` with Gaussian
+    noise of the same variance: per exponent, (sd of the relative errors over the bound,
+    median relative error)."""
+    gaussian = dataclasses.replace(sweep, noise_df=None)
+    bounds = exponent_bounds(gaussian, shape_scope)
+    laws = {"eta": gaussian.eta_law, "batch": gaussian.batch_law}
+    errors = {label: [] for label in bounds}
+    for seed in tqdm(range(num_sweeps), desc=f"oracle fits, shape {shape_scope}"):
+        fitted = oracle_fit(gaussian, gaussian.records(seed=seed), shape_scope)
+        for label in bounds:
+            key, name = label.split(".")
+            errors[label].append(fitted[label] / laws[key][name] - 1)
+    return {label: (float(np.std(e) / bounds[label]), float(np.median(e)))
+            for label, e in errors.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--design", choices=("realistic", "recovery"), default="realistic")
@@ -244,8 +262,11 @@ def main(argv=None) -> int:
                         help="per-run relative noise (default: the design's)")
     parser.add_argument("--sweeps", type=integer_at_least(1), default=40,
                         help="sweeps a target's median is taken over (>= 1)")
-    parser.add_argument("--bar", type=NON_NEGATIVE, default=0.03,
+    parser.add_argument("--bar", type=POSITIVE, default=0.03,
                         help="relative bar on the median exponent error (default 3%%)")
+    parser.add_argument("--check-sweeps", type=integer_at_least(0), default=0,
+                        help="also fit the oracle itself to this many Gaussian-noise sweeps "
+                        "per shape scope (shared, size) and print its spread over the bound")
     args = parser.parse_args(argv)
     overrides = {} if args.noise is None else {"noise_run": args.noise}
     sweep = getattr(PlantedSweep, args.design)(**overrides)
@@ -274,6 +295,12 @@ def main(argv=None) -> int:
         levels = level_bounds(sweep, scope)
         for key in ("eta", "batch"):
             print(f"  shape per {scope:4s} {key:6s} " + " ".join(f"{v:.4f}" for v in levels[key]))
+    for scope in ("shared", "size") if args.check_sweeps else ():
+        check = check_oracle(sweep, args.check_sweeps, scope)
+        print(f"\noracle fits, shape {scope}, {args.check_sweeps} Gaussian-noise sweeps: sd / "
+              "bound (median error)")
+        for label, (ratio, median) in check.items():
+            print(f"  {label:12s} {ratio:5.2f} ({median:+.2%})")
     return 0
 
 

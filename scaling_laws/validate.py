@@ -15,6 +15,8 @@ import sys
 import numpy as np
 from tqdm.auto import tqdm
 
+from megatron_vdit.cli.errors import integer_at_least
+
 from scaling_laws import fit, pipeline
 from scaling_laws.records import prepare
 from scaling_laws.synthetic import PlantedSweep
@@ -73,8 +75,10 @@ def extrapolation(sweep: PlantedSweep, num_resamples: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=40)
-    parser.add_argument("--resamples", type=int, default=200)
+    parser.add_argument("--reps", type=integer_at_least(1), default=40,
+                        help="seeded sweeps per design (>= 1)")
+    parser.add_argument("--resamples", type=integer_at_least(0), default=200,
+                        help="bootstrap resamples (>= 0)")
     parser.add_argument("--realistic-noise", action="store_true",
                         help="also run the default PlantedSweep (0.1%% per-run noise, 5 sizes)")
     parser.add_argument("--bootstrap", choices=fit.BOOTSTRAPS, default="runs",

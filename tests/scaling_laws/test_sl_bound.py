@@ -65,8 +65,8 @@ def test_jacobian_of_eta_level_matches_the_linex_derivative():
 def test_oracle_fits_spread_as_the_bound_says(scope, num_sweeps, low, high):
     """The oracle's own fits on Gaussian-noise realistic sweeps: spread within 0.7-1.4x of
     the bound over 40 sweeps (a 40-sample sd is good to about 11%), 0.6-1.6x over 20 with
-    the shape per size; no bias beyond 3 standard errors. 300 sweeps (shared) gave 0.94,
-    1.02, 0.97 and 1.00 of it, 200 (per size) 0.88-1.07 (docs/scaling_laws.md)."""
+    the shape per size; no bias beyond 3 standard errors. 300 sweeps gave 0.94-1.02 of
+    it (shared) and 0.94-1.04 (per size): `python -m scaling_laws.bound --check-sweeps 300`."""
     sweep = PlantedSweep.realistic(noise_df=None)
     expected = bound.exponent_bounds(sweep, shape_scope=scope)
     laws = {"eta": sweep.eta_law, "batch": sweep.batch_law}
@@ -103,8 +103,12 @@ def test_bound_command_reports_and_refuses_bad_flags(capsys):
     assert bound.main(["--sweeps", "40"]) == 0
     out = capsys.readouterr().out
     assert "eta.beta" in out and "free per size" in out and "free per (size, T) cell" in out
+    assert bound.main(["--check-sweeps", "2"]) == 0
+    assert "oracle fits, shape size, 2 Gaussian-noise sweeps" in capsys.readouterr().out
     for argv, flag in ((["--sweeps", "0"], "--sweeps"), (["--noise", "-1"], "--noise"),
-                       (["--design", "paper"], "--design"), (["--bar", "nan"], "--bar")):
+                       (["--noise", "nan"], "--noise"), (["--design", "paper"], "--design"),
+                       (["--bar", "nan"], "--bar"), (["--bar", "0"], "--bar"),
+                       (["--check-sweeps", "-1"], "--check-sweeps")):
         with pytest.raises(SystemExit) as exit_info:
             bound.main(argv)
         assert exit_info.value.code == 2

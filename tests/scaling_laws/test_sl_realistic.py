@@ -169,7 +169,9 @@ def test_cubic_cell_slopes_miss_the_three_percent_bar():
     ("hp_study", ["--noise", "-0.1"], "--noise"), ("hp_study", ["--noise-point", "nan"], "--noise-point"),
     ("hp_study", ["--estimators", "cubic9"], "--estimators"), ("hp_study", ["--png", "/"], "--png"),
     ("joint_study", ["--reps", "0"], "--reps"), ("joint_study", ["--noise", "-0.1"], "--noise"),
-    ("joint_study", ["--noise", "nan"], "--noise")])
+    ("joint_study", ["--noise", "nan"], "--noise"),
+    ("validate", ["--reps", "0"], "--reps"), ("validate", ["--resamples", "-1"], "--resamples"),
+    ("validate", ["--bootstrap", "pairs"], "--bootstrap")])
 def test_studies_refuse_bad_flags_before_fitting(study, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         importlib.import_module(f"scaling_laws.{study}").main(argv)
